@@ -1,0 +1,192 @@
+"""invoke tasks: the toolkit's command line. Each task parses its flags and calls into `bitnet/`.
+
+    invoke setup --model tiny        # build the engine, make/download + convert a model, smoke-run it
+    invoke build [--isa avx2]        # build the pinned llama.cpp with our patches
+    invoke doctor                    # what this machine and build can do
+    invoke --help <task>             # flags of a task
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from invoke import task
+from invoke.exceptions import Exit
+
+ROOT = Path(__file__).resolve().parent
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the toolkit's typed errors into a clean message and exit code, not a traceback."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from bitnet.errors import BitNetError
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Exit("interrupted", code=130) from None
+    except (BitNetError, ValueError, FileNotFoundError) as exc:
+        raise Exit(f"error: {exc}", code=1) from None
+
+
+def _not_implemented(name: str, issue: int) -> None:
+    raise Exit(f"`invoke {name}` is not implemented yet (tracked in issue {issue}).", code=2)
+
+
+def _progress_bar() -> tuple[Callable[[str, int, int], None], Callable[[], None]]:
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def update(phase: str, done: int, total: int) -> None:
+        bar = bars.get(phase)
+        if bar is None:
+            bar = bars[phase] = tqdm(total=total, desc=phase, unit="step", file=sys.stderr)
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    def close() -> None:
+        for bar in bars.values():
+            bar.close()
+
+    return update, close
+
+
+@task(
+    help={
+        "isa": "CPU variants to build: 'all' (default; the best one is picked at run time) or names "
+        "from kernels/engine.toml, e.g. 'avx2' or 'sse42,avx512'",
+        "jobs": "parallel compile jobs (default: all cores)",
+        "llama_src": "build from your own llama.cpp checkout instead of the pinned source",
+        "build_dir": "where the build tree and bin/ go (default: build)",
+        "clean": "delete the build dir first",
+    }
+)
+def build(c, isa="all", jobs=0, llama_src="", build_dir="build", clean=False):
+    """Build the pinned llama.cpp engine with our BitNet patches into <build-dir>/bin."""
+    from bitnet.engine import build_engine
+
+    with _user_errors():
+        update, close = _progress_bar()
+        try:
+            res = build_engine(
+                build_dir=build_dir,
+                isa=isa,
+                jobs=jobs or None,
+                llama_src=llama_src or None,
+                clean=clean,
+                progress=update,
+            )
+        finally:
+            close()
+    state = "up to date" if res.skipped else f"built in {res.seconds:.0f} s"
+    print(f"engine {state}: {res.bin_dir}")
+    print(f"CPU variants: {', '.join(res.variants)}; this CPU runs: {res.host_variant or 'none!'}")
+    print(f"log: {res.log_path}")
+
+
+@task(
+    help={
+        "build_dir": "engine build dir (default: build)",
+        "model": "also check this GGUF file",
+        "json_out": "print JSON instead of text",
+    }
+)
+def doctor(c, build_dir="build", model="", json_out=False):
+    """Report CPU features, the engine build, its active CPU variant and kernels, and problems."""
+    from bitnet.engine import read_build_info
+    from bitnet.runtime import BitNetRuntime
+
+    with _user_errors():
+        diag = BitNetRuntime(build_dir=build_dir).diagnostics(model=model or None)
+        report = diag.as_dict()
+        report["build_info"] = read_build_info(build_dir)
+    if json_out:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        cpu = report["cpu"]
+        engine = report.get("engine") or {}
+        print(f"CPU:      {cpu['model']} ({cpu['arch']}, {report['cpu_count']} logical cores)")
+        print(f"features: {' '.join(cpu['features']) or '-'}")
+        print(f"build:    {report['build_dir']} variants={report['build_info'].get('variants', '-')}")
+        for name, path in report["binaries"].items():
+            print(f"  {name:18s} {path or 'missing'}")
+        print(f"engine:   {engine.get('version', '-')}")
+        print(f"variant:  {engine.get('cpu_variant') or '-'} (active for this CPU)")
+        print(f"kernels:  {engine.get('kernels', '-')}")
+        if model:
+            print(f"model:    {model} gguf={report['model_is_gguf']}")
+    if not diag.usable:
+        for problem in diag.problems:
+            print(f"problem: {problem}", file=sys.stderr)
+        raise Exit(code=1)
+
+
+@task(help={"build_dir": "engine build dir to delete (default: build)", "cache": "also delete the download/ccache cache"})
+def clean(c, build_dir="build", cache=False):
+    """Delete the engine build (and with --cache the cached sources and ccache)."""
+    import shutil
+
+    from bitnet.engine import cache_root
+
+    for path in [Path(build_dir)] + ([cache_root()] if cache else []):
+        if path.exists():
+            print(f"removing {path}")
+            shutil.rmtree(path)
+
+
+@task
+def download(c, model=""):
+    """Download a catalogued checkpoint from Hugging Face (see `invoke setup --list`)."""
+    _not_implemented("download", 4)
+
+
+@task
+def convert(c, model_dir="", outtype="tq2_0", outfile=""):
+    """Convert a Hugging Face BitNet checkpoint to GGUF."""
+    _not_implemented("convert", 4)
+
+
+@task
+def dummy(c, size="tiny", outtype="tq2_0", outfile=""):
+    """Write a synthetic BitNet GGUF with random ternary weights."""
+    _not_implemented("dummy", 4)
+
+
+@task
+def setup(c, model="tiny"):
+    """Build the engine, get a model and smoke-run it."""
+    _not_implemented("setup", 4)
+
+
+@task
+def infer(c, model="", prompt=""):
+    """One-shot generation through BitNetRuntime.run_inference."""
+    _not_implemented("infer", 7)
+
+
+@task
+def serve(c, model=""):
+    """Start the OpenAI-compatible llama-server for a model."""
+    _not_implemented("serve", 7)
+
+
+@task
+def bench(c, threads=0):
+    """End-to-end throughput benchmarks with tables and plots."""
+    _not_implemented("bench", 6)
+
+
+@task
+def plot(c):
+    """Re-render plots from stored benchmark rows."""
+    _not_implemented("plot", 6)

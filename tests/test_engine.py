@@ -1,0 +1,166 @@
+"""The engine build: pin verification, patching, toolchain checks, and the real built binaries."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from bitnet import engine
+from bitnet.cpu import detect_cpu
+from bitnet.errors import EngineBuildError
+
+# --------------------------------------------------------------------------------------------------
+# pin, source and patches (no compiler needed)
+
+
+def test_pin_is_complete_and_has_variants_for_this_host():
+    pin = engine.load_pin()
+    assert len(pin.sha256) == 64 and int(pin.sha256, 16) >= 0
+    assert "llama-completion" in pin.targets and "llama-server" in pin.targets
+    host = pin.variants_for(detect_cpu().arch)
+    assert host, "kernels/engine.toml defines no CPU variant for this architecture"
+    assert not any("NATIVE" in f for v in pin.variants for f in v.features)
+
+
+def test_checksum_mismatch_is_refused(tmp_path: Path):
+    pin = engine.load_pin()
+    fake = tmp_path / "llama.cpp" / pin.archive
+    fake.parent.mkdir(parents=True)
+    fake.write_bytes(b"not the pinned archive")
+    with pytest.raises(EngineBuildError, match="sha256 mismatch") as err:
+        engine.fetch_archive(pin, tmp_path)
+    assert pin.sha256 in str(err.value) and "Refusing" in str(err.value)
+    # nothing was extracted
+    dest = tmp_path / "src"
+    with pytest.raises(EngineBuildError, match="sha256 mismatch"):
+        engine.prepare_source(pin, tmp_path, dest)
+    assert not dest.exists()
+
+
+def _fake_llama_tree(root: Path) -> Path:
+    (root / "ggml").mkdir(parents=True)
+    (root / "CMakeLists.txt").write_text("project(fake)\n")
+    (root / "src").mkdir()
+    (root / "src" / "a.txt").write_text("one\ntwo\nthree\n")
+    return root
+
+
+def _patch(path: Path, old: str, new: str) -> Path:
+    path.write_text(
+        "--- a/src/a.txt\n+++ b/src/a.txt\n@@ -1,3 +1,3 @@\n one\n-" + old + "\n+" + new + "\n three\n"
+    )
+    return path
+
+
+def test_patches_apply_to_a_copy_of_a_user_checkout(tmp_path: Path):
+    user = _fake_llama_tree(tmp_path / "user")
+    good = _patch(tmp_path / "0001-good.patch", "two", "TWO")
+    dest = engine.prepare_source(engine.load_pin(), tmp_path / "cache", tmp_path / "b" / "llama.cpp",
+                                 llama_src=user, patches=[good])
+    assert (dest / "src" / "a.txt").read_text() == "one\nTWO\nthree\n"
+    assert (user / "src" / "a.txt").read_text() == "one\ntwo\nthree\n", "the user's tree was modified"
+
+
+def test_a_patch_that_does_not_apply_stops_with_its_name(tmp_path: Path):
+    user = _fake_llama_tree(tmp_path / "user")
+    bad = _patch(tmp_path / "0007-stale.patch", "zwei", "ZWEI")
+    dest = tmp_path / "b" / "llama.cpp"
+    with pytest.raises(EngineBuildError, match="0007-stale.patch does not apply") as err:
+        engine.prepare_source(engine.load_pin(), tmp_path / "cache", dest, llama_src=user, patches=[bad])
+    assert "kernels/patches" in str(err.value)
+    assert not dest.exists(), "a half-patched tree was left behind"
+    assert not [p for p in dest.parent.iterdir() if p.name.startswith(".")], "temp dir left behind"
+
+
+def test_llama_src_must_look_like_llama_cpp(tmp_path: Path):
+    with pytest.raises(EngineBuildError, match="does not look like a llama.cpp checkout"):
+        engine.prepare_source(engine.load_pin(), tmp_path, tmp_path / "d", llama_src=tmp_path)
+
+
+def test_missing_tools_are_named_with_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.delenv("CXX", raising=False)
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    with pytest.raises(EngineBuildError) as err:
+        engine.check_toolchain(tmp_path, search_path=str(empty))
+    msg = str(err.value)
+    assert "cmake not found" in msg and "pip install cmake" in msg
+    assert "no C/C++ compiler" in msg and "apt-get install build-essential" in msg
+
+
+def test_low_disk_is_refused_before_building(tmp_path: Path):
+    with pytest.raises(EngineBuildError, match="GiB free"):
+        engine.check_toolchain(tmp_path, min_free=1 << 60)
+
+
+def test_unknown_isa_lists_the_choices():
+    with pytest.raises(EngineBuildError, match="choose from"):
+        engine.select_variants(engine.load_pin(), "avx9000", "x86_64")
+    chosen = engine.select_variants(engine.load_pin(), "avx2", "x86_64")
+    assert [v.name for v in chosen] == ["avx2"]
+
+
+def test_extract_skips_the_submodule_git_link(tmp_path: Path):
+    # The sdist's vendor/llama.cpp has a `.git` file pointing at a parent repo; git apply would follow it.
+    src = tmp_path / "pkg-1.0" / "vendor" / "llama.cpp"
+    src.mkdir(parents=True)
+    (src / ".git").write_text("gitdir: ../../.git/modules/vendor/llama.cpp\n")
+    (src / "CMakeLists.txt").write_text("x\n")
+    archive = tmp_path / "a.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "pkg-1.0", arcname="pkg-1.0")
+    out = tmp_path / "out"
+    engine._extract_subdir(archive, "vendor/llama.cpp", out)
+    assert (out / "CMakeLists.txt").exists() and not (out / ".git").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# the real engine (built once per session by the fixture)
+
+
+@pytest.mark.engine
+def test_second_build_is_a_no_op(engine_build_dir: Path):
+    exe = engine_build_dir / "bin" / "llama-completion"
+    before = exe.stat().st_mtime_ns
+    res = engine.build_engine(build_dir=engine_build_dir)
+    assert res.skipped
+    assert exe.stat().st_mtime_ns == before
+    info = engine.read_build_info(engine_build_dir)
+    assert info["patches"] == [p.name for p in engine.patch_files()]
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("tool", ["llama-completion", "llama-server", "llama-bench", "llama-cli"])
+def test_binaries_report_their_version(engine_bin_dir: Path, tool: str):
+    out = subprocess.run([str(engine_bin_dir / tool), "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "version:" in out.stdout + out.stderr
+
+
+def _loaded_variant(bin_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(bin_dir / "llama-completion"), "-v", "--list-devices"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **env},
+    )
+
+
+@pytest.mark.engine
+def test_best_variant_is_loaded_and_one_can_be_forced(engine_bin_dir: Path):
+    pin = engine.load_pin()
+    cpu = detect_cpu()
+    built = engine.read_build_info(engine_bin_dir.parent)["variants"]
+    expected = engine.best_variant([v for v in pin.variants if v.name in built], cpu)
+    assert expected is not None
+    out = _loaded_variant(engine_bin_dir)
+    assert f"libggml-cpu-{expected.name}.so" in out.stdout + out.stderr
+    runnable = [v.name for v in pin.variants_for(cpu.arch) if v.name in built and cpu.has(*v.requires)]
+    forced = runnable[0]  # the most basic one
+    out = _loaded_variant(engine_bin_dir, GGML_CPU_VARIANT=forced)
+    assert f"libggml-cpu-{forced}.so" in out.stdout + out.stderr
+    out = _loaded_variant(engine_bin_dir, GGML_CPU_VARIANT="no-such-variant")
+    assert "GGML_CPU_VARIANT=no-such-variant" in out.stderr
