@@ -508,7 +508,8 @@ def _run_logged(
             logf.write(line)
             m = _NINJA_PROGRESS.match(line)
             if m:
-                did_work = True
+                # custom steps (e.g. llama-server's "Provisioning UI assets") run on every build
+                did_work = did_work or " Building " in line or " Linking " in line
                 if progress:
                     progress(phase, int(m.group(1)), int(m.group(2)))
         rc = proc.wait()
