@@ -1,0 +1,19 @@
+"""BitNet b1.58 CPU toolkit: build the llama.cpp engine, convert checkpoints, run, serve and benchmark."""
+
+from bitnet.diagnostics import RuntimeDiagnostics
+from bitnet.errors import RuntimeConfigurationError, RuntimeLaunchError, RuntimeTimeoutError
+from bitnet.runtime import BitNetRuntime
+from bitnet.supervisor import RuntimeResult, RuntimeSupervisor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BitNetRuntime",
+    "RuntimeConfigurationError",
+    "RuntimeDiagnostics",
+    "RuntimeLaunchError",
+    "RuntimeResult",
+    "RuntimeSupervisor",
+    "RuntimeTimeoutError",
+    "__version__",
+]

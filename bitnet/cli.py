@@ -1,0 +1,264 @@
+"""The two command-line front ends: one-shot inference and the HTTP server.
+
+    python run_inference.py -m model.gguf -p "Once upon a time" -n 64 -temp 0
+    python run_inference_server.py -m model.gguf --port 8080
+    python -m bitnet infer ... / python -m bitnet serve ...   (same options)
+
+Argument values are checked by argparse (exit 2); setup problems (missing model or binary) and launch
+failures print the message and exit 1, without a traceback; Ctrl-C exits 130. Only this module
+configures logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+
+from bitnet.diagnostics import INFERENCE_BINARY, SERVER_BINARY
+from bitnet.errors import RuntimeConfigurationError, RuntimeLaunchError
+from bitnet.runtime import BitNetRuntime
+
+__all__ = ["build_inference_parser", "build_server_parser", "inference_main", "main", "server_main"]
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
+# ---------------------------------------------------------------------- argparse value types
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def _threads(text: str) -> int | None:
+    """`auto` (any case) -> None (all cores), else a positive int."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}") from None
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (0 = greedy), got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in 1-65535, got {value}")
+    return value
+
+
+def _non_blank(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+# ---------------------------------------------------------------------- parsers
+
+
+def _base_parser(prog: str | None, description: str, *, server: bool) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("-m", "--model", help="path of the .gguf model (required unless --diagnostics)")
+    if server:
+        parser.add_argument(
+            "-p", "--prompt", type=_non_blank, help="accepted for compatibility; llama-server ignores it"
+        )
+    else:
+        parser.add_argument("-p", "--prompt", type=_non_blank, help="prompt (required unless --diagnostics)")
+    parser.add_argument(
+        "-n",
+        "--n-predict",
+        type=_positive_int,
+        default=4096 if server else 128,
+        help="tokens to generate (default: %(default)s)",
+    )
+    parser.add_argument(
+        "-t",
+        "--threads",
+        type=_threads,
+        default=None,
+        help="an integer, or 'auto' = all cores (default)",
+    )
+    parser.add_argument(
+        "-c", "--ctx-size", type=_positive_int, default=2048, help="context size (default: %(default)s)"
+    )
+    parser.add_argument(
+        "-temp",
+        "--temperature",
+        type=_temperature,
+        default=0.8,
+        help="sampling temperature, 0 = greedy (default: %(default)s)",
+    )
+    parser.add_argument(
+        "-b", "--batch-size", type=_positive_int, default=1, help="batch size (default: %(default)s)"
+    )
+    parser.add_argument(
+        "-ngl",
+        "--gpu-layers",
+        type=_non_negative_int,
+        default=0,
+        help="layers to offload to a GPU (default: %(default)s)",
+    )
+    if server:
+        parser.add_argument(
+            "--host", type=_non_blank, default="127.0.0.1", help="bind address (default: %(default)s)"
+        )
+        parser.add_argument("--port", type=_port, default=8080, help="port (default: %(default)s)")
+    else:
+        parser.add_argument(
+            "-cnv",
+            "--conversation",
+            action="store_true",
+            help="chat interactively (the prompt is the system prompt)",
+        )
+    parser.add_argument("--build-dir", default="build", help="engine build dir (default: %(default)s)")
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=_LOG_LEVELS,
+        default="INFO",
+        metavar="LEVEL",
+        help=f"one of {', '.join(_LOG_LEVELS)}, any case (default: %(default)s)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the command, shell-quoted; run nothing")
+    parser.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="print a JSON health report; exit 1 if the runtime is not usable",
+    )
+    parser.add_argument(
+        "--extra-args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        metavar="ARG",
+        help="everything after this is passed to the llama.cpp binary unchanged (must come last)",
+    )
+    return parser
+
+
+def build_inference_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of `run_inference.py`."""
+    return _base_parser(prog, "Generate text with a BitNet model (llama-completion).", server=False)
+
+
+def build_server_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of `run_inference_server.py`."""
+    return _base_parser(
+        prog, "Serve a BitNet model over HTTP (llama.cpp's llama-server, OpenAI-compatible).", server=True
+    )
+
+
+# ---------------------------------------------------------------------- mains
+
+
+def inference_main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Entry point of `run_inference.py`; returns the exit status."""
+    parser = build_inference_parser(prog)
+    return _run(parser, parser.parse_args(argv), server=False)
+
+
+def server_main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Entry point of `run_inference_server.py`; returns the exit status."""
+    parser = build_server_parser(prog)
+    return _run(parser, parser.parse_args(argv), server=True)
+
+
+_COMMANDS: dict[str, tuple[Callable[..., int], str]] = {
+    "infer": (inference_main, "generate text (run_inference.py)"),
+    "serve": (server_main, "serve over HTTP (run_inference_server.py)"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m bitnet {infer,serve} ...`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    usage = "usage: python -m bitnet {infer,serve} [options]\n" + "".join(
+        f"  {name:6} {text}; `python -m bitnet {name} --help` lists its options\n"
+        for name, (_, text) in _COMMANDS.items()
+    )
+    if args and args[0] in ("-h", "--help"):
+        print(usage, end="")
+        return 0
+    if not args or args[0] not in _COMMANDS:
+        problem = "a command is required" if not args else f"unknown command {args[0]!r}"
+        print(f"{usage}python -m bitnet: error: {problem}", file=sys.stderr)
+        return 2
+    entry, _ = _COMMANDS[args[0]]
+    return entry(args[1:], prog=f"python -m bitnet {args[0]}")
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, *, server: bool) -> int:
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        runtime = BitNetRuntime(build_dir=args.build_dir, log_level=args.log_level)
+        if args.diagnostics:
+            return _print_diagnostics(runtime, args.model, SERVER_BINARY if server else INFERENCE_BINARY)
+        if args.model is None:
+            parser.error("the following arguments are required: -m/--model")
+        if not server and args.prompt is None:
+            parser.error("the following arguments are required: -p/--prompt")
+        common = {
+            "model": args.model,
+            "prompt": args.prompt,
+            "n_predict": args.n_predict,
+            "ctx_size": args.ctx_size,
+            "temperature": args.temperature,
+            "threads": args.threads,
+            "batch_size": args.batch_size,
+            "gpu_layers": args.gpu_layers,
+            "dry_run": args.dry_run,
+            "extra_args": args.extra_args,
+        }
+        if server:
+            result = runtime.run_server(host=args.host, port=args.port, **common)
+        else:
+            result = runtime.run_inference(conversation=args.conversation, **common)
+        if isinstance(result, list):
+            print(shlex.join(result))
+        return 0
+    except (RuntimeConfigurationError, RuntimeLaunchError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _print_diagnostics(runtime: BitNetRuntime, model: str | None, binary: str) -> int:
+    report = runtime.diagnostics(model=model)
+    usable = report.is_usable(binary)
+    print(json.dumps({**report.as_dict(), "usable": usable}, indent=2))
+    return 0 if usable else 1

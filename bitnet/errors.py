@@ -1,0 +1,102 @@
+"""Every typed error the `bitnet` package raises, in one place.
+
+Library code raises these; only the CLIs and invoke tasks turn them into exit codes. Each message says
+what was wrong and how to fix it, so `str(error)` is what a user should read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "BitNetError",
+    "EngineBuildError",
+    "RuntimeConfigurationError",
+    "RuntimeLaunchError",
+    "RuntimeTimeoutError",
+]
+
+# How many trailing lines of a child's stderr an error keeps, and how many its message shows.
+STDERR_TAIL_LINES = 50
+_MESSAGE_TAIL_LINES = 15
+
+
+class BitNetError(Exception):
+    """Base class of all errors raised by the `bitnet` package."""
+
+
+class EngineBuildError(BitNetError, RuntimeError):
+    """The llama.cpp engine could not be fetched, patched, configured or built."""
+
+
+class RuntimeConfigurationError(BitNetError, ValueError):
+    """Bad input or setup for the runtime: an invalid argument, a missing model or binary."""
+
+
+def tail_lines(text: str, lines: int = STDERR_TAIL_LINES) -> str:
+    """Return the last `lines` lines of `text` (without a trailing newline)."""
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:]) if text else ""
+
+
+class RuntimeLaunchError(BitNetError, RuntimeError):
+    """A process could not be started or exited with a non-zero status.
+
+    Attributes:
+        command: the argv that was launched (empty when unknown).
+        returncode: the exit status; negative for "killed by signal N"; None if it never started or
+            its status is unknown.
+        stderr_tail: the last lines (up to 50) of what the process wrote to stderr.
+        stdout, stderr: everything captured from the process ("" when output was not captured).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        command: Sequence[str] = (),
+        returncode: int | None = None,
+        stderr_tail: str = "",
+        stdout: str = "",
+        stderr: str = "",
+    ) -> None:
+        self.command = tuple(command)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        self.stderr_tail = stderr_tail or tail_lines(stderr)
+        shown = tail_lines(self.stderr_tail, _MESSAGE_TAIL_LINES)
+        if shown:
+            message = f"{message}\nLast lines of its stderr:\n{_indent(shown)}"
+        super().__init__(message)
+
+
+class RuntimeTimeoutError(RuntimeLaunchError):
+    """A supervised process ran past its deadline and was killed (with its process group).
+
+    `stdout`/`stderr` hold what it printed before it was killed; `timeout` is the deadline in seconds.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        timeout: float,
+        command: Sequence[str] = (),
+        returncode: int | None = None,
+        stderr_tail: str = "",
+        stdout: str = "",
+        stderr: str = "",
+    ) -> None:
+        self.timeout = timeout
+        super().__init__(
+            message,
+            command=command,
+            returncode=returncode,
+            stderr_tail=stderr_tail,
+            stdout=stdout,
+            stderr=stderr,
+        )
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())

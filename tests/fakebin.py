@@ -1,0 +1,211 @@
+"""Fake llama.cpp binaries for tests: small executable Python scripts in a temporary build dir.
+
+Each fake records one JSON file per run in `record_dir` (argv, pid, process group, the environment it
+was started with, start/end wall-clock times, its grandchild's pid) and can print, sleep, fail, kill
+itself with a signal, ignore SIGTERM, spawn a grandchild that sleeps, or answer ``--version`` and
+``--list-devices`` like our engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import stat
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# What our engine prints for `--version`, and for `--list-devices` with GGML_CPU_VARIANT_REPORT=1.
+FAKE_VERSION_OUTPUT = "version: 6543 (abc1234)\nbuilt with cc (GCC) 13.2.0 for x86_64-linux-gnu\n"
+FAKE_DEVICES_OUTPUT = "ggml: CPU variant libggml-cpu-avx2.so\nAvailable devices:\n  (none)\n"
+
+_SCRIPT = r"""#!{python}
+# Fake {name} written by tests/fakebin.py.
+import json, os, signal, subprocess, sys, time
+
+CONFIG = json.loads({config!r})
+
+
+def started_env():
+    # The environment as it was at exec time (Python may add LC_CTYPE to os.environ itself).
+    try:
+        with open("/proc/self/environ", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return dict(os.environ)
+    pairs = (item.decode("utf-8", "replace").split("=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return dict(pairs)
+
+
+def save(record):
+    path = os.path.join(CONFIG["record_dir"], "%s-%d.json" % (CONFIG["name"], os.getpid()))
+    with open(path + ".tmp", "w") as fh:
+        json.dump(record, fh)
+    os.replace(path + ".tmp", path)
+
+
+if CONFIG["ignore_sigterm"]:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited by the grandchild too
+args = sys.argv[1:]
+if args == ["--version"] and CONFIG["version_output"] is not None:
+    sys.stderr.write(CONFIG["version_output"])
+    sys.exit(CONFIG["version_exit"])
+if args == ["--list-devices"] and CONFIG["devices_output"] is not None:
+    # like our engine patch: the chosen CPU variant is only reported on request
+    report = os.environ.get("GGML_CPU_VARIANT_REPORT") == "1"
+    lines = CONFIG["devices_output"].splitlines(True)
+    sys.stderr.write("".join(line for line in lines if report or "ggml-cpu" not in line))
+    sys.exit(0)
+record = {{
+    "name": CONFIG["name"], "argv": args, "pid": os.getpid(), "pgid": os.getpgrp(),
+    "env": started_env(), "start": time.time(), "end": None, "grandchild_pid": None,
+}}
+if CONFIG["grandchild"]:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    record["grandchild_pid"] = child.pid
+save(record)
+sys.stdout.write(CONFIG["stdout"])
+sys.stdout.flush()
+sys.stderr.write(CONFIG["stderr"])
+sys.stderr.flush()
+time.sleep(CONFIG["sleep"])
+record["end"] = time.time()
+save(record)
+if CONFIG["self_signal"]:
+    os.kill(os.getpid(), CONFIG["self_signal"])
+sys.exit(CONFIG["exit_code"])
+"""
+
+
+class FakeBinaries:
+    """A temporary build dir (`build_dir`/bin) holding fake binaries, and what they recorded."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.build_dir = root / "build"
+        self.bin_dir = self.build_dir / "bin"
+        self.record_dir = root / "records"
+        self.bin_dir.mkdir(parents=True, exist_ok=True)
+        self.record_dir.mkdir(parents=True, exist_ok=True)
+
+    def write(
+        self,
+        name: str = "llama-completion",
+        *,
+        path: Path | None = None,
+        exit_code: int = 0,
+        sleep: float = 0.0,
+        stdout: str = "",
+        stderr: str = "",
+        ignore_sigterm: bool = False,
+        grandchild: bool = False,
+        self_signal: int = 0,
+        version_output: str | None = None,
+        version_exit: int = 0,
+        devices_output: str | None = None,
+        executable: bool = True,
+    ) -> Path:
+        """Write the fake `name` at `path` (default ``<build_dir>/bin/<name>``) and return its path.
+
+        Without `version_output` / `devices_output`, ``--version`` / ``--list-devices`` are ordinary runs.
+        """
+        target = path if path is not None else self.bin_dir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        config = {
+            "name": name,
+            "record_dir": str(self.record_dir),
+            "exit_code": exit_code,
+            "sleep": sleep,
+            "stdout": stdout,
+            "stderr": stderr,
+            "ignore_sigterm": ignore_sigterm,
+            "grandchild": grandchild,
+            "self_signal": self_signal,
+            "version_output": version_output,
+            "version_exit": version_exit,
+            "devices_output": devices_output,
+        }
+        target.write_text(_SCRIPT.format(python=sys.executable, name=name, config=json.dumps(config)))
+        mode = 0o755 if executable else 0o644
+        target.chmod(mode)
+        assert bool(target.stat().st_mode & stat.S_IXUSR) == executable
+        return target
+
+    def calls(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Every recorded run (of `name`, or of any fake), oldest first."""
+        records = []
+        for path in self.record_dir.glob("*.json"):
+            record = json.loads(path.read_text())
+            if name is None or record["name"] == name:
+                records.append(record)
+        return sorted(records, key=lambda r: r["start"])
+
+    def wait_for_call(self, name: str | None = None, timeout: float = 20.0) -> dict[str, Any]:
+        """Block until a fake has started (and recorded itself); return its record."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.calls(name)
+            if found:
+                return found[0]
+            time.sleep(0.02)
+        raise AssertionError(f"no fake {name or ''} started within {timeout} s")
+
+    async def await_call(self, name: str | None = None, timeout: float = 20.0) -> dict[str, Any]:
+        """`wait_for_call` for coroutines."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.calls(name)
+            if found:
+                return found[0]
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no fake {name or ''} started within {timeout} s")
+
+    def kill_leftovers(self) -> None:
+        """Test teardown: SIGKILL any recorded process still running, so a failing test leaks nothing."""
+        for record in self.calls():
+            for pid in (record["pid"], record["grandchild_pid"]):
+                if pid and is_running(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+
+
+def write_model(path: Path, magic: bytes = b"GGUF") -> Path:
+    """A file that looks like a GGUF model to our checks (the magic followed by a few bytes)."""
+    path.write_bytes(magic + b"\x03\x00\x00\x00" + bytes(16))
+    return path
+
+
+def is_running(pid: int) -> bool:
+    """True if `pid` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def assert_gone(pid: int, *, ours: bool = True, timeout: float = 10.0) -> None:
+    """Assert that process `pid` is gone, polling for up to `timeout` s.
+
+    For our own children (`ours`) that means reaped: ``os.kill(pid, 0)`` raises ProcessLookupError.
+    A grandchild is reaped by init, which may be slow, so a zombie (dead, not yet reaped) also counts.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        if not ours and not is_running(pid):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} is still there {timeout} s later")
+        time.sleep(0.02)
