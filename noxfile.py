@@ -1,7 +1,7 @@
 """nox sessions. Thin: each installs the project and calls pytest, ruff/mypy or a bitnet function.
 
-    nox -s tests             # the pytest suite (builds the engine once, cached)
-    nox -s lint              # ruff + mypy over bitnet/
+nox -s tests             # the pytest suite (builds the engine once, cached)
+nox -s lint              # ruff + mypy over bitnet/
 """
 
 from __future__ import annotations
@@ -25,6 +25,14 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff over the project, mypy over the package."""
     session.install("-e", ".[dev]")
-    session.run("ruff", "check", "bitnet", "tests", "tasks.py", "noxfile.py", "run_inference.py",
-                "run_inference_server.py")
+    session.run(
+        "ruff",
+        "check",
+        "bitnet",
+        "tests",
+        "tasks.py",
+        "noxfile.py",
+        "run_inference.py",
+        "run_inference_server.py",
+    )
     session.run("mypy", "bitnet")

@@ -1,9 +1,9 @@
 """invoke tasks: the toolkit's command line. Each task parses its flags and calls into `bitnet/`.
 
-    invoke setup --model tiny        # build the engine, make/download + convert a model, smoke-run it
-    invoke build [--isa avx2]        # build the pinned llama.cpp with our patches
-    invoke doctor                    # what this machine and build can do
-    invoke --help <task>             # flags of a task
+invoke setup --model tiny        # build the engine, make/download + convert a model, smoke-run it
+invoke build [--isa avx2]        # build the pinned llama.cpp with our patches
+invoke doctor                    # what this machine and build can do
+invoke --help <task>             # flags of a task
 """
 
 from __future__ import annotations
@@ -131,7 +131,12 @@ def doctor(c, build_dir="build", model="", json_out=False):
         raise Exit(code=1)
 
 
-@task(help={"build_dir": "engine build dir to delete (default: build)", "cache": "also delete the download/ccache cache"})
+@task(
+    help={
+        "build_dir": "engine build dir to delete (default: build)",
+        "cache": "also delete the download/ccache cache",
+    }
+)
 def clean(c, build_dir="build", cache=False):
     """Delete the engine build (and with --cache the cached sources and ccache)."""
     import shutil

@@ -6,6 +6,7 @@ platform-module fallback elsewhere. No third-party dependency.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from dataclasses import dataclass, field
@@ -88,11 +89,10 @@ def parse_cpuinfo(text: str, arch: str) -> tuple[str, tuple[str, ...]]:
 def detect_cpu(cpuinfo_path: str | os.PathLike[str] = "/proc/cpuinfo") -> CpuInfo:
     """Describe the host CPU. Never raises: unknown facts are left empty."""
     arch = normalize_arch(platform.machine())
-    model, features = "", ()
-    try:
+    model: str = ""
+    features: tuple[str, ...] = ()
+    with contextlib.suppress(OSError):
         model, features = parse_cpuinfo(Path(cpuinfo_path).read_text(errors="replace"), arch)
-    except OSError:
-        pass
     if not model:
         model = platform.processor() or arch
     return CpuInfo(arch=arch, model=model, logical_cores=os.cpu_count() or 1, features=features)

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from bitnet.cpu import CpuInfo, detect_cpu, normalize_arch
 from bitnet.errors import EngineBuildError
@@ -45,6 +46,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ENGINE_TOML = REPO_ROOT / "kernels" / "engine.toml"
 PATCH_DIR = REPO_ROOT / "kernels" / "patches"
 BUILD_INFO_NAME = "bitnet-build.json"
+# Bump when the way we configure changes in a way the CMake arguments do not show (forces a reconfigure).
+BUILD_RECIPE = 2
 MIN_FREE_BYTES = 2 * 1024**3  # a Release build with 3 CPU variants uses ~1 GB; keep headroom
 
 
@@ -203,8 +206,17 @@ def fetch_archive(pin: EnginePin, cache: Path, *, offline_archive: Path | None =
     log.info("downloading %s==%s (sdist, ~77 MB) from the package index", pin.package, pin.version)
     with tempfile.TemporaryDirectory(dir=dest_dir, prefix=".download-") as tmp:
         cmd = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-            f"{pin.package}=={pin.version}", "-d", tmp, "--quiet",
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"{pin.package}=={pin.version}",
+            "-d",
+            tmp,
+            "--quiet",
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         got = Path(tmp) / pin.archive
@@ -244,11 +256,16 @@ def apply_patches(src: Path, patches: Sequence[Path]) -> None:
     """Apply each patch with `git apply`; a hunk that does not apply stops with a clear message."""
     git = shutil.which("git")
     if not git:
-        raise EngineBuildError("git not found (used to apply our patches): install it with `apt-get install git`")
+        raise EngineBuildError(
+            "git not found (used to apply our patches): install it with `apt-get install git`"
+        )
     for patch in patches:
         # --unidiff-zero off, whitespace strict: our patches must apply exactly as written.
         proc = subprocess.run(
-            [git, "apply", "--verbose", str(patch)], cwd=src, capture_output=True, text=True,
+            [git, "apply", "--verbose", str(patch)],
+            cwd=src,
+            capture_output=True,
+            text=True,
             env={**os.environ, "GIT_CEILING_DIRECTORIES": str(src.parent)},
         )
         if proc.returncode != 0:
@@ -322,7 +339,7 @@ def _extract_subdir(archive: Path, subdir: str, dest: Path) -> None:
         for m in members:
             if not m.name.startswith(prefix):
                 continue
-            m.name = m.name[len(prefix):]
+            m.name = m.name[len(prefix) :]
             # the sdist keeps the submodule's `.git` link file; git would follow it when patching
             if m.name and m.name.split("/")[0] != ".git":
                 chosen.append(m)
@@ -366,8 +383,7 @@ def select_variants(pin: EnginePin, isa: str, arch: str) -> tuple[Variant, ...]:
     unknown = [n for n in names if n not in by_name]
     if unknown:
         raise EngineBuildError(
-            f"unknown ISA variant {', '.join(unknown)} for {arch}; choose from "
-            f"{', '.join(by_name)} or 'all'"
+            f"unknown ISA variant {', '.join(unknown)} for {arch}; choose from {', '.join(by_name)} or 'all'"
         )
     return tuple(by_name[n] for n in names)
 
@@ -395,7 +411,9 @@ def build_engine(
     if clean and build_dir.exists():
         log.info("removing %s", build_dir)
         shutil.rmtree(build_dir)
-    src = prepare_source(pin, cache, build_dir / "llama.cpp", llama_src=Path(llama_src) if llama_src else None)
+    src = prepare_source(
+        pin, cache, build_dir / "llama.cpp", llama_src=Path(llama_src) if llama_src else None
+    )
 
     logs = build_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -408,11 +426,14 @@ def build_engine(
         *extra_cmake_args,
     ]
     if tools.ccache:
-        args += [f"-DCMAKE_C_COMPILER_LAUNCHER={tools.ccache}", f"-DCMAKE_CXX_COMPILER_LAUNCHER={tools.ccache}"]
+        args += [
+            f"-DCMAKE_C_COMPILER_LAUNCHER={tools.ccache}",
+            f"-DCMAKE_CXX_COMPILER_LAUNCHER={tools.ccache}",
+        ]
     generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={tools.ninja}"] if tools.ninja else []
     targets = [*pin.targets, *(f"ggml-cpu-{v.name}" for v in variants)]
     fingerprint = hashlib.sha256(
-        json.dumps([str(src), args, generator, targets, tools.cc, tools.cxx]).encode()
+        json.dumps([BUILD_RECIPE, str(src), args, generator, targets, tools.cc, tools.cxx]).encode()
     ).hexdigest()
 
     info_path = build_dir / BUILD_INFO_NAME
@@ -420,6 +441,9 @@ def build_engine(
     env = {**os.environ, "CC": tools.cc, "CXX": tools.cxx}
     env.setdefault("CCACHE_DIR", str(cache / "ccache"))
     env["CCACHE_BASEDIR"] = str(build_dir)  # relative paths in the hash: hits across clones
+    # llama.cpp's build-info asks git for "its" commit; the tree sits inside our repo, whose commit
+    # it would report (and every commit of ours would relink everything). Stop git at the build dir.
+    env["GIT_CEILING_DIRECTORIES"] = str(build_dir)
 
     with log_path.open("w") as logf:
         logf.write(f"# bitnet engine build {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -443,7 +467,9 @@ def build_engine(
 
     missing = [t for t in pin.targets if not (bin_dir / t).exists()]
     if missing:
-        raise EngineBuildError(f"the build finished but {', '.join(missing)} is missing in {bin_dir}; see {log_path}")
+        raise EngineBuildError(
+            f"the build finished but {', '.join(missing)} is missing in {bin_dir}; see {log_path}"
+        )
 
     host = best_variant(variants, cpu)
     info: dict[str, object] = {
@@ -489,7 +515,7 @@ _ERROR_LINE = re.compile(r"(error:|FAILED:|CMake Error|fatal error)", re.IGNOREC
 
 def _run_logged(
     cmd: list[str],
-    logf,  # type: ignore[no-untyped-def]
+    logf: TextIO,
     log_path: Path,
     *,
     env: dict[str, str],

@@ -59,8 +59,9 @@ def _patch(path: Path, old: str, new: str) -> Path:
 def test_patches_apply_to_a_copy_of_a_user_checkout(tmp_path: Path):
     user = _fake_llama_tree(tmp_path / "user")
     good = _patch(tmp_path / "0001-good.patch", "two", "TWO")
-    dest = engine.prepare_source(engine.load_pin(), tmp_path / "cache", tmp_path / "b" / "llama.cpp",
-                                 llama_src=user, patches=[good])
+    dest = engine.prepare_source(
+        engine.load_pin(), tmp_path / "cache", tmp_path / "b" / "llama.cpp", llama_src=user, patches=[good]
+    )
     assert (dest / "src" / "a.txt").read_text() == "one\nTWO\nthree\n"
     assert (user / "src" / "a.txt").read_text() == "one\ntwo\nthree\n", "the user's tree was modified"
 
@@ -137,7 +138,9 @@ def test_second_build_is_a_no_op(engine_build_dir: Path):
 @pytest.mark.engine
 @pytest.mark.parametrize("tool", ["llama-completion", "llama-server", "llama-bench", "llama-cli"])
 def test_binaries_report_their_version(engine_bin_dir: Path, tool: str):
-    out = subprocess.run([str(engine_bin_dir / tool), "--version"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [str(engine_bin_dir / tool), "--version"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert "version:" in out.stdout + out.stderr
 
@@ -147,7 +150,10 @@ def _loaded_variant(bin_dir: Path, **env: str) -> subprocess.CompletedProcess[st
     # chosen variant synchronously on stderr when GGML_CPU_VARIANT_REPORT is set.
     return subprocess.run(
         [str(bin_dir / "llama-completion"), "-m", "/nonexistent/probe.gguf", "-p", "x", "-n", "1"],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "GGML_CPU_VARIANT_REPORT": "1", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "GGML_CPU_VARIANT_REPORT": "1", **env},
     )
 
 
