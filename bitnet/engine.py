@@ -425,6 +425,7 @@ def build_engine(
         "-DGGML_CPU_VARIANT_LIST=" + ";".join(v.cmake_item() for v in variants),
         *extra_cmake_args,
     ]
+    identity = list(args)
     if tools.ccache:
         args += [
             f"-DCMAKE_C_COMPILER_LAUNCHER={tools.ccache}",
@@ -432,9 +433,24 @@ def build_engine(
         ]
     generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={tools.ninja}"] if tools.ninja else []
     targets = [*pin.targets, *(f"ggml-cpu-{v.name}" for v in variants)]
+    # Identity of the build, not of where the helper tools live: the same build reached from the
+    # project's venv and from a nox venv (other ninja/ccache paths) must not reconfigure.
     fingerprint = hashlib.sha256(
-        json.dumps([BUILD_RECIPE, str(src), args, generator, targets, tools.cc, tools.cxx]).encode()
+        json.dumps(
+            [
+                BUILD_RECIPE,
+                str(src),
+                identity,
+                bool(tools.ninja),
+                bool(tools.ccache),
+                targets,
+                tools.cc,
+                tools.cxx,
+            ]
+        ).encode()
     ).hexdigest()
+    if not _cached_tools_exist(build_dir):
+        fingerprint += "-retools"  # the tools the tree was configured with are gone: configure again
 
     info_path = build_dir / BUILD_INFO_NAME
     previous = _read_json(info_path)
@@ -493,6 +509,19 @@ def build_engine(
         log_path=log_path,
         info=info,
     )
+
+
+def _cached_tools_exist(build_dir: Path) -> bool:
+    """True unless the CMake cache names a make program or compiler launcher that no longer exists."""
+    try:
+        text = (build_dir / "CMakeCache.txt").read_text(errors="replace")
+    except OSError:
+        return True
+    for key in ("CMAKE_MAKE_PROGRAM", "CMAKE_C_COMPILER_LAUNCHER", "CMAKE_CXX_COMPILER_LAUNCHER"):
+        m = re.search(rf"^{key}:[A-Z]+=(.+)$", text, re.MULTILINE)
+        if m and m.group(1).startswith("/") and not Path(m.group(1)).exists():
+            return False
+    return True
 
 
 def _drop_cache_of_other_source(build_dir: Path, src: Path) -> None:
