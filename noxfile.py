@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["tests", "lint"]
+nox.options.sessions = ["tests", "lint"]  # `nox` alone; bench/plots/kernels on request
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = ["3.11"]
@@ -36,3 +36,23 @@ def lint(session: nox.Session) -> None:
         "run_inference_server.py",
     )
     session.run("mypy", "bitnet")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks: the quick matrix (bench/specs/quick.toml); `-- --full` runs the long one.
+
+    Other arguments go to `invoke bench`, e.g. `nox -s bench -- --reps 3 --threads 1,2`.
+    """
+    session.install("-e", ".")
+    spec = "full" if "--full" in session.posargs else "quick"
+    args = [arg for arg in session.posargs if arg != "--full"]
+    session.run("invoke", "build")  # a no-op when the engine is up to date
+    session.run("invoke", "bench", "--spec", spec, *args)
+
+
+@nox.session(python=PYTHON)
+def plots(session: nox.Session) -> None:
+    """Redraw bench/plots/*.png and *.svg from the rows in bench/results/; arguments go to `invoke plot`."""
+    session.install("-e", ".")
+    session.run("invoke", "plot", *session.posargs)

@@ -185,13 +185,94 @@ def serve(c, model=""):
     _not_implemented("serve", 7)
 
 
-@task
-def bench(c, threads=0):
-    """End-to-end throughput benchmarks with tables and plots."""
-    _not_implemented("bench", 6)
+@task(
+    auto_shortflags=False,
+    help={
+        "model": "GGUF file to benchmark (default: the tiny synthetic model, made in models/dummy/)",
+        "size": "synthetic model instead of --model: tiny 125M 350M 700M 1.3B 2B 3B 7B 13B",
+        "outtype": "ternary format of a --size model: tq2_0 (default) or tq1_0",
+        "head_type": "embedding/head format of a --size model: f16 (default), q8_0, q4_0",
+        "threads": "thread counts: 8, 1,2,4 or 1..all (default: all cores; above the cores is clamped)",
+        "prompt_tokens": "prefill test ppN, llama-bench -p (default 512; 0 skips prefill)",
+        "gen_tokens": "decode test tgN, llama-bench -n (default 128; 0 skips decode)",
+        "reps": "repetitions (default 5); the configs alternate A B A B within each",
+        "compare": "configs besides ours, e.g. stock or stock,avx2,stock+avx2",
+        "isa": "CPU variants to run every config on: auto (default), all, or e.g. avx2,avx512",
+        "spec": "bench spec: quick, full (bench/specs/*.toml) or a .toml path; flags override it",
+        "baseline": "config the ratio column divides by (default: stock when it ran)",
+        "build_dir": "engine build dir (default: build)",
+        "results_dir": "where the rows go (default: bench/results)",
+        "plots_dir": "where the plots go (default: bench/plots)",
+        "fail_fast": "stop at the first failed engine run (default: report it and go on)",
+        "no_plots": "do not draw plots after the run",
+        "no_roofline": "skip the read-bandwidth probe (no %-of-roofline column)",
+    },
+)
+def bench(
+    c,
+    model="",
+    size="",
+    outtype="tq2_0",
+    head_type="f16",
+    threads="",
+    prompt_tokens=-1,
+    gen_tokens=-1,
+    reps=0,
+    compare="",
+    isa="",
+    spec="",
+    baseline="",
+    build_dir="build",
+    results_dir="",
+    plots_dir="",
+    fail_fast=False,
+    no_plots=False,
+    no_roofline=False,
+):
+    """End-to-end throughput with llama-bench: stores tidy rows, prints a table, draws plots."""
+    from bitnet.bench import DEFAULT_PLOTS_DIR, run_bench
+    from bitnet.results import DEFAULT_RESULTS_DIR
+
+    with _user_errors():
+        run = run_bench(
+            model=model or None,
+            size=size or None,
+            outtype=outtype,
+            head_type=head_type,
+            threads=threads or None,
+            n_prompt=None if prompt_tokens < 0 else prompt_tokens,
+            n_gen=None if gen_tokens < 0 else gen_tokens,
+            reps=reps or None,
+            compare=compare or None,
+            isa=isa or None,
+            spec=spec or None,
+            baseline=baseline or None,
+            build_dir=build_dir,
+            results_dir=results_dir or DEFAULT_RESULTS_DIR,
+            plots_dir=None if no_plots else (plots_dir or DEFAULT_PLOTS_DIR),
+            fail_fast=fail_fast,
+            roofline=False if no_roofline else None,
+        )
+    print(run.report())
+    if not run.ok:
+        raise Exit(f"{len(run.failures)} engine run(s) failed; see the logs named above", code=1)
 
 
-@task
-def plot(c):
-    """Re-render plots from stored benchmark rows."""
-    _not_implemented("plot", 6)
+@task(
+    help={
+        "results": "results dir or .jsonl files, comma-separated (default: bench/results)",
+        "out_dir": "where the PNG and SVG files go (default: bench/plots)",
+    }
+)
+def plot(c, results="", out_dir=""):
+    """Redraw the benchmark plots (PNG + SVG) from the stored rows, never from memory."""
+    from bitnet.bench import DEFAULT_PLOTS_DIR, render_plots
+    from bitnet.results import DEFAULT_RESULTS_DIR
+
+    with _user_errors():
+        sources = [s for s in results.split(",") if s] or [DEFAULT_RESULTS_DIR]
+        written = render_plots(sources, out_dir or DEFAULT_PLOTS_DIR)
+    if not written:
+        raise Exit(f"no benchmark rows to plot in {', '.join(map(str, sources))}: run `invoke bench`", code=1)
+    for path in written:
+        print(path)

@@ -1,0 +1,136 @@
+"""Read-bandwidth roofline for decode: bytes read per token ÷ memory bandwidth bounds tokens/s.
+
+Generating one token reads every weight once (bitnet.results.ModelInfo.bytes_per_token), and at
+batch 1 there is too little arithmetic per byte for compute to matter, so decode t/s cannot exceed
+``bandwidth / bytes_per_token``. The probe measures the bandwidth the way decode uses it: N threads
+each stream through their own slice of a buffer much larger than the last-level cache (numpy
+reductions release the GIL, so the threads really run in parallel), several passes, median.
+
+It reads, never writes, the buffer during a pass: a read-only stream is what weights see. Numbers are
+a little below STREAM-style copy figures; the point is a consistent bound on the same machine, taken
+in the same run as the measurement. ref: DESIGN.md "Numbers that set the bar" (~20 GB/s, 2 threads).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import threading
+import time
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Bandwidth", "add_roofline", "llc_bytes", "probe_bandwidth"]
+
+log = logging.getLogger(__name__)
+
+_MIN_BUFFER = 256 * 1024**2  # bytes; never smaller than this, whatever the cache
+_MAX_BUFFER = 1024**3
+_LLC_MULTIPLE = 16  # buffer >= 16 × the last-level cache, so the cache holds < 7 % of it
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """A read-bandwidth measurement: median and per-pass GB/s (10^9 bytes/s) with N threads."""
+
+    gbs: float
+    samples_gbs: tuple[float, ...]
+    n_threads: int
+    buffer_bytes: int
+
+    def as_row(self) -> dict[str, Any]:
+        """The fields of a "bandwidth" result row."""
+        return {
+            "kind": "bandwidth",
+            "n_threads": self.n_threads,
+            "bandwidth_gbs": self.gbs,
+            "samples_gbs": list(self.samples_gbs),
+            "buffer_bytes": self.buffer_bytes,
+        }
+
+
+def llc_bytes(sys_cpu: str | os.PathLike[str] = "/sys/devices/system/cpu/cpu0/cache") -> int | None:
+    """Size of the largest cache of CPU 0 in bytes, from sysfs; None where sysfs does not say."""
+    best = None
+    for size_file in Path(sys_cpu).glob("index*/size"):
+        try:
+            text = size_file.read_text().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            size = int(digits) * scale
+            best = size if best is None else max(best, size)
+    return best
+
+
+def default_buffer_bytes() -> int:
+    """16 × the last-level cache, at least 256 MiB, at most 1 GiB."""
+    llc = llc_bytes() or 32 * 1024**2
+    return max(_MIN_BUFFER, min(_MAX_BUFFER, _LLC_MULTIPLE * llc))
+
+
+def probe_bandwidth(n_threads: int, *, buffer_bytes: int | None = None, passes: int = 7) -> Bandwidth:
+    """Measure read bandwidth with `n_threads` threads summing disjoint slices of one float64 buffer.
+
+    The buffer is written once before timing (so its pages are resident), then each pass starts all
+    threads at a barrier and times until the last one finishes. The first pass is a warm-up and not
+    counted. Returns the median of the other `passes`.
+    """
+    if n_threads <= 0 or passes <= 0:
+        raise ValueError(f"n_threads and passes must be positive, got {n_threads} and {passes}")
+    size = buffer_bytes or default_buffer_bytes()
+    data = np.ones(max(size // 8, n_threads), dtype=np.float64)
+    slices = np.array_split(data, n_threads)
+    samples = []
+    for i in range(passes + 1):
+        seconds = _timed_pass(slices)
+        if i:
+            samples.append(data.nbytes / seconds / 1e9)
+    del data, slices
+    result = Bandwidth(
+        gbs=statistics.median(samples), samples_gbs=tuple(samples), n_threads=n_threads, buffer_bytes=size
+    )
+    log.info("read bandwidth with %d thread(s): %.1f GB/s (%d MiB buffer)", n_threads, result.gbs, size >> 20)
+    return result
+
+
+def _timed_pass(slices: list[np.ndarray]) -> float:
+    barrier = threading.Barrier(len(slices) + 1)
+    sink = [0.0] * len(slices)
+
+    def work(i: int) -> None:
+        barrier.wait()
+        sink[i] = float(slices[i].sum())  # a reduction: reads every byte, releases the GIL
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(slices))]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    return max(time.perf_counter() - start, 1e-9)
+
+
+def add_roofline(row: MutableMapping[str, Any], bandwidth: Bandwidth | None) -> None:
+    """Set ``bandwidth_gbs``, ``roofline_ts`` and ``roofline_frac`` on a decode (tg) row.
+
+    Rows that are not pure decode (n_gen == 0 or a prompt in the same test), rows without
+    ``bytes_per_token``, or no bandwidth leave the fields None.
+    """
+    row["bandwidth_gbs"] = row["roofline_ts"] = row["roofline_frac"] = None
+    bytes_per_token = row.get("bytes_per_token")
+    if bandwidth is None or not bytes_per_token or not row.get("n_gen") or row.get("n_prompt"):
+        return
+    bound = bandwidth.gbs * 1e9 / float(bytes_per_token)
+    row["bandwidth_gbs"] = bandwidth.gbs
+    row["roofline_ts"] = bound
+    avg = row.get("avg_ts")
+    row["roofline_frac"] = None if avg is None else float(avg) / bound
