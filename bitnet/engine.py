@@ -27,7 +27,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -408,9 +408,64 @@ def build_engine(
     variants = select_variants(pin, isa, cpu.arch)
     tools = check_toolchain(build_dir)
 
-    if clean and build_dir.exists():
-        log.info("removing %s", build_dir)
-        shutil.rmtree(build_dir)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(build_dir / ".bitnet-build.lock"):
+        return _build_locked(
+            build_dir=build_dir,
+            cache=cache,
+            pin=pin,
+            cpu=cpu,
+            variants=variants,
+            tools=tools,
+            jobs=jobs,
+            llama_src=llama_src,
+            clean=clean,
+            progress=progress,
+            extra_cmake_args=extra_cmake_args,
+            started=started,
+        )
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Serialise builds of one build dir (two test sessions, or a test run and `invoke build`)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock, builds must not overlap
+        yield
+        return
+    with lock_path.open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another build of %s is running; waiting for it", lock_path.parent)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _build_locked(
+    *,
+    build_dir: Path,
+    cache: Path,
+    pin: EnginePin,
+    cpu: CpuInfo,
+    variants: tuple[Variant, ...],
+    tools: Toolchain,
+    jobs: int | None,
+    llama_src: Path | str | None,
+    clean: bool,
+    progress: ProgressFn | None,
+    extra_cmake_args: Sequence[str],
+    started: float,
+) -> BuildResult:
+    if clean:
+        log.info("removing the contents of %s", build_dir)
+        for child in build_dir.iterdir():
+            if child.name != ".bitnet-build.lock":
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     src = prepare_source(
         pin, cache, build_dir / "llama.cpp", llama_src=Path(llama_src) if llama_src else None
     )
