@@ -149,28 +149,101 @@ def clean(c, build_dir="build", cache=False):
             shutil.rmtree(path)
 
 
-@task
-def download(c, model=""):
-    """Download a catalogued checkpoint from Hugging Face (see `invoke setup --list`)."""
-    _not_implemented("download", 4)
+@task(
+    help={
+        "model": "catalogue name (see `invoke setup --list`) or a Hugging Face repo id",
+        "revision": "commit/branch to download (default: the catalogue's pinned revision)",
+        "local_dir": "put plain files here instead of the Hugging Face cache",
+    }
+)
+def download(c, model="2B", revision="", local_dir=""):
+    """Download a checkpoint from Hugging Face (only the files needed; HF_TOKEN, HF_HOME honoured)."""
+    from bitnet.hub import download_model
+
+    with _user_errors():
+        path = download_model(model, revision=revision or None, local_dir=local_dir or None)
+    print(path)
 
 
-@task
-def convert(c, model_dir="", outtype="tq2_0", outfile=""):
-    """Convert a Hugging Face BitNet checkpoint to GGUF."""
-    _not_implemented("convert", 4)
+@task(
+    auto_shortflags=False,
+    help={
+        "model_dir": "checkpoint dir (config.json + safetensors + tokenizer) or an official I2_S .gguf",
+        "outtype": "ternary weight type: tq2_0 (default), tq1_0; f16/f32 for reference files",
+        "head_type": "tied embedding/output head: f16 (default), f32, q8_0, q4_0",
+        "outfile": "GGUF to write (default: <model-dir>/ggml-model-<outtype>.gguf)",
+        "dry_run": "print the tensor plan (name, shape, type, bytes) and write nothing",
+    },
+)
+def convert(c, model_dir="", outtype="tq2_0", head_type="f16", outfile="", dry_run=False):
+    """Convert a Hugging Face BitNet checkpoint (or the official I2_S GGUF) to our GGUF."""
+    from bitnet.convert import convert_checkpoint
+
+    if not model_dir:
+        raise Exit("error: --model-dir is required (a checkpoint directory or .gguf file)", code=2)
+    src = Path(model_dir)
+    out = Path(outfile) if outfile else (src if src.is_dir() else src.parent) / f"ggml-model-{outtype}.gguf"
+    with _user_errors():
+        report = convert_checkpoint(src, out, outtype=outtype, head_type=head_type, dry_run=dry_run)
+    if dry_run:
+        for t in report.tensors:
+            print(f"{t.name:40s} {str(t.shape):>16s} {t.type:6s} {t.nbytes:>12,d}")
+        print(f"{len(report.tensors)} tensors, {report.tensor_bytes:,d} bytes")
+    for note in report.notes:
+        print(f"note: {note}")
+    if not dry_run:
+        print(f"wrote {report.outfile} ({report.file_bytes / 1e6:.1f} MB) in {report.seconds:.1f} s")
 
 
-@task
-def dummy(c, size="tiny", outtype="tq2_0", outfile=""):
-    """Write a synthetic BitNet GGUF with random ternary weights."""
-    _not_implemented("dummy", 4)
+@task(
+    auto_shortflags=False,
+    help={
+        "size": "tiny (few MB, real tokenizer), 125M, 350M, 700M, 1.3B, 2B (exact 2B4T shape), 3B, 7B, 13B",
+        "outtype": "tq2_0 (default) or tq1_0",
+        "head_type": "tied embedding/head type: f16 (default), q8_0, q4_0",
+        "outfile": "GGUF to write (default: models/dummy/<size>-<outtype>.gguf)",
+        "seed": "random seed (default 0)",
+    },
+)
+def dummy(c, size="tiny", outtype="tq2_0", head_type="f16", outfile="", seed=0):
+    """Write a synthetic BitNet GGUF with random ternary weights and real shapes (no network)."""
+    from bitnet.dummy import write_dummy_model
+
+    out = Path(outfile or f"models/dummy/{size}-{outtype}.gguf")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _user_errors():
+        res = write_dummy_model(size, out, outtype=outtype, head_type=head_type, seed=seed)
+    print(f"wrote {res.path} ({res.nbytes / 1e6:.1f} MB) in {res.seconds:.1f} s")
 
 
-@task
-def setup(c, model="tiny"):
-    """Build the engine, get a model and smoke-run it."""
-    _not_implemented("setup", 4)
+@task(
+    auto_shortflags=False,
+    help={
+        "model": "catalogue name (default: tiny, synthetic and offline) or Hugging Face repo id",
+        "model_dir": "use this local checkpoint dir / .gguf instead of downloading",
+        "outtype": "ternary weight type: tq2_0 (default) or tq1_0",
+        "head_type": "tied embedding/head type: f16 (default), q8_0, q4_0",
+        "build_dir": "engine build dir (default: build)",
+        "list": "list the catalogue and exit",
+    },
+)
+def setup(c, model="tiny", model_dir="", outtype="tq2_0", head_type="f16", build_dir="build", list=False):  # noqa: A002
+    """Build the engine if needed, get the model (make / download + convert) and smoke-run it."""
+    if list:
+        from bitnet.catalog import format_catalog
+
+        print(format_catalog())
+        return
+    from bitnet.pipeline import setup_model
+
+    with _user_errors():
+        report = setup_model(
+            model, model_dir=model_dir or None, build_dir=build_dir, outtype=outtype, head_type=head_type
+        )
+    for step in report.steps:
+        print(step)
+    print(f"ready: {report.gguf}")
+    print(f"try:   python run_inference.py -m {report.gguf} -p 'Hello' -n 32 -temp 0")
 
 
 @task

@@ -1,0 +1,152 @@
+"""`invoke setup`: engine → model (synthetic, or download + convert) → smoke generation.
+
+Each step is skipped when its result is already there and verified, so a second run is quick:
+the engine build is fingerprinted (bitnet.engine); a model file is reused when it is a readable GGUF
+of the bitnet architecture that carries the FFN activation key our engine reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bitnet.errors import BitNetError, RuntimeLaunchError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODELS_DIR = Path("models")
+SMOKE_PROMPT = "The capital of France is"
+
+
+class SetupError(BitNetError, RuntimeError):
+    """A setup step failed; the message names the step and how to go on."""
+
+
+@dataclass
+class SetupReport:
+    model_name: str
+    gguf: Path
+    steps: list[str] = field(default_factory=list)  # one human line per step: done / skipped
+    smoke_output: str = ""
+
+
+def model_path(name: str, models_dir: Path, outtype: str, head_type: str) -> Path:
+    """Where `invoke setup` puts a model: models/<name>/ggml-model-<outtype>[-<head>].gguf."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    suffix = outtype if head_type == "f16" else f"{outtype}-head_{head_type}"
+    return models_dir / safe / f"ggml-model-{suffix}.gguf"
+
+
+def verify_gguf(path: Path) -> str | None:
+    """Why `path` is not a usable bitnet GGUF (None when it is)."""
+    if not path.is_file():
+        return "missing"
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path), "r")
+    except Exception as exc:  # noqa: BLE001 - any parse failure means "not usable"
+        return f"unreadable GGUF ({exc})"
+    field_ = reader.get_field("general.architecture")
+    arch = bytes(field_.parts[field_.data[0]]).decode() if field_ else None
+    if arch not in ("bitnet", "llama"):
+        return f"architecture {arch!r} is not one this toolkit writes"
+    if arch == "bitnet" and reader.get_field("bitnet.hidden_activation") is None:
+        return "no bitnet.hidden_activation key (made by another converter)"
+    return None
+
+
+def setup_model(
+    model: str = "tiny",
+    *,
+    model_dir: str | os.PathLike[str] | None = None,
+    build_dir: str | os.PathLike[str] = "build",
+    models_dir: str | os.PathLike[str] = DEFAULT_MODELS_DIR,
+    outtype: str = "tq2_0",
+    head_type: str = "f16",
+    smoke_tokens: int = 8,
+    build: bool = True,
+) -> SetupReport:
+    """Build the engine if needed, get `model` as a GGUF, and generate a few tokens with it.
+
+    `model` is a catalogue name (`invoke setup --list`), a repo id, or ignored when `model_dir` (a
+    local Hugging Face checkpoint or official .gguf) is given. Synthetic catalogue models are made
+    locally and need no network.
+    """
+    from bitnet.catalog import get_model
+
+    steps: list[str] = []
+    if build:
+        from bitnet.engine import build_engine
+
+        res = build_engine(build_dir=build_dir)
+        steps.append(
+            f"engine: {'up to date' if res.skipped else 'built'} ({res.bin_dir}, variant {res.host_variant})"
+        )
+
+    models = Path(models_dir)
+    if model_dir is not None:
+        name = Path(model_dir).name or "local"
+        entry = None
+    else:
+        entry = get_model(model)
+        name = entry.name
+    out = model_path(name, models, outtype, head_type)
+    problem = verify_gguf(out)
+    if problem is None:
+        steps.append(f"model: {out} already there (verified)")
+    elif entry is not None and entry.is_synthetic:
+        from bitnet.dummy import write_dummy_model
+
+        assert entry.dummy_size is not None
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_dummy_model(entry.dummy_size, out, outtype=outtype, head_type=head_type)
+        steps.append(f"model: wrote synthetic {entry.dummy_size} model {out}")
+    else:
+        from bitnet.convert import convert_checkpoint
+        from bitnet.hub import resolve_checkpoint
+
+        source = resolve_checkpoint(model_dir if model_dir is not None else model)
+        steps.append(f"checkpoint: {source}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        report = convert_checkpoint(source, out, outtype=outtype, head_type=head_type)
+        steps.append(f"model: converted to {out} ({report.file_bytes / 1e6:.1f} MB, {report.seconds:.0f} s)")
+    still = verify_gguf(out)
+    if still is not None:
+        raise SetupError(f"the model file {out} is not usable after setup: {still}. Delete it and rerun.")
+
+    output = ""
+    if smoke_tokens > 0:
+        output = smoke_generate(out, build_dir=build_dir, n_predict=smoke_tokens)
+        steps.append(f"smoke: generated {smoke_tokens} tokens")
+    return SetupReport(model_name=name, gguf=out, steps=steps, smoke_output=output)
+
+
+def smoke_generate(model: Path, *, build_dir: str | os.PathLike[str], n_predict: int = 8) -> str:
+    """Greedy-generate a few tokens through the runtime wrapper; return the text. Raise on failure."""
+    from bitnet.runtime import BitNetRuntime
+    from bitnet.supervisor import RuntimeSupervisor
+
+    runtime = BitNetRuntime(build_dir=str(build_dir))
+
+    async def run() -> str:
+        async with RuntimeSupervisor(runtime, concurrency=1) as sup:
+            res = await sup.run_inference(
+                model=str(model),
+                prompt=SMOKE_PROMPT,
+                n_predict=n_predict,
+                temperature=0,
+                ctx_size=256,
+                batch_size=64,
+                timeout=300,
+            )
+        return res.stdout
+
+    text = asyncio.run(run())  # non-zero exit or timeout raise RuntimeLaunchError
+    if not text.startswith(SMOKE_PROMPT):
+        raise RuntimeLaunchError(f"smoke generation with {model} printed no continuation: {text[:200]!r}")
+    return text
