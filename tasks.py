@@ -246,16 +246,81 @@ def setup(c, model="tiny", model_dir="", outtype="tq2_0", head_type="f16", build
     print(f"try:   python run_inference.py -m {report.gguf} -p 'Hello' -n 32 -temp 0")
 
 
-@task
-def infer(c, model="", prompt=""):
-    """One-shot generation through BitNetRuntime.run_inference."""
-    _not_implemented("infer", 7)
+@task(
+    help={
+        "model": "path of the .gguf model (e.g. models/tiny/ggml-model-tq2_0.gguf from `invoke setup`)",
+        "prompt": "text to continue",
+        "n": "tokens to generate (default 128)",
+        "temp": "sampling temperature; 0 = greedy, reproducible (default 0.8)",
+        "threads": "CPU threads (default: all cores)",
+        "ctx_size": "context size in tokens (default 2048)",
+        "build_dir": "engine build dir (default: build)",
+    }
+)
+def infer(c, model="", prompt="", n=128, temp=0.8, threads=0, ctx_size=2048, build_dir="build"):
+    """One-shot generation through BitNetRuntime.run_inference: prints the prompt and its continuation."""
+    from bitnet.runtime import BitNetRuntime
+
+    if not model or not prompt:
+        raise Exit("error: --model and --prompt are required", code=2)
+    with _user_errors():
+        BitNetRuntime(build_dir=build_dir).run_inference(
+            model=model,
+            prompt=prompt,
+            n_predict=n,
+            temperature=float(temp),
+            threads=threads or None,
+            ctx_size=ctx_size,
+            batch_size=512,
+        )
 
 
-@task
-def serve(c, model=""):
-    """Start the OpenAI-compatible llama-server for a model."""
-    _not_implemented("serve", 7)
+@task(
+    help={
+        "model": "path of the .gguf model (e.g. models/tiny/ggml-model-tq2_0.gguf from `invoke setup`)",
+        "host": "address to bind (default 127.0.0.1); any other needs --api-key or $BITNET_API_KEY",
+        "port": "port to bind (default 8080; 0 picks a free one)",
+        "threads": "CPU threads (default: all cores)",
+        "parallel": "requests decoded at once (server slots; default: llama-server's 4 sharing the context)",
+        "ctx_size": "context size in tokens, shared by the slots (default 2048)",
+        "api_key": "key clients must send; prefer $BITNET_API_KEY (a command line shows in `ps`)",
+        "build_dir": "engine build dir (default: build)",
+        "ready_timeout": "seconds to wait for the model to load (default 300)",
+    }
+)
+def serve(
+    c,
+    model="",
+    host="127.0.0.1",
+    port=8080,
+    threads=0,
+    parallel=0,
+    ctx_size=2048,
+    api_key="",
+    build_dir="build",
+    ready_timeout=300,
+):
+    """Serve a model over OpenAI-compatible HTTP (llama-server) until Ctrl-C; prints "ready: URL"."""
+    import signal
+
+    from bitnet.runtime import BitNetRuntime
+    from bitnet.server import serve_forever
+
+    if not model:
+        raise Exit("error: --model is required (a .gguf file; `invoke setup --model tiny` makes one)", code=2)
+    with _user_errors():
+        signum = serve_forever(
+            model,
+            runtime=BitNetRuntime(build_dir=build_dir),
+            host=host,
+            port=port or None,
+            threads=threads or None,
+            parallel=parallel or None,
+            ctx_size=ctx_size,
+            api_key=api_key or None,
+            ready_timeout=float(ready_timeout),
+        )
+    raise Exit(f"stopped ({signal.Signals(signum).name})", code=128 + signum)
 
 
 @task(

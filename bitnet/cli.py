@@ -12,16 +12,25 @@ configures logging.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import shlex
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+try:
+    import termios
+except ImportError:  # pragma: no cover - Windows
+    termios = None  # type: ignore[assignment]
 
 from bitnet.diagnostics import INFERENCE_BINARY, SERVER_BINARY
 from bitnet.errors import RuntimeConfigurationError, RuntimeLaunchError
 from bitnet.runtime import BitNetRuntime
+from bitnet.server import API_KEY_ENV, require_api_key, serve_forever
 
 __all__ = ["build_inference_parser", "build_server_parser", "inference_main", "main", "server_main"]
 
@@ -70,6 +79,16 @@ def _temperature(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (0 = greedy), got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
     return value
 
 
@@ -122,8 +141,14 @@ def _base_parser(prog: str | None, description: str, *, server: bool) -> argpars
         default=0.8,
         help="sampling temperature, 0 = greedy (default: %(default)s)",
     )
+    # llama-server aborts with -b 1 (GGML_ASSERT in llama-context.cpp / get_sub_batch in common.cpp at
+    # load time, with any -np), so the server's default is llama.cpp's physical batch instead.
     parser.add_argument(
-        "-b", "--batch-size", type=_positive_int, default=1, help="batch size (default: %(default)s)"
+        "-b",
+        "--batch-size",
+        type=_positive_int,
+        default=512 if server else 1,
+        help="batch size (default: %(default)s)",
     )
     parser.add_argument(
         "-ngl",
@@ -137,6 +162,27 @@ def _base_parser(prog: str | None, description: str, *, server: bool) -> argpars
             "--host", type=_non_blank, default="127.0.0.1", help="bind address (default: %(default)s)"
         )
         parser.add_argument("--port", type=_port, default=8080, help="port (default: %(default)s)")
+        parser.add_argument(
+            "-np",
+            "--parallel",
+            type=_positive_int,
+            default=None,
+            help="requests decoded at once (server slots); default: llama-server's (4 slots sharing -c)",
+        )
+        parser.add_argument(
+            "--api-key",
+            default=None,
+            metavar="KEY",
+            help=f"key clients must send; required to bind anything but loopback. Prefer ${API_KEY_ENV} "
+            "(a command line is visible to other users in `ps`)",
+        )
+        parser.add_argument(
+            "--ready-timeout",
+            type=_positive_float,
+            default=300.0,
+            metavar="SECONDS",
+            help="how long to wait for the model to load (default: %(default)s)",
+        )
     else:
         parser.add_argument(
             "-cnv",
@@ -243,9 +289,14 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, *, server: b
             "extra_args": args.extra_args,
         }
         if server:
+            common["extra_args"] = _slot_args(args.parallel) + args.extra_args
+            require_api_key(args.host, args.api_key, env=runtime.environment, extra_args=common["extra_args"])
+            if not args.dry_run:
+                return _serve(parser.prog, runtime, args, common)
             result = runtime.run_server(host=args.host, port=args.port, **common)
         else:
-            result = runtime.run_inference(conversation=args.conversation, **common)
+            with _terminal_restored(args.conversation and not args.dry_run):
+                result = runtime.run_inference(conversation=args.conversation, **common)
         if isinstance(result, list):
             print(shlex.join(result))
         return 0
@@ -255,6 +306,44 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, *, server: b
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+@contextlib.contextmanager
+def _terminal_restored(active: bool) -> Iterator[None]:
+    """Put the terminal's settings back after an interactive chat, however the engine ended.
+
+    llama-completion's chat turns echo off and reads keys raw; when it is stopped by a signal (our
+    Ctrl-C handling terminates it) it cannot undo that, which would leave the user's shell without echo.
+    """
+    fd = sys.stdin.fileno() if active and sys.stdin is not None and sys.stdin.isatty() else None
+    saved = termios.tcgetattr(fd) if fd is not None and termios is not None else None
+    try:
+        yield
+    finally:
+        if fd is not None and saved is not None and termios is not None:
+            with contextlib.suppress(OSError, termios.error):
+                termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _slot_args(parallel: int | None) -> list[str]:
+    return [] if parallel is None else ["-np", str(parallel)]
+
+
+def _serve(prog: str, runtime: BitNetRuntime, args: argparse.Namespace, common: dict[str, Any]) -> int:
+    """Serve until Ctrl-C (exit 130) or SIGTERM (exit 143); the server is stopped either way."""
+    settings = {key: value for key, value in common.items() if key != "dry_run"}
+    signum = serve_forever(
+        runtime=runtime,
+        host=args.host,
+        port=args.port,
+        parallel=None,  # -np, if given, is in extra_args (so --dry-run shows it)
+        api_key=args.api_key,
+        ready_timeout=args.ready_timeout,
+        **settings,
+    )
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    print(f"{prog}: {what}; server stopped", file=sys.stderr)
+    return 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM, as shells report them
 
 
 def _print_diagnostics(runtime: BitNetRuntime, model: str | None, binary: str) -> int:

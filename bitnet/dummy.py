@@ -127,6 +127,18 @@ def _printable(text: str) -> bool:
     return "\ufffd" not in text and all(c.isprintable() or c in "\n\t" for c in text)
 
 
+# A plain-text chat template for the tiny model (its tokenizer has no chat special tokens); assistant turns
+# end with EOS. llama-server's jinja and llama-completion's template detection both accept it.
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}SYSTEM: {{ message['content'] }}\n"
+    "{% elif message['role'] == 'user' %}USER: {{ message['content'] }}\n"
+    "{% else %}ASSISTANT: {{ message['content'] }}{{ eos_token }}\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
 def _tiny_vocab() -> tuple[GGUFVocab, list[int]]:
     """The GGUF vocabulary and the ids of tokens that are not printable text on their own (BOS/EOS,
     control bytes, partial UTF-8): their embedding rows are scaled to ~0 so greedy never picks them."""
@@ -134,7 +146,9 @@ def _tiny_vocab() -> tuple[GGUFVocab, list[int]]:
 
     tok = train_tiny_tokenizer()
     specials = {"bos_token": BOS, "eos_token": EOS}
-    vocab = vocab_from_tokenizer_json(json.loads(tok.to_str()), specials, source="tiny")
+    vocab = vocab_from_tokenizer_json(
+        json.loads(tok.to_str()), specials, source="tiny", chat_template=TINY_CHAT_TEMPLATE
+    )
     byte_level = decoders.ByteLevel()
     quiet = [
         i

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 __all__ = [
     "BitNetError",
     "EngineBuildError",
+    "PortInUseError",
     "RuntimeConfigurationError",
     "RuntimeLaunchError",
     "RuntimeTimeoutError",
@@ -31,6 +32,19 @@ class EngineBuildError(BitNetError, RuntimeError):
 
 class RuntimeConfigurationError(BitNetError, ValueError):
     """Bad input or setup for the runtime: an invalid argument, a missing model or binary."""
+
+
+class PortInUseError(RuntimeConfigurationError):
+    """The address a server was asked to bind is taken (or not ours to bind); found before launching.
+
+    Attributes:
+        host, port: the address that could not be bound.
+    """
+
+    def __init__(self, message: str, *, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        super().__init__(message)
 
 
 def tail_lines(text: str, lines: int = STDERR_TAIL_LINES) -> str:

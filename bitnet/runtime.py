@@ -195,7 +195,7 @@ class BitNetRuntime:
         ctx_size: int = 2048,
         temperature: float = 0.8,
         threads: int | None = None,
-        batch_size: int = 1,
+        batch_size: int = 512,
         gpu_layers: int | None = 0,
         dry_run: bool = False,
         extra_args: Sequence[str] | None = None,
@@ -203,8 +203,9 @@ class BitNetRuntime:
         """Serve the model over HTTP with ``llama-server`` (OpenAI-compatible routes, ``-cb``).
 
         `prompt` is validated (None or a non-empty string) but not passed on: llama-server has no
-        start-up prompt flag, so a warning is logged and it is ignored. Other arguments, `dry_run` and
-        the errors raised are as for `run_inference`. Blocks until the server exits.
+        start-up prompt flag, so a warning is logged and it is ignored. `batch_size` defaults to 512,
+        not 1 as in the original API: this llama-server aborts at load with `-b 1`. Other arguments,
+        `dry_run` and the errors raised are as for `run_inference`. Blocks until the server exits.
         """
         if not isinstance(dry_run, bool):
             raise RuntimeConfigurationError(f"dry_run must be True or False. Got {dry_run!r}.")
@@ -284,7 +285,8 @@ class BitNetRuntime:
         command = [
             self._binary_for_command(INFERENCE_BINARY),
             "-m", model_arg,
-            "-p", prompt,
+            # in chat mode llama-completion takes `-p` as the first user turn; ours is the system prompt
+            "-sys" if conversation else "-p", prompt,
             "-n", str(n_predict),
             "-c", str(ctx_size),
             "-t", str(n_threads),

@@ -82,7 +82,7 @@ def test_short_options_map_onto_the_argv(
     ]
     assert inference_main(args) == 0
     assert shlex.split(capsys.readouterr().out) == [
-        str(fakes.build_dir / "bin" / NAME), "-m", str(model), "-p", "Hi", "-n", "5", "-c", "64", "-t", "1",
+        str(fakes.build_dir / "bin" / NAME), "-m", str(model), "-sys", "Hi", "-n", "5", "-c", "64", "-t", "1",
         "--temp", "0.0", "-b", "4", "-ngl", "2", "-cnv", "--top-k", "40",
     ]  # fmt: skip
 
@@ -120,7 +120,7 @@ def test_server_options_map_onto_the_argv(
     assert server_main(args) == 0
     assert shlex.split(capsys.readouterr().out) == [
         str(fakes.build_dir / "bin" / "llama-server"), "-m", str(model), "-c", "2048", "-t", "1",
-        "-n", "4096", "--temp", "0.8", "--host", "0.0.0.0", "--port", "9090", "-cb", "-b", "1",
+        "-n", "4096", "--temp", "0.8", "--host", "0.0.0.0", "--port", "9090", "-cb", "-b", "512",
         "-ngl", "0", "--api-key", "s e c",
     ]  # fmt: skip
 

@@ -342,7 +342,7 @@ def test_conversation_argv_is_exact(fakes: FakeBinaries, model: Path) -> None:
         model=model, prompt="Be brief.", threads=1, gpu_layers=3, conversation=True, dry_run=True
     )
     assert argv == [
-        str(binary), "-m", str(model), "-p", "Be brief.", "-n", "128", "-c", "2048", "-t", "1",
+        str(binary), "-m", str(model), "-sys", "Be brief.", "-n", "128", "-c", "2048", "-t", "1",
         "--temp", "0.8", "-b", "1", "-ngl", "3", "-cnv",
     ]  # fmt: skip
 
@@ -354,7 +354,7 @@ def test_server_argv_is_exact(fakes: FakeBinaries, model: Path) -> None:
     )
     assert argv == [
         str(binary), "-m", str(model), "-c", "2048", "-t", "1", "-n", "4096", "--temp", "0.8",
-        "--host", "0.0.0.0", "--port", "9000", "-cb", "-b", "1", "-ngl", "0", "--api-key", "k",
+        "--host", "0.0.0.0", "--port", "9000", "-cb", "-b", "512", "-ngl", "0", "--api-key", "k",
     ]  # fmt: skip
 
 
