@@ -10,6 +10,7 @@ import asyncio
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -558,19 +559,13 @@ def test_server_cli_dry_run_with_a_key_keeps_it_out_of_the_command(tiny_model: P
 
 # ---------------------------------------------------------------------- the README's client snippet
 
-README_SNIPPET = """
-from openai import OpenAI
-from bitnet.server import serve
-
-with serve("models/tiny.gguf") as server:          # free port on 127.0.0.1; stopped when the block ends
-    client = OpenAI(base_url=server.base_url, api_key="none")
-    reply = client.chat.completions.create(
-        model="tiny",
-        messages=[{"role": "user", "content": "Say hello"}],
-        max_tokens=32,
-    )
-    print(reply.choices[0].message.content)
-"""
+def readme_snippet() -> str:
+    """The README's client snippet, read from README.md itself so the two cannot drift apart."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    found = [b for b in blocks if "from bitnet.server import serve" in b]
+    assert len(found) == 1, "README.md must hold exactly one serve() snippet"
+    return found[0]
 
 
 @pytest.mark.engine
@@ -578,9 +573,10 @@ def test_readme_snippet_works_as_written(
     tiny_model: Path, engine_bin_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "tiny.gguf").symlink_to(tiny_model)
-    monkeypatch.chdir(tmp_path)  # a checkout's root, where `invoke setup` leaves models/tiny.gguf
+    where = tmp_path / "models" / "tiny" / "ggml-model-tq2_0.gguf"  # where `invoke setup` puts it
+    where.parent.mkdir(parents=True)
+    where.symlink_to(tiny_model)
+    monkeypatch.chdir(tmp_path)  # a checkout's root
     monkeypatch.setenv("BITNET_BIN_DIR", str(engine_bin_dir))  # ./build is the default; not in tmp_path
-    exec(compile(README_SNIPPET, "README.md", "exec"), {})
+    exec(compile(readme_snippet(), "README.md", "exec"), {})
     assert capsys.readouterr().out.strip()
