@@ -1,0 +1,444 @@
+/*
+ * bench_gemv.c - micro-benchmark of one ISA variant (not a test): GEMV (decode) and GEMM (prefill) on
+ * the BitNet b1.58 2B4T matmul shapes, 1..N threads splitting rows (pthreads, a spinning pool with a
+ * fork/join per matmul, as ggml's threadpool does per op).
+ *
+ *   bench_gemv_<variant> [--threads 1,2] [--reps 7] [--cols 128] [--pool-mb 128] [--layouts tk2,tk1]
+ *                        [--ggml path/libggml-cpu-<v>.so] [--jsonl] [--no-gemm] [--no-gemv]
+ *
+ * GEMV: GB/s = weight bytes of our layout read per second. The weights are a pool of copies larger than
+ * the last-level cache (--pool-mb), each GEMV on the next copy, so every byte comes from DRAM as in
+ * decode. The roofline printed first is a plain read of the same pool with the same threads.
+ * GEMM: GOPS = 2 * rows * K * cols / s (one multiply-add = 2 ops); activations already quantized.
+ * Each number is the median of --reps runs. Every kernel is checked against the scalar reference
+ * before it is timed (bit-exact), as the tests do.
+ * --ggml: also time stock ggml's ggml_vec_dot_tq2_0_q8_K / _tq1_0_ (dlopen of a built ggml-cpu
+ * library; call ggml_cpu_init first) on the original TQ2_0/TQ1_0 rows, blocked 16x16 like ggml's mul_mat.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bitnet_kernels.h"
+
+#define MAXT 16
+
+/* ---- a spinning fork/join pool ---- */
+typedef void (*task_fn)(void *ctx, int ith, int nth);
+static struct {
+    int nth;
+    pthread_t th[MAXT];
+    atomic_int gen, done, quit;
+    task_fn fn;
+    void *ctx;
+} pool;
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static void *worker(void *arg) {
+    const int ith = (int)(intptr_t)arg;
+    int seen = 0;
+    for (;;) {
+        while (atomic_load_explicit(&pool.gen, memory_order_acquire) == seen) cpu_relax();
+        seen++;
+        if (atomic_load(&pool.quit)) return NULL;
+        pool.fn(pool.ctx, ith, pool.nth);
+        atomic_fetch_add_explicit(&pool.done, 1, memory_order_release);
+    }
+}
+
+static void pool_start(int nth) {
+    pool.nth = nth;
+    atomic_store(&pool.gen, 0);
+    atomic_store(&pool.quit, 0);
+    for (int i = 1; i < nth; i++) pthread_create(&pool.th[i], NULL, worker, (void *)(intptr_t)i);
+}
+
+static void pool_run(task_fn fn, void *ctx) {
+    pool.fn = fn;
+    pool.ctx = ctx;
+    atomic_store(&pool.done, 0);
+    atomic_fetch_add_explicit(&pool.gen, 1, memory_order_release);
+    fn(ctx, 0, pool.nth);
+    while (atomic_load_explicit(&pool.done, memory_order_acquire) < pool.nth - 1) cpu_relax();
+}
+
+static void pool_stop(void) {
+    atomic_store(&pool.quit, 1);
+    atomic_fetch_add(&pool.gen, 1);
+    for (int i = 1; i < pool.nth; i++) pthread_join(pool.th[i], NULL);
+}
+
+/* ---- helpers ---- */
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static uint64_t rng_state = 0x243f6a8885a308d3ull;
+static uint64_t rnd(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+static void *xalloc(size_t n) {
+    void *p = aligned_alloc(64, (n + 63) / 64 * 64);
+    if (!p) {
+        fprintf(stderr, "out of memory (%zu bytes)\n", n);
+        exit(1);
+    }
+    return p;
+}
+
+/* Random ternary rows in ggml's TQ2_0 / TQ1_0 byte layout (d = 1/64). */
+static void random_src(bitnet_src_type src, int64_t rows, int64_t k, uint8_t *out) {
+    const int64_t nb = k / 256;
+    const uint16_t d = 0x2400;
+    for (int64_t i = 0; i < rows * nb; i++) {
+        if (src == BITNET_SRC_TQ2_0) {
+            bitnet_block_tq2_0 *b = (bitnet_block_tq2_0 *)out + i;
+            for (int j = 0; j < 64; j++) {
+                uint8_t q = 0;
+                for (int l = 0; l < 4; l++) q |= (uint8_t)((rnd() % 3) << (2 * l));
+                b->qs[j] = q;
+            }
+            b->d = d;
+        } else {
+            bitnet_block_tq1_0 *b = (bitnet_block_tq1_0 *)out + i;
+            for (int j = 0; j < 52; j++) {
+                unsigned v = 0;
+                for (int n = 0; n < (j < 48 ? 5 : 4); n++) v = v * 3 + (unsigned)(rnd() % 3);
+                if (j >= 48) v *= 3;
+                const uint8_t q = (uint8_t)((v * 256 + 242) / 243);
+                if (j < 48) b->qs[j] = q;
+                else b->qh[j - 48] = q;
+            }
+            b->d = d;
+        }
+    }
+}
+
+/* ---- stock ggml, optional ---- */
+typedef void (*vec_dot_fn)(int n, float *s, size_t bs, const void *x, size_t bx, const void *y, size_t by, int nrc);
+typedef void (*quant_fn)(const float *x, void *y, int64_t k);
+static struct {
+    vec_dot_fn dot_tq2, dot_tq1;
+    quant_fn q8k;
+} ggml;
+#define Q8K_BYTES 292 /* block_q8_K: float d; int8 qs[256]; int16 bsums[16] */
+
+static int load_ggml(const char *path) {
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        fprintf(stderr, "--ggml: %s\n", dlerror());
+        return 0;
+    }
+    void (*init)(void) = (void (*)(void))dlsym(h, "ggml_cpu_init");
+    ggml.dot_tq2 = (vec_dot_fn)dlsym(h, "ggml_vec_dot_tq2_0_q8_K");
+    ggml.dot_tq1 = (vec_dot_fn)dlsym(h, "ggml_vec_dot_tq1_0_q8_K");
+    ggml.q8k = (quant_fn)dlsym(h, "quantize_row_q8_K");
+    if (!init || !ggml.dot_tq2 || !ggml.dot_tq1 || !ggml.q8k) {
+        fprintf(stderr, "--ggml: %s lacks ggml_cpu_init / vec_dot_tq*_q8_K / quantize_row_q8_K\n", path);
+        return 0;
+    }
+    init();
+    return 1;
+}
+
+/* ---- tasks ---- */
+typedef struct {
+    const bitnet_weights *w;
+    const bitnet_act_block *x;
+    int64_t ncols;
+    float *y;
+    int ref; /* use bitnet_ref_gemm */
+    /* stock ggml */
+    const uint8_t *src;
+    size_t src_row;
+    const uint8_t *q8;
+    vec_dot_fn dot;
+    /* roofline */
+    const uint64_t *buf;
+    size_t words;
+    uint64_t sink[MAXT * 8];
+} job;
+
+static void task_ours(void *p, int ith, int nth) {
+    job *j = p;
+    int64_t r0, r1;
+    bitnet_split_rows(j->w->rows, ith, nth, &r0, &r1);
+    const int64_t nb = j->w->k / 256;
+    if (j->ref) bitnet_ref_gemm(j->w, j->x, j->ncols, nb, j->y, j->w->rows, r0, r1);
+    else bitnet_matmul(j->w, j->x, j->ncols, nb, j->y, j->w->rows, r0, r1);
+}
+
+static void task_ggml(void *p, int ith, int nth) { /* ggml_compute_forward_mul_mat_one_chunk's 16x16 blocking */
+    job *j = p;
+    int64_t r0, r1;
+    bitnet_split_rows(j->w->rows, ith, nth, &r0, &r1);
+    const int k = (int)j->w->k;
+    const size_t q8_row = (size_t)(k / 256) * Q8K_BYTES;
+    for (int64_t c0 = 0; c0 < j->ncols; c0 += 16)
+        for (int64_t b0 = r0; b0 < r1; b0 += 16)
+            for (int64_t c = c0; c < c0 + 16 && c < j->ncols; c++)
+                for (int64_t r = b0; r < b0 + 16 && r < r1; r++)
+                    j->dot(k, &j->y[c * j->w->rows + r], 0, j->src + (size_t)r * j->src_row, 0,
+                           j->q8 + (size_t)c * q8_row, 0, 1);
+}
+
+static void task_read(void *p, int ith, int nth) {
+    job *j = p;
+    const size_t a = j->words * (size_t)ith / (size_t)nth, b = j->words * (size_t)(ith + 1) / (size_t)nth;
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (size_t i = a; i + 4 <= b; i += 4) {
+        s0 += j->buf[i];
+        s1 += j->buf[i + 1];
+        s2 += j->buf[i + 2];
+        s3 += j->buf[i + 3];
+    }
+    j->sink[ith * 8] = s0 + s1 + s2 + s3;
+}
+
+/* ---- options ---- */
+static int opt_threads[MAXT] = {1, 2}, n_threads = 2, opt_reps = 7, opt_cols = 128, opt_jsonl = 0;
+static int opt_gemv = 1, opt_gemm = 1, opt_layout_tk2 = 1, opt_layout_tk1 = 1;
+static size_t opt_pool = (size_t)128 << 20;
+static const char *opt_ggml = NULL;
+
+/* CPU model (Linux /proc/cpuinfo), an identity column of the rows */
+static char cpu_name[128] = "unknown";
+static void read_cpu_name(void) {
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[256];
+    while (f && fgets(line, sizeof line, f)) {
+        const char *c = strchr(line, ':');
+        if (c && (!strncmp(line, "model name", 10) || !strncmp(line, "CPU part", 8))) {
+            snprintf(cpu_name, sizeof cpu_name, "%s", c + 2);
+            cpu_name[strcspn(cpu_name, "\n\"")] = 0;
+            break;
+        }
+    }
+    if (f) fclose(f);
+}
+
+static void report(const char *op, const char *impl, const char *layout, int64_t rows, int64_t k, int64_t cols,
+                   int nth, double med, double gbps, double gops, double roof) {
+    if (opt_jsonl) {
+        printf("{\"cpu\": \"%s\", \"variant\": \"%s\", \"isa\": \"%s\", \"impl\": \"%s\", \"op\": \"%s\", "
+               "\"layout\": \"%s\", "
+               "\"rows\": %lld, \"k\": %lld, \"n_cols\": %lld, \"n_threads\": %d, \"median_s\": %.6g, "
+               "\"gbps\": %.4g, \"gops\": %.4g, \"roofline_gbps\": %.4g, \"reps\": %d}\n",
+               cpu_name, BITNET_BENCH_VARIANT, bitnet_isa(), impl, op, layout, (long long)rows, (long long)k,
+               (long long)cols, nth, med, gbps, gops, roof, opt_reps);
+    } else if (!strcmp(op, "gemv")) {
+        printf("  gemv %-6s %-4s %5lldx%-5lld t=%d  %8.1f us  %6.2f GB/s  %5.1f%% of read bw\n", impl, layout,
+               (long long)rows, (long long)k, nth, med * 1e6, gbps, 100.0 * gbps / roof);
+    } else {
+        printf("  gemm %-6s %-4s %5lldx%-5lld cols=%-4lld t=%d  %8.2f ms  %7.1f GOPS\n", impl, layout, (long long)rows,
+               (long long)k, (long long)cols, nth, med * 1e3, gops);
+    }
+    fflush(stdout);
+}
+
+static int parse_list(const char *s, int *out, int max) {
+    int n = 0;
+    while (*s && n < max) {
+        out[n++] = atoi(s);
+        const char *c = strchr(s, ',');
+        if (!c) break;
+        s = c + 1;
+    }
+    return n;
+}
+
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
+        if (!strcmp(a, "--threads")) n_threads = parse_list(v, opt_threads, MAXT), i++;
+        else if (!strcmp(a, "--reps")) opt_reps = atoi(v), i++;
+        else if (!strcmp(a, "--cols")) opt_cols = atoi(v), i++;
+        else if (!strcmp(a, "--pool-mb")) opt_pool = (size_t)atoi(v) << 20, i++;
+        else if (!strcmp(a, "--ggml")) opt_ggml = v, i++;
+        else if (!strcmp(a, "--layouts")) {
+            opt_layout_tk2 = strstr(v, "tk2") != NULL;
+            opt_layout_tk1 = strstr(v, "tk1") != NULL;
+            i++;
+        }
+        else if (!strcmp(a, "--jsonl")) opt_jsonl = 1;
+        else if (!strcmp(a, "--no-gemm")) opt_gemm = 0;
+        else if (!strcmp(a, "--no-gemv")) opt_gemv = 0;
+        else {
+            fprintf(stderr, "usage: %s [--threads 1,2] [--reps N] [--cols N] [--pool-mb N] [--layouts tk2,tk1] "
+                            "[--ggml libggml-cpu.so] [--jsonl] [--no-gemm] [--no-gemv]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (opt_reps < 1 || opt_cols < 1 || n_threads < 1) return 2;
+    if (opt_ggml && !load_ggml(opt_ggml)) return 1;
+    read_cpu_name();
+    const bitnet_kernel_info info = bitnet_get_kernel_info();
+    if (!opt_jsonl)
+        printf("bench_gemv variant %s, isa %s, GEMM tile %d x 16 rows x %d cols; median of %d; pool %zu MiB\n",
+               BITNET_BENCH_VARIANT, info.isa, info.gemm_row_groups, info.gemm_cols, opt_reps, opt_pool >> 20);
+
+    static const int64_t shapes[4][2] = {{2560, 2560}, {640, 2560}, {6912, 2560}, {2560, 6912}};
+    double *t = xalloc(sizeof(double) * (size_t)opt_reps);
+    double roof[MAXT] = {0};
+
+    for (int ti = 0; ti < n_threads; ti++) { /* read bandwidth of the pool, per thread count */
+        const int nth = opt_threads[ti];
+        job j = {0};
+        j.words = opt_pool / 8;
+        uint64_t *buf = xalloc(opt_pool);
+        for (size_t i = 0; i < j.words; i++) buf[i] = i;
+        j.buf = buf;
+        pool_start(nth);
+        pool_run(task_read, &j);
+        for (int r = 0; r < opt_reps; r++) {
+            const double t0 = now_s();
+            pool_run(task_read, &j);
+            t[r] = now_s() - t0;
+        }
+        pool_stop();
+        roof[ti] = (double)opt_pool / median(t, opt_reps) / 1e9;
+        if (opt_jsonl)
+            printf("{\"cpu\": \"%s\", \"variant\": \"%s\", \"op\": \"read\", \"n_threads\": %d, \"gbps\": %.4g}\n",
+                   cpu_name, BITNET_BENCH_VARIANT, nth, roof[ti]);
+        else printf("read bandwidth t=%d: %.2f GB/s\n", nth, roof[ti]);
+        free(buf);
+    }
+
+    for (int s = 0; s < 4; s++) {
+        const int64_t rows = shapes[s][0], k = shapes[s][1], nb = k / 256;
+        for (int li = 0; li < 2; li++) {
+            if ((li == 0 && !opt_layout_tk2) || (li == 1 && !opt_layout_tk1)) continue;
+            const bitnet_layout layout = li ? BITNET_LAYOUT_TK1 : BITNET_LAYOUT_TK2;
+            const bitnet_src_type srct = li ? BITNET_SRC_TQ1_0 : BITNET_SRC_TQ2_0;
+            const char *lname = li ? "tk1" : "tk2";
+            const size_t src_row = (size_t)nb * (li ? sizeof(bitnet_block_tq1_0) : sizeof(bitnet_block_tq2_0));
+            const size_t wsize = bitnet_weights_size(layout, rows, k);
+            const int ncopies = (int)(opt_pool / wsize) + 1;
+            uint8_t *src = xalloc(src_row * (size_t)rows);
+            random_src(srct, rows, k, src);
+            uint8_t *wpool = xalloc(wsize * (size_t)ncopies);
+            for (int c = 0; c < ncopies; c++)
+                if (bitnet_repack(layout, srct, src, rows, k, wpool + wsize * (size_t)c) != BITNET_OK) return 1;
+            bitnet_weights *ws = xalloc(sizeof *ws * (size_t)ncopies);
+            for (int c = 0; c < ncopies; c++) ws[c] = (bitnet_weights){wpool + wsize * (size_t)c, rows, k, layout};
+
+            const int64_t maxc = opt_cols > 1 ? opt_cols : 1;
+            float *xf = xalloc(sizeof(float) * (size_t)(k * maxc));
+            for (int64_t i = 0; i < k * maxc; i++) xf[i] = (float)((int)(rnd() % 2001) - 1000) / 1000.0f;
+            bitnet_act_block *x = xalloc(sizeof *x * (size_t)(nb * maxc));
+            for (int64_t c = 0; c < maxc; c++) bitnet_quantize_act(xf + c * k, k, x + c * nb);
+            uint8_t *q8 = NULL;
+            if (opt_ggml) {
+                q8 = xalloc((size_t)(nb * maxc) * Q8K_BYTES);
+                for (int64_t c = 0; c < maxc; c++) ggml.q8k(xf + c * k, q8 + (size_t)(c * nb) * Q8K_BYTES, k);
+            }
+            float *y = xalloc(sizeof(float) * (size_t)(rows * maxc));
+            float *yref = xalloc(sizeof(float) * (size_t)(rows * maxc));
+
+            /* verify before timing */
+            for (int64_t nc = 1; nc <= maxc; nc += maxc > 1 ? maxc - 1 : 1) {
+                bitnet_ref_gemm(&ws[0], x, nc, nb, yref, rows, 0, rows);
+                bitnet_matmul(&ws[0], x, nc, nb, y, rows, 0, rows);
+                if (memcmp(y, yref, sizeof(float) * (size_t)(rows * nc))) {
+                    fprintf(stderr, "MISMATCH vs reference: %s %lldx%lld cols %lld - not timing\n", lname,
+                            (long long)rows, (long long)k, (long long)nc);
+                    return 1;
+                }
+            }
+
+            for (int ti = 0; ti < n_threads; ti++) {
+                const int nth = opt_threads[ti];
+                pool_start(nth);
+                job j = {0};
+                j.x = x;
+                j.y = y;
+                if (opt_gemv) { /* GEMV over the pool of copies: DRAM-bound like decode */
+                    for (int impl = 0; impl < (opt_ggml ? 2 : 1); impl++) {
+                        j.ncols = 1;
+                        j.src = src;
+                        j.src_row = src_row;
+                        j.q8 = q8;
+                        j.dot = li ? ggml.dot_tq1 : ggml.dot_tq2;
+                        /* stock reads the original rows: a pool of copies of those */
+                        const size_t ssize = src_row * (size_t)rows;
+                        const int ncs = impl ? (int)(opt_pool / ssize) + 1 : ncopies;
+                        uint8_t *spool = impl ? xalloc(ssize * (size_t)ncs) : NULL;
+                        for (int c = 0; impl && c < ncs; c++) memcpy(spool + ssize * (size_t)c, src, ssize);
+                        for (int r = -1; r < opt_reps; r++) {
+                            const double t0 = now_s();
+                            for (int c = 0; c < ncs; c++) {
+                                j.w = &ws[c % ncopies];
+                                if (impl) j.src = spool + ssize * (size_t)c;
+                                pool_run(impl ? task_ggml : task_ours, &j);
+                            }
+                            if (r >= 0) t[r] = (now_s() - t0) / ncs;
+                        }
+                        free(spool);
+                        const double med = median(t, opt_reps);
+                        const double bytes = impl ? (double)ssize : (double)wsize;
+                        report("gemv", impl ? "ggml" : "ours", lname, rows, k, 1, nth, med, bytes / med / 1e9,
+                               2.0 * rows * k / med / 1e9, roof[ti]);
+                    }
+                }
+                if (opt_gemm && opt_cols > 1) { /* GEMM: compute-bound, one copy */
+                    for (int impl = 0; impl < (opt_ggml ? 2 : 1); impl++) {
+                        j.w = &ws[0];
+                        j.ncols = opt_cols;
+                        j.src = src;
+                        j.src_row = src_row;
+                        j.q8 = q8;
+                        j.dot = li ? ggml.dot_tq1 : ggml.dot_tq2;
+                        const int reps = impl ? (opt_reps + 1) / 2 : opt_reps; /* stock is slow */
+                        for (int r = -1; r < reps; r++) {
+                            const double t0 = now_s();
+                            pool_run(impl ? task_ggml : task_ours, &j);
+                            if (r >= 0) t[r] = now_s() - t0;
+                        }
+                        const double med = median(t, reps);
+                        report("gemm", impl ? "ggml" : "ours", lname, rows, k, opt_cols, nth, med,
+                               (double)wsize / med / 1e9, 2.0 * rows * k * opt_cols / med / 1e9, roof[ti]);
+                    }
+                }
+                pool_stop();
+            }
+            free(y);
+            free(yref);
+            free(q8);
+            free(x);
+            free(xf);
+            free(ws);
+            free(wpool);
+            free(src);
+        }
+    }
+    free(t);
+    return 0;
+}

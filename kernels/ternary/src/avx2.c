@@ -1,0 +1,238 @@
+/*
+ * avx2.c - AVX2 (+F16C) bodies of bitnet_gemv / bitnet_gemm.
+ *
+ * The integer core is vpmaddubsw (u8 code x s8 activation, adjacent pairs summed to int16) accumulated
+ * in int16 over a whole 256-block, then widened once with vpmaddwd. No overflow: every int16 lane sums
+ * 128 products c*x with c in {0,1,2}, x in [-128,127]: range [-32768, 32512]; a pair is in [-512, 508],
+ * so vpmaddubsw never saturates. (This is why repack refuses the TQ2_0 code 3.) The -1 offset of the
+ * codes is folded by subtracting the block's activation sum after widening.
+ * A 64-byte chunk is two ymm: rows 0-7 and rows 8-15 (lane r = 4 bytes of row r).
+ *
+ * GEMV decodes in registers. GEMM decodes each (group, block) tile once into a 4 KiB int8 scratch in K4
+ * order (plane p = 64 bytes: lane r = row r, k = 4p .. 4p+3) that all column tiles reuse.
+ */
+#include "internal.h"
+
+#if defined(BITNET_ISA_AVX2)
+#include <immintrin.h>
+
+#if BITNET_GEMM_COLS < 1 || BITNET_GEMM_COLS > 6 || BITNET_GEMM_RG != 1
+#error "tuning.json avx2: need 1 <= gemm_cols <= 6 (2*cols int16 accumulators in 16 ymm), gemm_row_groups 1"
+#endif
+
+BITNET_INLINE __m256i bcast4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+BITNET_INLINE __m256 load_dw8(const uint16_t *s) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)s)); }
+
+/* lanes < n all ones: the valid rows of a half group */
+BITNET_INLINE __m256i lanes_below(int64_t n) {
+    const int32_t m = n < 0 ? 0 : n > 8 ? 8 : (int32_t)n;
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* int16 accumulators (pairs) -> int32 per row lane, minus the activation block sum */
+BITNET_INLINE __m256i widen(__m256i acc16, int32_t sum) {
+    return _mm256_sub_epi32(_mm256_madd_epi16(acc16, _mm256_set1_epi16(1)), _mm256_set1_epi32(sum));
+}
+
+/* y8 = (first ? 0 : y8) + (float)isum * (dw * dx), masked to valid rows */
+BITNET_INLINE void combine8(float *y, __m256i valid, int first, __m256i isum, __m256 dw, float dx) {
+    const __m256 prev = first ? _mm256_setzero_ps() : _mm256_maskload_ps(y, valid);
+    const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, _mm256_set1_ps(dx)));
+    _mm256_maskstore_ps(y, valid, _mm256_add_ps(prev, t));
+}
+
+/* Trit of each byte, given rs = r ^ 0x80 (so signed compares order r): (r >= 86) + (r >= 171). The
+ * x3 step commutes with the ^0x80 bias: 3(r + 128) = 3r + 128 (mod 256). */
+BITNET_INLINE __m256i trit_of_biased(__m256i rs) {
+    const __m256i m1 = _mm256_cmpgt_epi8(rs, _mm256_set1_epi8(85 - 128));
+    const __m256i m2 = _mm256_cmpgt_epi8(rs, _mm256_set1_epi8(170 - 128));
+    return _mm256_sub_epi8(_mm256_setzero_si256(), _mm256_add_epi8(m1, m2));
+}
+BITNET_INLINE __m256i times3(__m256i r) { return _mm256_add_epi8(r, _mm256_add_epi8(r, r)); }
+
+/* ---------------------------------------------------------------------------------------------- */
+/* GEMV                                                                                           */
+
+/* int16 pair sums of codes . x over one tile, for rows 0-7 (acc[0]) and 8-15 (acc[1]) */
+BITNET_INLINE void dot_tk2(const uint8_t *tile, const bitnet_act_block *xb, __m256i acc[2]) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, b0 = a0, b1 = a0;
+    /* not fully unrolled: gcc would hoist all 64 broadcasts of the block and spill them (13.5 -> 21 GB/s) */
+#pragma GCC unroll 2
+    for (int c = 0; c < BITNET_TK2_CHUNKS; c++) {
+        const __m256i v0 = _mm256_load_si256((const __m256i *)(tile + 64 * c));
+        const __m256i v1 = _mm256_load_si256((const __m256i *)(tile + 64 * c + 32));
+        const int8_t *xq = xb->qs + bitnet_tk2_k(c, 0, 0);
+        __m256i x = bcast4(xq);
+        a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(_mm256_and_si256(v0, m3), x));
+        a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(_mm256_and_si256(v1, m3), x));
+        x = bcast4(xq + 32);
+        b0 = _mm256_add_epi16(b0, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v0, 2), m3), x));
+        b1 = _mm256_add_epi16(b1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v1, 2), m3), x));
+        x = bcast4(xq + 64);
+        a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v0, 4), m3), x));
+        a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v1, 4), m3), x));
+        x = bcast4(xq + 96);
+        b0 = _mm256_add_epi16(b0, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v0, 6), m3), x));
+        b1 = _mm256_add_epi16(b1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v1, 6), m3), x));
+    }
+    acc[0] = _mm256_add_epi16(a0, b0);
+    acc[1] = _mm256_add_epi16(a1, b1);
+}
+
+BITNET_INLINE void tk1_chunk(const uint8_t *tile, const bitnet_act_block *xb, int c, const int planes, __m256i *a0,
+                             __m256i *a1) {
+    const __m256i bias = _mm256_set1_epi8((char)0x80);
+    __m256i r0 = _mm256_xor_si256(_mm256_load_si256((const __m256i *)(tile + 64 * c)), bias);
+    __m256i r1 = _mm256_xor_si256(_mm256_load_si256((const __m256i *)(tile + 64 * c + 32)), bias);
+    for (int n = 0; n < planes; n++) {
+        const __m256i x = bcast4(xb->qs + bitnet_tk1_k(c, n, 0));
+        *a0 = _mm256_add_epi16(*a0, _mm256_maddubs_epi16(trit_of_biased(r0), x));
+        *a1 = _mm256_add_epi16(*a1, _mm256_maddubs_epi16(trit_of_biased(r1), x));
+        r0 = times3(r0);
+        r1 = times3(r1);
+    }
+}
+
+BITNET_INLINE void dot_tk1(const uint8_t *tile, const bitnet_act_block *xb, __m256i acc[2]) {
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0;
+#pragma GCC unroll 2 /* see dot_tk2 */
+    for (int c = 0; c < 12; c++) tk1_chunk(tile, xb, c, 5, &a0, &a1);
+    tk1_chunk(tile, xb, 12, 4, &a0, &a1);
+    acc[0] = a0;
+    acc[1] = a1;
+}
+
+int bitnet_gemv(const bitnet_weights *w, const bitnet_act_block *x, float *y, int64_t r0, int64_t r1) {
+    const int rc = bitnet__check(w, x, 1, 0, y, 0, r0, r1);
+    if (rc != BITNET_OK) return rc;
+    const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1);
+    const size_t tb = bitnet__tile_bytes(w->layout);
+    for (int64_t g = r0 / BITNET_GROUP_ROWS; g < g1; g++) {
+        const uint8_t *q = bitnet__codes(w, g);
+        const uint16_t *s = bitnet__scales(w, g);
+        __m256 f0 = _mm256_setzero_ps(), f1 = f0;
+        for (int64_t b = 0; b < nb; b++, q += tb, s += BITNET_GROUP_ROWS) {
+            if (BITNET_PREFETCH)
+                for (size_t o = 0; o < tb; o += 64) _mm_prefetch((const char *)q + BITNET_PREFETCH + o, _MM_HINT_T0);
+            __m256i acc[2];
+            if (w->layout == BITNET_LAYOUT_TK2) dot_tk2(q, x + b, acc);
+            else dot_tk1(q, x + b, acc);
+            const __m256 dx = _mm256_set1_ps(x[b].d);
+            const __m256 i0 = _mm256_cvtepi32_ps(widen(acc[0], x[b].sum));
+            const __m256 i1 = _mm256_cvtepi32_ps(widen(acc[1], x[b].sum));
+            f0 = _mm256_add_ps(f0, _mm256_mul_ps(i0, _mm256_mul_ps(load_dw8(s), dx)));
+            f1 = _mm256_add_ps(f1, _mm256_mul_ps(i1, _mm256_mul_ps(load_dw8(s + 8), dx)));
+        }
+        const int64_t n = w->rows - g * BITNET_GROUP_ROWS;
+        _mm256_maskstore_ps(y + g * BITNET_GROUP_ROWS, lanes_below(n), f0);
+        _mm256_maskstore_ps(y + g * BITNET_GROUP_ROWS + 8, lanes_below(n - 8), f1);
+    }
+    return BITNET_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* GEMM                                                                                           */
+
+/* Decode one tile into 64 planes of 64 bytes, K4 order (plane p: lane r = row r, k = 4p .. 4p+3). */
+static void unpack_tile(bitnet_layout layout, const uint8_t *tile, uint8_t *restrict planes) {
+    for (int h = 0; h < 2; h++) { /* rows 0-7, rows 8-15 */
+        if (layout == BITNET_LAYOUT_TK2) {
+            const __m256i m3 = _mm256_set1_epi8(3);
+            for (int c = 0; c < BITNET_TK2_CHUNKS; c++) {
+                const __m256i v = _mm256_load_si256((const __m256i *)(tile + 64 * c + 32 * h));
+                uint8_t *p = planes + 32 * h;
+                /* plane p = k/4 lives at byte 64p = 16k */
+                _mm256_store_si256((__m256i *)(p + 16 * bitnet_tk2_k(c, 0, 0)), _mm256_and_si256(v, m3));
+                _mm256_store_si256((__m256i *)(p + 16 * bitnet_tk2_k(c, 1, 0)),
+                                   _mm256_and_si256(_mm256_srli_epi16(v, 2), m3));
+                _mm256_store_si256((__m256i *)(p + 16 * bitnet_tk2_k(c, 2, 0)),
+                                   _mm256_and_si256(_mm256_srli_epi16(v, 4), m3));
+                _mm256_store_si256((__m256i *)(p + 16 * bitnet_tk2_k(c, 3, 0)),
+                                   _mm256_and_si256(_mm256_srli_epi16(v, 6), m3));
+            }
+        } else {
+            for (int c = 0; c < BITNET_TK1_CHUNKS; c++) {
+                __m256i r = _mm256_xor_si256(_mm256_load_si256((const __m256i *)(tile + 64 * c + 32 * h)),
+                                             _mm256_set1_epi8((char)0x80));
+                for (int n = 0; n < (c < 12 ? 5 : 4); n++, r = times3(r))
+                    _mm256_store_si256((__m256i *)(planes + 32 * h + 16 * bitnet_tk1_k(c, n, 0)), trit_of_biased(r));
+            }
+        }
+    }
+}
+
+typedef struct {
+    const bitnet_weights *w;
+    const bitnet_act_block *x;
+    int64_t x_stride, y_stride;
+    float *y;
+} gemm_args;
+
+/* one 16-row group x C columns, block b */
+BITNET_INLINE void micro(const gemm_args *a, const uint8_t *planes, const uint16_t *scales, int64_t g, int64_t b,
+                         int64_t c0, const int C) {
+    const bitnet_act_block *xc[BITNET_GEMM_COLS];
+    __m256i acc[2][BITNET_GEMM_COLS];
+    for (int c = 0; c < C; c++) {
+        xc[c] = a->x + (c0 + c) * a->x_stride + b;
+        acc[0][c] = acc[1][c] = _mm256_setzero_si256();
+    }
+#pragma GCC unroll 2
+    for (int p = 0; p < 64; p++) {
+        const __m256i w0 = _mm256_load_si256((const __m256i *)(planes + 64 * p));
+        const __m256i w1 = _mm256_load_si256((const __m256i *)(planes + 64 * p + 32));
+        for (int c = 0; c < C; c++) {
+            const __m256i xv = bcast4(xc[c]->qs + 4 * p);
+            acc[0][c] = _mm256_add_epi16(acc[0][c], _mm256_maddubs_epi16(w0, xv));
+            acc[1][c] = _mm256_add_epi16(acc[1][c], _mm256_maddubs_epi16(w1, xv));
+        }
+    }
+    const int64_t n = a->w->rows - g * BITNET_GROUP_ROWS;
+    const __m256i v0 = lanes_below(n), v1 = lanes_below(n - 8);
+    const __m256 dw0 = load_dw8(scales + b * BITNET_GROUP_ROWS), dw1 = load_dw8(scales + b * BITNET_GROUP_ROWS + 8);
+    for (int c = 0; c < C; c++) {
+        float *yc = a->y + (c0 + c) * a->y_stride + g * BITNET_GROUP_ROWS;
+        combine8(yc, v0, b == 0, widen(acc[0][c], xc[c]->sum), dw0, xc[c]->d);
+        combine8(yc + 8, v1, b == 0, widen(acc[1][c], xc[c]->sum), dw1, xc[c]->d);
+    }
+}
+
+#define BITNET_MICRO(C)                                                                                        \
+    static void micro_##C(const gemm_args *a, const uint8_t *p, const uint16_t *s, int64_t g, int64_t b,       \
+                          int64_t c0) {                                                                        \
+        micro(a, p, s, g, b, c0, (C) < BITNET_GEMM_COLS ? (C) : BITNET_GEMM_COLS);                             \
+    }
+BITNET_MICRO(1) BITNET_MICRO(2) BITNET_MICRO(3) BITNET_MICRO(4) BITNET_MICRO(5) BITNET_MICRO(6)
+typedef void (*micro_fn)(const gemm_args *, const uint8_t *, const uint16_t *, int64_t, int64_t, int64_t);
+static const micro_fn micro_table[6] = {micro_1, micro_2, micro_3, micro_4, micro_5, micro_6};
+
+int bitnet_gemm(const bitnet_weights *w, const bitnet_act_block *x, int64_t ncols, int64_t x_stride, float *y,
+                int64_t y_stride, int64_t r0, int64_t r1) {
+    const int rc = bitnet__check(w, x, ncols, x_stride, y, y_stride, r0, r1);
+    if (rc != BITNET_OK) return rc;
+    const gemm_args a = {w, x, x_stride, y_stride, y};
+    const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1);
+    const size_t tb = bitnet__tile_bytes(w->layout);
+    _Alignas(64) uint8_t planes[4096];
+    for (int64_t g = r0 / BITNET_GROUP_ROWS; g < g1; g++) {
+        const uint16_t *scales = bitnet__scales(w, g);
+        for (int64_t b = 0; b < nb; b++) {
+            unpack_tile(w->layout, bitnet__codes(w, g) + (size_t)b * tb, planes);
+            for (int64_t c0 = 0; c0 < ncols; c0 += BITNET_GEMM_COLS) {
+                const int64_t nc = ncols - c0 < BITNET_GEMM_COLS ? ncols - c0 : BITNET_GEMM_COLS;
+                micro_table[nc - 1](&a, planes, scales, g, b, c0);
+            }
+        }
+    }
+    return BITNET_OK;
+}
+
+#else
+typedef int bitnet_avx2_unused; /* ISO C: no empty translation unit */
+#endif

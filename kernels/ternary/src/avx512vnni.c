@@ -1,0 +1,241 @@
+/*
+ * avx512vnni.c - AVX-512 (F, BW, VL) + VNNI bodies of bitnet_gemv / bitnet_gemm.
+ *
+ * The integer core is vpdpbusd: per 32-bit lane, sum of 4 products u8 x s8 added to an int32. Weight
+ * codes c = w + 1 in {0, 1, 2} are the unsigned operand, activation bytes the signed one, so
+ *     sum_k w_k x_k = sum_k c_k x_k - sum_k x_k
+ * and the -1 offset costs one broadcast of the block's activation sum per block (acc starts at -sum).
+ * A 64-byte chunk of a tile = 16 rows x 4 bytes (lane r = row r); plane l of it, against 4 broadcast
+ * activation bytes, is one vpdpbusd serving 16 rows (layout: bitnet_kernels.h).
+ *
+ * GEMV streams each 16-row group once and decodes in registers. GEMM decodes a (group, block) tile
+ * once into a 4 KiB int8 scratch in "K4" order (plane p = 64 bytes: lane r = row r, k = 4p .. 4p+3),
+ * then every column tile reuses it: one load per plane, RG x C vpdpbusd.
+ */
+#include "internal.h"
+
+#if defined(BITNET_ISA_AVX512VNNI)
+#include <immintrin.h>
+
+#if BITNET_GEMM_COLS < 1 || BITNET_GEMM_COLS > 12 || BITNET_GEMM_RG < 1 || BITNET_GEMM_RG > 2 || \
+    BITNET_GEMM_RG * BITNET_GEMM_COLS > 24
+#error "tuning.json avx512vnni: need 1 <= gemm_cols <= 12, gemm_row_groups in 1..2, product <= 24 (zmm budget)"
+#endif
+
+BITNET_INLINE __m512i bcast4(const int8_t *p) { /* 4 activation bytes to all 16 lanes (m32bcst) */
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* acc += u8 w . (4 activation bytes at p, broadcast to 16 lanes) */
+BITNET_INLINE __m512i dpbusd_b(__m512i acc, __m512i w, const int8_t *p) {
+    return _mm512_dpbusd_epi32(acc, w, bcast4(p));
+}
+
+BITNET_INLINE __m512 load_dw(const uint16_t *s) { /* 16 fp16 row scales -> float, exact */
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s));
+}
+
+/* y16 = (b == 0 ? 0 : y16) + (float)isum * (dw * dx), 16 rows, masked to the valid rows. */
+BITNET_INLINE void combine16(float *y, __mmask16 valid, int first, __m512i isum, __m512 dw, float dx) {
+    const __m512 prev = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(valid, y);
+    const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw, _mm512_set1_ps(dx)));
+    _mm512_mask_storeu_ps(y, valid, _mm512_add_ps(prev, t));
+}
+
+BITNET_INLINE __mmask16 rows_mask(int64_t g, int64_t rows) {
+    const int64_t n = rows - g * BITNET_GROUP_ROWS;
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+}
+
+/* Trit of every byte r: floor(3r / 256) = (r >= 86) + (r >= 171), as bytes 0/1/2. */
+BITNET_INLINE __m512i trit_of(__m512i r) {
+    const __mmask64 m1 = _mm512_cmpge_epu8_mask(r, _mm512_set1_epi8(86));
+    const __mmask64 m2 = _mm512_cmpge_epu8_mask(r, _mm512_set1_epi8((char)171));
+    return _mm512_mask_blend_epi8(m2, _mm512_maskz_mov_epi8(m1, _mm512_set1_epi8(1)), _mm512_set1_epi8(2));
+}
+BITNET_INLINE __m512i times3(__m512i r) { return _mm512_add_epi8(r, _mm512_add_epi8(r, r)); } /* 3r mod 256 */
+
+/* ---------------------------------------------------------------------------------------------- */
+/* GEMV                                                                                           */
+
+/* int32 dot (codes - 1) . x of one TK2 tile, 16 rows. */
+BITNET_INLINE __m512i dot_tk2(const uint8_t *tile, const bitnet_act_block *xb) {
+    const __m512i m3 = _mm512_set1_epi8(3);
+    __m512i a0 = _mm512_set1_epi32(-xb->sum), a1 = _mm512_setzero_si512(), a2 = a1, a3 = a1;
+    /* Not fully unrolled: gcc would hoist all 64 broadcasts of the block out of the chunk loop and spill
+     * them to the stack (4 KiB of stores per tile: TK1 GEMV ran at 12 instead of 18 GB/s). */
+#pragma GCC unroll 2
+    for (int c = 0; c < BITNET_TK2_CHUNKS; c++) {
+        const __m512i v = _mm512_load_si512((const void *)(tile + 64 * c));
+        const int8_t *xq = xb->qs + bitnet_tk2_k(c, 0, 0);
+        a0 = dpbusd_b(a0, _mm512_and_si512(v, m3), xq);
+        a1 = dpbusd_b(a1, _mm512_and_si512(_mm512_srli_epi16(v, 2), m3), xq + 32);
+        a2 = dpbusd_b(a2, _mm512_and_si512(_mm512_srli_epi16(v, 4), m3), xq + 64);
+        a3 = dpbusd_b(a3, _mm512_and_si512(_mm512_srli_epi16(v, 6), m3), xq + 96);
+    }
+    return _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
+}
+
+/* int32 dot of one TK1 tile, 16 rows. Trits are not materialized: with r_0 = q, r_{n+1} = 3 r_n mod 256,
+ * trit_n = (3 r_n - r_{n+1}) / 256 exactly, so sum_n trit_n . x_n = (3 sum r_n . x_n - sum r_{n+1} . x_n) / 256:
+ * two vpdpbusd and two byte adds per plane, no compare/select. Lane bound: 256 * 255 * 128 * 3 < 2^31. */
+BITNET_INLINE void tk1_chunk(const uint8_t *tile, const bitnet_act_block *xb, int c, const int planes, __m512i *a,
+                             __m512i *b) {
+    __m512i r = _mm512_load_si512((const void *)(tile + 64 * c));
+    for (int n = 0; n < planes; n++) {
+        const int8_t *xq = xb->qs + bitnet_tk1_k(c, n, 0);
+        a[n] = dpbusd_b(a[n], r, xq);
+        r = times3(r);
+        b[n] = dpbusd_b(b[n], r, xq);
+    }
+}
+
+BITNET_INLINE __m512i dot_tk1(const uint8_t *tile, const bitnet_act_block *xb) {
+    __m512i a[5], b[5];
+    for (int n = 0; n < 5; n++) a[n] = b[n] = _mm512_setzero_si512();
+#pragma GCC unroll 2 /* see dot_tk2 */
+    for (int c = 0; c < 12; c++) tk1_chunk(tile, xb, c, 5, a, b);
+    tk1_chunk(tile, xb, 12, 4, a, b);
+    __m512i sa = _mm512_add_epi32(_mm512_add_epi32(a[0], a[1]), _mm512_add_epi32(a[2], _mm512_add_epi32(a[3], a[4])));
+    __m512i sb = _mm512_add_epi32(_mm512_add_epi32(b[0], b[1]), _mm512_add_epi32(b[2], _mm512_add_epi32(b[3], b[4])));
+    const __m512i t = _mm512_srai_epi32(_mm512_sub_epi32(_mm512_add_epi32(sa, _mm512_add_epi32(sa, sa)), sb), 8);
+    return _mm512_sub_epi32(t, _mm512_set1_epi32(xb->sum));
+}
+
+int bitnet_gemv(const bitnet_weights *w, const bitnet_act_block *x, float *y, int64_t r0, int64_t r1) {
+    const int rc = bitnet__check(w, x, 1, 0, y, 0, r0, r1);
+    if (rc != BITNET_OK) return rc;
+    const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1);
+    const size_t tb = bitnet__tile_bytes(w->layout);
+    for (int64_t g = r0 / BITNET_GROUP_ROWS; g < g1; g++) {
+        const uint8_t *q = bitnet__codes(w, g);
+        const uint16_t *s = bitnet__scales(w, g);
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; b++, q += tb, s += BITNET_GROUP_ROWS) {
+            if (BITNET_PREFETCH)
+                for (size_t o = 0; o < tb; o += 64) _mm_prefetch((const char *)q + BITNET_PREFETCH + o, _MM_HINT_T0);
+            const __m512i isum = w->layout == BITNET_LAYOUT_TK2 ? dot_tk2(q, x + b) : dot_tk1(q, x + b);
+            const __m512 dwdx = _mm512_mul_ps(load_dw(s), _mm512_set1_ps(x[b].d));
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(isum), dwdx));
+        }
+        _mm512_mask_storeu_ps(y + g * BITNET_GROUP_ROWS, rows_mask(g, w->rows), acc);
+    }
+    return BITNET_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* GEMM                                                                                           */
+
+/* Decode tile (g, b) into 64 planes of 64 bytes, K4 order: plane p, lane r = codes of row r, k = 4p..4p+3. */
+static void unpack_tile(bitnet_layout layout, const uint8_t *tile, uint8_t *restrict planes) {
+    if (layout == BITNET_LAYOUT_TK2) {
+        const __m512i m3 = _mm512_set1_epi8(3);
+        for (int c = 0; c < BITNET_TK2_CHUNKS; c++) {
+            const __m512i v = _mm512_load_si512((const void *)(tile + 64 * c));
+            /* plane p = k/4 lives at byte 64p = 16k */
+            _mm512_store_si512((void *)(planes + 16 * bitnet_tk2_k(c, 0, 0)), _mm512_and_si512(v, m3));
+            _mm512_store_si512((void *)(planes + 16 * bitnet_tk2_k(c, 1, 0)),
+                               _mm512_and_si512(_mm512_srli_epi16(v, 2), m3));
+            _mm512_store_si512((void *)(planes + 16 * bitnet_tk2_k(c, 2, 0)),
+                               _mm512_and_si512(_mm512_srli_epi16(v, 4), m3));
+            _mm512_store_si512((void *)(planes + 16 * bitnet_tk2_k(c, 3, 0)),
+                               _mm512_and_si512(_mm512_srli_epi16(v, 6), m3));
+        }
+    } else {
+        for (int c = 0; c < BITNET_TK1_CHUNKS; c++) {
+            __m512i r = _mm512_load_si512((const void *)(tile + 64 * c));
+            for (int n = 0; n < (c < 12 ? 5 : 4); n++, r = times3(r))
+                _mm512_store_si512((void *)(planes + 16 * bitnet_tk1_k(c, n, 0)), trit_of(r));
+        }
+    }
+}
+
+typedef struct {
+    const bitnet_weights *w;
+    const bitnet_act_block *x;
+    int64_t x_stride, y_stride;
+    float *y;
+} gemm_args;
+
+/* RG groups x C columns for block b: acc = -sum_x; 64 planes of vpdpbusd; combine into y. */
+BITNET_INLINE void micro(const gemm_args *a, const uint8_t *planes, const uint16_t *const *scales, int64_t g,
+                         int64_t b, int64_t c0, const int RG, const int C) {
+    const bitnet_act_block *xc[BITNET_GEMM_COLS];
+    __m512i acc[BITNET_GEMM_RG][BITNET_GEMM_COLS];
+    for (int c = 0; c < C; c++) {
+        xc[c] = a->x + (c0 + c) * a->x_stride + b;
+        for (int j = 0; j < RG; j++) acc[j][c] = _mm512_set1_epi32(-xc[c]->sum);
+    }
+#pragma GCC unroll 4
+    for (int p = 0; p < 64; p++) {
+        __m512i wv[BITNET_GEMM_RG];
+        for (int j = 0; j < RG; j++) wv[j] = _mm512_load_si512((const void *)(planes + 4096 * j + 64 * p));
+        for (int c = 0; c < C; c++) {
+            const __m512i xv = bcast4(xc[c]->qs + 4 * p);
+            for (int j = 0; j < RG; j++) acc[j][c] = _mm512_dpbusd_epi32(acc[j][c], wv[j], xv);
+        }
+    }
+    for (int j = 0; j < RG; j++) {
+        const __m512 dw = load_dw(scales[j] + b * BITNET_GROUP_ROWS);
+        const __mmask16 valid = rows_mask(g + j, a->w->rows);
+        for (int c = 0; c < C; c++)
+            combine16(a->y + (c0 + c) * a->y_stride + (g + j) * BITNET_GROUP_ROWS, valid, b == 0, acc[j][c], dw,
+                      xc[c]->d);
+    }
+}
+
+#define BITNET_MICRO(RG, C)                                                                                      \
+    static void micro_##RG##_##C(const gemm_args *a, const uint8_t *p, const uint16_t *const *s, int64_t g,    \
+                                 int64_t b, int64_t c0) {                                                        \
+        micro(a, p, s, g, b, c0, RG, (C) < BITNET_GEMM_COLS ? (C) : BITNET_GEMM_COLS);                           \
+    }
+#define BITNET_MICRO_RG(RG)                                                                                     \
+    BITNET_MICRO(RG, 1) BITNET_MICRO(RG, 2) BITNET_MICRO(RG, 3) BITNET_MICRO(RG, 4) BITNET_MICRO(RG, 5)          \
+    BITNET_MICRO(RG, 6) BITNET_MICRO(RG, 7) BITNET_MICRO(RG, 8) BITNET_MICRO(RG, 9) BITNET_MICRO(RG, 10)         \
+    BITNET_MICRO(RG, 11) BITNET_MICRO(RG, 12)
+BITNET_MICRO_RG(1)
+#if BITNET_GEMM_RG == 2
+BITNET_MICRO_RG(2)
+#endif
+
+typedef void (*micro_fn)(const gemm_args *, const uint8_t *, const uint16_t *const *, int64_t, int64_t, int64_t);
+#define BITNET_MICRO_TABLE(RG)                                                                                  \
+    {micro_##RG##_1, micro_##RG##_2, micro_##RG##_3, micro_##RG##_4,  micro_##RG##_5,  micro_##RG##_6,            \
+     micro_##RG##_7, micro_##RG##_8, micro_##RG##_9, micro_##RG##_10, micro_##RG##_11, micro_##RG##_12}
+static const micro_fn micro_table[BITNET_GEMM_RG][12] = {
+    BITNET_MICRO_TABLE(1),
+#if BITNET_GEMM_RG == 2
+    BITNET_MICRO_TABLE(2),
+#endif
+};
+
+int bitnet_gemm(const bitnet_weights *w, const bitnet_act_block *x, int64_t ncols, int64_t x_stride, float *y,
+                int64_t y_stride, int64_t r0, int64_t r1) {
+    const int rc = bitnet__check(w, x, ncols, x_stride, y, y_stride, r0, r1);
+    if (rc != BITNET_OK) return rc;
+    const gemm_args a = {w, x, x_stride, y_stride, y};
+    const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1);
+    const size_t tb = bitnet__tile_bytes(w->layout);
+    _Alignas(64) uint8_t planes[BITNET_GEMM_RG * 4096];
+
+    for (int64_t g = r0 / BITNET_GROUP_ROWS; g < g1; g += BITNET_GEMM_RG) {
+        const int rg = g + BITNET_GEMM_RG <= g1 ? BITNET_GEMM_RG : (int)(g1 - g);
+        const uint16_t *scales[BITNET_GEMM_RG];
+        for (int j = 0; j < rg; j++) scales[j] = bitnet__scales(w, g + j);
+        for (int64_t b = 0; b < nb; b++) {
+            for (int j = 0; j < rg; j++)
+                unpack_tile(w->layout, bitnet__codes(w, g + j) + (size_t)b * tb, planes + 4096 * j);
+            for (int64_t c0 = 0; c0 < ncols; c0 += BITNET_GEMM_COLS) {
+                const int64_t nc = ncols - c0 < BITNET_GEMM_COLS ? ncols - c0 : BITNET_GEMM_COLS;
+                micro_table[rg - 1][nc - 1](&a, planes, scales, g, b, c0);
+            }
+        }
+    }
+    return BITNET_OK;
+}
+
+#else
+typedef int bitnet_avx512vnni_unused; /* ISO C: no empty translation unit */
+#endif

@@ -1,0 +1,102 @@
+/*
+ * internal.h - shared by the per-ISA files: which ISA this translation unit is built for, the tuning
+ * parameters of that ISA (from the generated bitnet_tuning.h, made from tuning.json at configure
+ * time), argument checks and layout addressing.
+ */
+#ifndef BITNET_INTERNAL_H
+#define BITNET_INTERNAL_H
+
+#include <string.h>
+
+#include "bitnet_kernels.h"
+#include "bitnet_tuning.h" /* generated into the build tree from kernels/ternary/tuning.json */
+
+/* ---- ISA of this build: decided by the compiler's target flags only (no run-time dispatch). ---- */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__) && \
+    defined(__F16C__)
+#define BITNET_ISA_AVX512VNNI 1
+#define BITNET_ISA_NAME "avx512vnni"
+#define BITNET_TUNE(p) BITNET_TUNE_AVX512VNNI_##p
+#elif defined(__AVX2__) && defined(__F16C__)
+#define BITNET_ISA_AVX2 1
+#define BITNET_ISA_NAME "avx2"
+#define BITNET_TUNE(p) BITNET_TUNE_AVX2_##p
+#elif defined(__aarch64__) && defined(__ARM_NEON) && defined(__ARM_FEATURE_DOTPROD)
+#define BITNET_ISA_NEON 1
+#define BITNET_ISA_NAME "neon-dotprod"
+#define BITNET_TUNE(p) BITNET_TUNE_NEON_DOTPROD_##p
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#define BITNET_ISA_NEON 1
+#define BITNET_ISA_NAME "neon"
+#define BITNET_TUNE(p) BITNET_TUNE_NEON_##p
+#else
+#define BITNET_ISA_SCALAR 1
+#define BITNET_ISA_NAME "scalar"
+#define BITNET_TUNE(p) BITNET_TUNE_SCALAR_##p
+#endif
+
+#define BITNET_GEMM_RG BITNET_TUNE(GEMM_ROW_GROUPS)
+#define BITNET_GEMM_COLS BITNET_TUNE(GEMM_COLS)
+#define BITNET_PREFETCH BITNET_TUNE(PREFETCH_BYTES) /* software prefetch distance, 0 = none */
+#define BITNET_TQ1_BASE3 BITNET_TUNE(TQ1_BASE3)     /* 1: TQ1_0 -> TK1 (base 3 kept), 0: -> TK2 */
+
+#if defined(__GNUC__)
+#define BITNET_INLINE static inline __attribute__((always_inline))
+#else
+#define BITNET_INLINE static inline
+#endif
+
+/* ---- Layout addressing (see bitnet_kernels.h for the definition). ---- */
+BITNET_INLINE size_t bitnet__tile_bytes(bitnet_layout layout) {
+    return layout == BITNET_LAYOUT_TK2 ? sizeof(bitnet_tk2_tile) : sizeof(bitnet_tk1_tile);
+}
+BITNET_INLINE int64_t bitnet__groups(int64_t rows) { return (rows + BITNET_GROUP_ROWS - 1) / BITNET_GROUP_ROWS; }
+
+/* Code bytes of tile (g, 0); tile (g, b) follows at + b * tile_bytes. */
+BITNET_INLINE const uint8_t *bitnet__codes(const bitnet_weights *w, int64_t g) {
+    return (const uint8_t *)w->data + (size_t)g * (size_t)(w->k / BITNET_QK) * bitnet__tile_bytes(w->layout);
+}
+/* fp16 scales of group g, block 0; block b follows at + 16*b. */
+BITNET_INLINE const uint16_t *bitnet__scales(const bitnet_weights *w, int64_t g) {
+    const int64_t nb = w->k / BITNET_QK;
+    const uint8_t *base = (const uint8_t *)w->data + (size_t)bitnet__groups(w->rows) * (size_t)nb *
+                                                         bitnet__tile_bytes(w->layout);
+    return (const uint16_t *)base + (size_t)g * (size_t)nb * BITNET_GROUP_ROWS;
+}
+
+/* Argument check shared by every public kernel: BITNET_OK or BITNET_EINVAL. */
+BITNET_INLINE int bitnet__check(const bitnet_weights *w, const void *x, int64_t ncols, int64_t x_stride,
+                                const float *y, int64_t y_stride, int64_t r0, int64_t r1) {
+    if (!w || !w->data || !x || !y || w->rows < 0 || w->k <= 0 || w->k % BITNET_QK) return BITNET_EINVAL;
+    if (w->layout != BITNET_LAYOUT_TK2 && w->layout != BITNET_LAYOUT_TK1) return BITNET_EINVAL;
+    if (r0 < 0 || r1 < r0 || r1 > w->rows || r0 % BITNET_GROUP_ROWS) return BITNET_EINVAL;
+    if (r1 % BITNET_GROUP_ROWS && r1 != w->rows) return BITNET_EINVAL;
+    if (ncols < 0 || (ncols > 1 && (x_stride < w->k / BITNET_QK || y_stride < w->rows))) return BITNET_EINVAL;
+    return BITNET_OK;
+}
+
+/* IEEE fp16 bits -> float, exact (normals, subnormals, inf, nan). The SIMD paths use the hardware
+ * conversion (vcvtph2ps, fcvtl), which is exact too, so all paths see the same d_w. */
+static inline float bitnet__fp16_to_fp32(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (mant << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112u) << 23) | (mant << 13);
+    } else if (mant == 0) {
+        bits = sign;
+    } else { /* subnormal: normalize */
+        exp = 113;
+        while (!(mant & 0x400u)) {
+            mant <<= 1;
+            exp--;
+        }
+        bits = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+#endif /* BITNET_INTERNAL_H */

@@ -1,0 +1,150 @@
+/*
+ * pack.c - everything that is not a per-ISA kernel: layout sizes, repacking ggml TQ2_0/TQ1_0 rows into
+ * our layouts (bitnet_kernels.h holds the definition), activation quantization, row splitting and the
+ * GEMV/GEMM dispatcher. Portable C, the same in every ISA build.
+ */
+#include <math.h>
+
+#include "internal.h"
+
+size_t bitnet_weights_size(bitnet_layout layout, int64_t rows, int64_t k) {
+    if (rows < 0 || k <= 0 || k % BITNET_QK) return 0;
+    if (layout != BITNET_LAYOUT_TK2 && layout != BITNET_LAYOUT_TK1) return 0;
+    const size_t tiles = (size_t)bitnet__groups(rows) * (size_t)(k / BITNET_QK);
+    return tiles * (bitnet__tile_bytes(layout) + BITNET_GROUP_ROWS * sizeof(uint16_t));
+}
+
+/* The 64 TQ2_0 qs bytes holding the same 256 ternary values as a TQ1_0 block (bit order: see header). */
+static void tq1_to_tq2_qs(const bitnet_block_tq1_0 *src, uint8_t qs[BITNET_QK / 4]) {
+    uint8_t code[BITNET_QK];
+    for (int m = 0; m < 32; m++)
+        for (int n = 0; n < 5; n++) code[32 * n + m] = (uint8_t)bitnet_trit(src->qs[m], n);
+    for (int m = 0; m < 16; m++)
+        for (int n = 0; n < 5; n++) code[160 + 16 * n + m] = (uint8_t)bitnet_trit(src->qs[32 + m], n);
+    for (int j = 0; j < 4; j++)
+        for (int n = 0; n < 4; n++) code[240 + 4 * n + j] = (uint8_t)bitnet_trit(src->qh[j], n);
+    memset(qs, 0, BITNET_QK / 4);
+    for (int k = 0; k < BITNET_QK; k++) {
+        const int h = k / 128, l = (k % 128) / 32, m = k % 32;
+        qs[32 * h + m] |= (uint8_t)(code[k] << (2 * l));
+    }
+}
+
+int bitnet_repack(bitnet_layout layout, bitnet_src_type src_type, const void *src, int64_t rows, int64_t k,
+                  void *dst) {
+    const size_t size = bitnet_weights_size(layout, rows, k);
+    if (!src || !dst || size == 0) return BITNET_EINVAL;
+    if (!((src_type == BITNET_SRC_TQ2_0 && layout == BITNET_LAYOUT_TK2) || src_type == BITNET_SRC_TQ1_0))
+        return BITNET_EINVAL;
+
+    const int64_t nb = k / BITNET_QK, ngroups = bitnet__groups(rows);
+    const size_t tile_bytes = bitnet__tile_bytes(layout);
+    const size_t src_block = src_type == BITNET_SRC_TQ2_0 ? sizeof(bitnet_block_tq2_0) : sizeof(bitnet_block_tq1_0);
+    uint8_t *codes = (uint8_t *)dst;
+    uint16_t *scales = (uint16_t *)(codes + (size_t)ngroups * (size_t)nb * tile_bytes);
+    uint8_t bad = 0; /* OR of (code & code>>1) over TQ2_0 codes: bit set iff some code is 3 */
+
+    memset(dst, 0, size); /* padding rows: zero codes, d = 0 */
+    for (int64_t g = 0; g < ngroups; g++) {
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *tile = codes + (size_t)(g * nb + b) * tile_bytes;
+            uint16_t *d = scales + (size_t)(g * nb + b) * BITNET_GROUP_ROWS;
+            for (int r = 0; r < BITNET_GROUP_ROWS && g * BITNET_GROUP_ROWS + r < rows; r++) {
+                const uint8_t *blk = (const uint8_t *)src + ((size_t)(g * BITNET_GROUP_ROWS + r) * (size_t)nb +
+                                                             (size_t)b) * src_block;
+                uint8_t bytes[BITNET_QK / 4]; /* the row's code bytes in ggml order */
+                int nchunks;
+                if (src_type == BITNET_SRC_TQ2_0) {
+                    const bitnet_block_tq2_0 *x = (const bitnet_block_tq2_0 *)blk;
+                    memcpy(bytes, x->qs, sizeof x->qs);
+                    for (size_t j = 0; j < sizeof x->qs; j++) bad |= (uint8_t)(x->qs[j] & (x->qs[j] >> 1));
+                    d[r] = x->d;
+                    nchunks = BITNET_TK2_CHUNKS;
+                } else if (layout == BITNET_LAYOUT_TK2) {
+                    const bitnet_block_tq1_0 *x = (const bitnet_block_tq1_0 *)blk;
+                    tq1_to_tq2_qs(x, bytes);
+                    d[r] = x->d;
+                    nchunks = BITNET_TK2_CHUNKS;
+                } else {
+                    const bitnet_block_tq1_0 *x = (const bitnet_block_tq1_0 *)blk;
+                    memcpy(bytes, x->qs, sizeof x->qs);
+                    memcpy(bytes + sizeof x->qs, x->qh, sizeof x->qh);
+                    d[r] = x->d;
+                    nchunks = BITNET_TK1_CHUNKS;
+                }
+                /* tile.q[c][r][i] = bytes[4c + i] */
+                for (int c = 0; c < nchunks; c++)
+                    memcpy(tile + ((size_t)c * BITNET_GROUP_ROWS + r) * 4, bytes + 4 * c, 4);
+            }
+        }
+    }
+    return (bad & 0x55) ? BITNET_EBADCODE : BITNET_OK;
+}
+
+size_t bitnet_act_size(int64_t k, int64_t ncols) {
+    if (k <= 0 || k % BITNET_QK || ncols < 0) return 0;
+    return (size_t)(k / BITNET_QK) * (size_t)ncols * sizeof(bitnet_act_block);
+}
+
+/* ggml's nearest_int (ggml-quants.c): round half to even via the 1.5*2^23 trick, |f| <= 2^22. */
+static inline int nearest_int(float f) {
+    const float v = f + 12582912.f;
+    int32_t i;
+    memcpy(&i, &v, sizeof i);
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+void bitnet_quantize_act(const float *x, int64_t k, bitnet_act_block *y) {
+    for (int64_t b = 0; b < k / BITNET_QK; b++, x += BITNET_QK, y++) {
+        float max = 0.0f, amax = 0.0f;
+        for (int j = 0; j < BITNET_QK; j++) {
+            const float ax = fabsf(x[j]);
+            if (ax > amax) {
+                amax = ax;
+                max = x[j];
+            }
+        }
+        if (amax == 0.0f) {
+            y->d = 0.0f;
+            y->sum = 0;
+            memset(y->qs, 0, sizeof y->qs);
+            continue;
+        }
+        const float iscale = -127.f / max;
+        int32_t sum = 0;
+        for (int j = 0; j < BITNET_QK; j++) {
+            const int v = nearest_int(iscale * x[j]);
+            y->qs[j] = (int8_t)(v < 127 ? v : 127);
+            sum += y->qs[j];
+        }
+        y->sum = sum;
+        y->d = 1.0f / iscale;
+    }
+}
+
+void bitnet_split_rows(int64_t rows, int ith, int nth, int64_t *r0, int64_t *r1) {
+    const int64_t groups = bitnet__groups(rows);
+    int64_t a = nth > 0 ? groups * ith / nth : 0, b = nth > 0 ? groups * (ith + 1) / nth : groups;
+    a *= BITNET_GROUP_ROWS;
+    b *= BITNET_GROUP_ROWS;
+    *r0 = a < rows ? a : rows;
+    *r1 = b < rows ? b : rows;
+}
+
+int bitnet_matmul(const bitnet_weights *w, const bitnet_act_block *x, int64_t ncols, int64_t x_stride, float *y,
+                  int64_t y_stride, int64_t r0, int64_t r1) {
+    if (ncols == 1) return bitnet_gemv(w, x, y, r0, r1);
+    return bitnet_gemm(w, x, ncols, x_stride, y, y_stride, r0, r1);
+}
+
+bitnet_layout bitnet_preferred_layout(bitnet_src_type src_type) {
+    return src_type == BITNET_SRC_TQ1_0 && BITNET_TQ1_BASE3 ? BITNET_LAYOUT_TK1 : BITNET_LAYOUT_TK2;
+}
+
+bitnet_kernel_info bitnet_get_kernel_info(void) {
+    bitnet_kernel_info info = {BITNET_ISA_NAME, BITNET_GEMM_RG, BITNET_GEMM_COLS,
+                               bitnet_preferred_layout(BITNET_SRC_TQ1_0)};
+    return info;
+}
+
+const char *bitnet_isa(void) { return BITNET_ISA_NAME; }

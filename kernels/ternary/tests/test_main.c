@@ -1,0 +1,606 @@
+/*
+ * test_main.c - C tests of one ISA variant of the kernel library against the scalar reference
+ * (bitnet_ref_*) and against independent references (test_ref.c, written from ggml's layouts).
+ *
+ *   test_kernels_<variant> <group> [--quick]
+ *   groups: layout quant kernels edges ggml tq1 errors
+ *
+ * Exit: 0 pass, 1 fail, 77 skipped (this host cannot run the variant's ISA). --quick shrinks the shape
+ * list (used under qemu). Kernel outputs must equal the reference BIT FOR BIT (same int32 sums, same
+ * float combination order); comparisons with ggml's float semantics use a stated tolerance.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__aarch64__) && defined(__linux__)
+#include <asm/hwcap.h>
+#include <sys/auxv.h>
+#endif
+
+#include "bitnet_kernels.h"
+#include "test_ref.h"
+
+static int g_quick;
+static long g_checks, g_fail;
+
+#define CHECK(cond, ...)                                                \
+    do {                                                                \
+        g_checks++;                                                     \
+        if (!(cond)) {                                                  \
+            if (++g_fail <= 25) {                                       \
+                fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);    \
+                fprintf(stderr, __VA_ARGS__);                           \
+                fputc('\n', stderr);                                    \
+            }                                                           \
+        }                                                               \
+    } while (0)
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Can this host run the variant? Checked before any library call (the library has the ISA flags).  */
+static int host_can_run(const char *v) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    if (!strcmp(v, "sse42")) return __builtin_cpu_supports("sse4.2");
+    if (!strcmp(v, "avx2"))
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+               __builtin_cpu_supports("bmi2");
+    if (!strcmp(v, "avx512"))
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+               __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512cd") &&
+               __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni");
+#elif defined(__aarch64__) && defined(__linux__)
+    if (!strcmp(v, "dotprod")) return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#endif
+    return 1; /* scalar, neon */
+}
+
+static void *xalloc(size_t n) {
+    void *p = aligned_alloc(64, (n + 63) / 64 * 64 + 64);
+    if (!p) {
+        fprintf(stderr, "out of memory (%zu bytes)\n", n);
+        exit(1);
+    }
+    return p;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Fixtures: a ternary matrix (values + scales + its ggml bytes) and activation columns.            */
+enum { W_RANDOM, W_ALL_NEG, W_ALL_ZERO, W_ALL_POS, W_BLOCKS }; /* W_BLOCKS: blocks cycle -1 / 0 / +1 / random */
+enum { D_RANDOM, D_UNIT };
+
+typedef struct {
+    int64_t rows, k;
+    bitnet_src_type src;
+    int8_t *w;    /* rows*k in {-1, 0, 1} */
+    uint16_t *d;  /* rows*(k/256) fp16 */
+    uint8_t *raw; /* ggml blocks */
+} t_matrix;
+
+static void make_matrix(t_matrix *m, int64_t rows, int64_t k, bitnet_src_type src, int wmode, int dmode, t_rng *r) {
+    const int64_t nb = k / T_QK;
+    m->rows = rows;
+    m->k = k;
+    m->src = src;
+    m->w = xalloc((size_t)(rows * k));
+    m->d = xalloc((size_t)(rows * nb) * 2);
+    m->raw = xalloc((size_t)(rows * nb) * (src == BITNET_SRC_TQ2_0 ? 66 : 54));
+    static const int cycle[4] = {W_ALL_NEG, W_ALL_ZERO, W_ALL_POS, W_RANDOM};
+    for (int64_t i = 0; i < rows * k; i++) {
+        const int mode = wmode == W_BLOCKS ? cycle[(i / T_QK) % 4] : wmode;
+        m->w[i] = mode == W_ALL_NEG    ? -1
+                  : mode == W_ALL_ZERO ? 0
+                  : mode == W_ALL_POS  ? 1
+                                       : (int8_t)(t_uniform(r, 3) - 1);
+    }
+    for (int64_t i = 0; i < rows * nb; i++) m->d[i] = dmode == D_UNIT ? 0x3C00 : t_random_fp16_scale(r);
+    if (src == BITNET_SRC_TQ2_0) t_encode_tq2_0(m->w, m->d, rows, k, m->raw);
+    else t_encode_tq1_0(m->w, m->d, rows, k, m->raw);
+}
+
+static void free_matrix(t_matrix *m) {
+    free(m->w);
+    free(m->d);
+    free(m->raw);
+}
+
+static void *repack(const t_matrix *m, bitnet_layout layout, bitnet_weights *w) {
+    const size_t size = bitnet_weights_size(layout, m->rows, m->k);
+    void *data = xalloc(size);
+    const int rc = bitnet_repack(layout, m->src, m->raw, m->rows, m->k, data);
+    CHECK(rc == BITNET_OK, "bitnet_repack -> %d", rc);
+    w->data = data;
+    w->rows = m->rows;
+    w->k = m->k;
+    w->layout = layout;
+    return data;
+}
+
+enum { A_QUANT, A_POS127, A_NEG127, A_NEG128, A_RANDOM_INT8, A_RANDOM_INT8_SCALED, A_ALTERNATE };
+
+/* ncols columns of k/256 blocks, column c at x + c*x_stride. Unit d except A_QUANT/_SCALED. */
+static bitnet_act_block *make_acts(int64_t k, int64_t ncols, int64_t x_stride, int amode, t_rng *r) {
+    const int64_t nb = k / T_QK;
+    bitnet_act_block *x = xalloc(sizeof *x * (size_t)(x_stride * ncols));
+    memset(x, 0x5a, sizeof *x * (size_t)(x_stride * ncols)); /* gaps hold junk: must not be read */
+    float *f = xalloc(sizeof(float) * (size_t)k);
+    for (int64_t c = 0; c < ncols; c++) {
+        bitnet_act_block *col = x + c * x_stride;
+        if (amode == A_QUANT) {
+            const float scale = t_uniform_f(r, 0.01f, 10.0f);
+            for (int64_t i = 0; i < k; i++) f[i] = scale * t_uniform_f(r, -1.0f, 1.0f);
+            bitnet_quantize_act(f, k, col);
+            continue;
+        }
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t s = 0;
+            for (int i = 0; i < T_QK; i++) {
+                int v;
+                switch (amode) {
+                case A_POS127: v = 127; break;
+                case A_NEG127: v = -127; break;
+                case A_NEG128: v = -128; break;
+                case A_ALTERNATE: v = (i & 1) ? 127 : -128; break;
+                default: v = t_uniform(r, 256) - 128;
+                }
+                col[b].qs[i] = (int8_t)v;
+                s += v;
+            }
+            col[b].sum = s;
+            col[b].d = amode == A_RANDOM_INT8_SCALED ? t_uniform_f(r, -0.1f, 0.1f) : 1.0f;
+        }
+    }
+    free(f);
+    return x;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Kernel vs reference, bit for bit, over row splits; canaries around every written range.        */
+static const uint32_t CANARY = 0x7fc0bad1u;
+
+static int is_canary(float v) {
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    return u == CANARY;
+}
+
+static void fill_canary(float *y, size_t n) {
+    for (size_t i = 0; i < n; i++) memcpy(&y[i], &CANARY, 4);
+}
+
+static void check_vs_ref(const bitnet_weights *w, const bitnet_act_block *x, int64_t ncols, int64_t x_stride,
+                         const char *what) {
+    const int64_t rows = w->rows, y_stride = rows + 3; /* gap between columns: must stay untouched */
+    const size_t ny = (size_t)(y_stride * ncols);
+    float *yref = xalloc(sizeof(float) * ny), *y = xalloc(sizeof(float) * ny);
+    fill_canary(yref, ny);
+    CHECK(bitnet_ref_gemm(w, x, ncols, x_stride, yref, y_stride, 0, rows) == BITNET_OK, "%s: ref", what);
+
+    for (int nth = 1; nth <= 3; nth++) {
+        for (int api = 0; api < (ncols == 1 ? 3 : 2); api++) { /* matmul, gemm, (gemv) */
+            fill_canary(y, ny);
+            for (int ith = 0; ith < nth; ith++) {
+                int64_t r0, r1;
+                bitnet_split_rows(rows, ith, nth, &r0, &r1);
+                int rc = api == 0   ? bitnet_matmul(w, x, ncols, x_stride, y, y_stride, r0, r1)
+                         : api == 1 ? bitnet_gemm(w, x, ncols, x_stride, y, y_stride, r0, r1)
+                                    : bitnet_gemv(w, x, y, r0, r1);
+                CHECK(rc == BITNET_OK, "%s: api %d rc %d", what, api, rc);
+            }
+            long bad = 0;
+            for (size_t i = 0; i < ny; i++)
+                if (memcmp(&y[i], &yref[i], 4)) {
+                    if (!bad)
+                        CHECK(0, "%s: %s api %d nth %d: col %lld row %lld: got %.9g want %.9g", what, bitnet_isa(),
+                              api, nth, (long long)(i / (size_t)y_stride), (long long)(i % (size_t)y_stride),
+                              (double)y[i], (double)yref[i]);
+                    bad++;
+                }
+            CHECK(bad == 0, "%s: %ld mismatches", what, bad);
+        }
+    }
+    /* a sub-range: rows outside it untouched */
+    if (rows > 16) {
+        fill_canary(y, ny);
+        CHECK(bitnet_matmul(w, x, ncols, x_stride, y, y_stride, 16, rows) == BITNET_OK, "%s: subrange", what);
+        long bad = 0;
+        for (int64_t c = 0; c < ncols; c++)
+            for (int64_t r = 0; r < y_stride; r++) {
+                const size_t i = (size_t)(c * y_stride + r);
+                const int inside = r >= 16 && r < rows;
+                if (inside ? memcmp(&y[i], &yref[i], 4) != 0 : !is_canary(y[i])) bad++;
+            }
+        CHECK(bad == 0, "%s: subrange [16,%lld): %ld wrong or clobbered", what, (long long)rows, bad);
+    }
+    free(y);
+    free(yref);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* group: layout - repack output equals the header's definition, bit for bit.                      */
+static int decoded_weight(const bitnet_weights *w, int64_t r, int64_t k) {
+    const int64_t nb = w->k / BITNET_QK, g = r / 16, b = k / BITNET_QK;
+    const int rr = (int)(r % 16), kk = (int)(k % BITNET_QK);
+    if (w->layout == BITNET_LAYOUT_TK2) {
+        const bitnet_tk2_tile *t = (const bitnet_tk2_tile *)w->data + g * nb + b;
+        for (int c = 0; c < BITNET_TK2_CHUNKS; c++)
+            for (int l = 0; l < 4; l++)
+                for (int i = 0; i < 4; i++)
+                    if (bitnet_tk2_k(c, l, i) == kk) return ((t->q[c][rr][i] >> (2 * l)) & 3) - 1;
+    } else {
+        const bitnet_tk1_tile *t = (const bitnet_tk1_tile *)w->data + g * nb + b;
+        for (int c = 0; c < BITNET_TK1_CHUNKS; c++)
+            for (int n = 0; n < (c < 12 ? 5 : 4); n++)
+                for (int i = 0; i < 4; i++)
+                    if (bitnet_tk1_k(c, n, i) == kk) return bitnet_trit(t->q[c][rr][i], n) - 1;
+    }
+    return 99; /* k not covered: a layout bug */
+}
+
+static void group_layout(t_rng *r) {
+    const int64_t rows_list[] = {1, 16, 17, 35}, k_list[] = {256, 768};
+    for (int si = 0; si < 2; si++)
+        for (size_t ri = 0; ri < 4; ri++)
+            for (size_t ki = 0; ki < 2; ki++) {
+                t_matrix m;
+                const bitnet_src_type src = si ? BITNET_SRC_TQ1_0 : BITNET_SRC_TQ2_0;
+                make_matrix(&m, rows_list[ri], k_list[ki], src, W_RANDOM, D_RANDOM, r);
+                const int64_t nb = m.k / 256, groups = (m.rows + 15) / 16;
+                /* the test's own encoder/decoder agree (else the rest proves nothing) */
+                float *f = xalloc(sizeof(float) * (size_t)m.k);
+                for (int64_t row = 0; row < m.rows; row++) {
+                    const uint8_t *raw = m.raw + (size_t)(row * nb) * (si ? 54 : 66);
+                    if (si) t_dequant_tq1_0(raw, m.k, f);
+                    else t_dequant_tq2_0(raw, m.k, f);
+                    long bad = 0;
+                    for (int64_t k = 0; k < m.k; k++)
+                        if (f[k] != (float)m.w[row * m.k + k] * t_fp16_to_float(m.d[row * nb + k / 256])) bad++;
+                    CHECK(bad == 0, "test encoder/decoder disagree (src %d row %lld)", si, (long long)row);
+                }
+                free(f);
+                for (int li = si ? 0 : 1; li < 2; li++) { /* TQ2 -> TK2; TQ1 -> TK2, TK1 */
+                    const bitnet_layout layout = li ? BITNET_LAYOUT_TK2 : BITNET_LAYOUT_TK1;
+                    bitnet_weights w;
+                    void *data = repack(&m, layout, &w);
+                    const size_t tile = layout == BITNET_LAYOUT_TK2 ? sizeof(bitnet_tk2_tile) : sizeof(bitnet_tk1_tile);
+                    const size_t size = bitnet_weights_size(layout, m.rows, m.k);
+                    CHECK(size == (size_t)(groups * nb) * (tile + 32), "size formula");
+                    if (m.rows % 16 == 0 && (layout == BITNET_LAYOUT_TK2) == (si == 0))
+                        CHECK(size == (size_t)(m.rows * nb) * (si ? 54 : 66), "size == ggml size");
+                    long bad = 0;
+                    for (int64_t row = 0; row < groups * 16; row++)
+                        for (int64_t k = 0; k < m.k; k++) {
+                            const int want = row < m.rows ? m.w[row * m.k + k] : -1; /* padding: zero bytes */
+                            if (decoded_weight(&w, row, k) != want) bad++;
+                        }
+                    CHECK(bad == 0, "layout %d src %d rows %lld k %lld: %ld weights differ", layout, si,
+                          (long long)m.rows, (long long)m.k, bad);
+                    const uint16_t *sc = (const uint16_t *)((const uint8_t *)data + (size_t)(groups * nb) * tile);
+                    bad = 0;
+                    for (int64_t row = 0; row < groups * 16; row++)
+                        for (int64_t b = 0; b < nb; b++) {
+                            const uint16_t want = row < m.rows ? m.d[row * nb + b] : 0;
+                            if (sc[((row / 16) * nb + b) * 16 + row % 16] != want) bad++;
+                        }
+                    CHECK(bad == 0, "scales misplaced: %ld", bad);
+                    free(data);
+                }
+                free_matrix(&m);
+            }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* group: quant - bitnet_quantize_act gives ggml's q8_K values; its error bound holds.             */
+static void group_quant(t_rng *r) {
+    const int64_t k = 2560, nb = k / 256;
+    float *x = xalloc(sizeof(float) * (size_t)k);
+    bitnet_act_block *ours = xalloc(sizeof *ours * (size_t)nb);
+    t_block_q8_K *ref = xalloc(sizeof *ref * (size_t)nb);
+    for (int trial = 0; trial < 40; trial++) {
+        const float scale = powf(10.0f, t_uniform_f(r, -6.0f, 6.0f));
+        for (int64_t i = 0; i < k; i++) x[i] = scale * t_uniform_f(r, -1.0f, 1.0f);
+        if (trial % 4 == 1) memset(x + 256, 0, 256 * sizeof(float));     /* an all-zero block */
+        if (trial % 4 == 2) x[700] = -3.0f * scale;                       /* a negative outlier: d < 0 */
+        if (trial % 4 == 3) for (int64_t i = 0; i < k; i++) x[i] = (float)(t_uniform(r, 7) - 3) * scale; /* ties */
+        bitnet_quantize_act(x, k, ours);
+        t_quantize_q8_K(x, k, ref);
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t bsum = 0;
+            for (int j = 0; j < 16; j++) bsum += ref[b].bsums[j];
+            CHECK(!memcmp(&ours[b].d, &ref[b].d, 4), "d differs from q8_K: %g vs %g", (double)ours[b].d,
+                  (double)ref[b].d);
+            CHECK(!memcmp(ours[b].qs, ref[b].qs, 256), "qs differ from q8_K (trial %d block %lld)", trial,
+                  (long long)b);
+            CHECK(ours[b].sum == bsum, "sum %d != sum of q8_K bsums %d", ours[b].sum, bsum);
+            float worst = 0;
+            for (int j = 0; j < 256; j++) {
+                const float e = fabsf(x[b * 256 + j] - ours[b].d * ours[b].qs[j]);
+                if (e > worst) worst = e;
+            }
+            /* stated bound: |x - d q| <= |d|/2, plus float rounding of x*iscale and d*q (~2^-23 of |x|) */
+            CHECK(worst <= fabsf(ours[b].d) * 0.5f * (1.0f + 1e-5f) + 1e-6f * scale, "error %g > |d|/2 = %g",
+                  (double)worst, (double)(fabsf(ours[b].d) * 0.5f));
+        }
+    }
+    free(x);
+    free(ours);
+    free(ref);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* group: kernels - every shape and column count, TK2 and TK1, vs the reference.                  */
+static void run_case(t_rng *r, int64_t rows, int64_t k, int64_t ncols, bitnet_src_type src, bitnet_layout layout,
+                     int wmode, int dmode, int amode) {
+    char what[160];
+    snprintf(what, sizeof what, "rows %lld k %lld cols %lld src %d layout %d w %d d %d a %d", (long long)rows,
+             (long long)k, (long long)ncols, src, layout, wmode, dmode, amode);
+    t_matrix m;
+    make_matrix(&m, rows, k, src, wmode, dmode, r);
+    bitnet_weights w;
+    void *data = repack(&m, layout, &w);
+    const int64_t x_stride = k / 256 + 1; /* a junk block between columns */
+    bitnet_act_block *x = make_acts(k, ncols, x_stride, amode, r);
+    check_vs_ref(&w, x, ncols, x_stride, what);
+
+    if (dmode == D_UNIT && amode != A_QUANT && amode != A_RANDOM_INT8_SCALED) {
+        /* unit scales: y = sum of exact int32 block sums, computed here without the library */
+        float *y = xalloc(sizeof(float) * (size_t)(rows * ncols));
+        CHECK(bitnet_matmul(&w, x, ncols, x_stride, y, rows, 0, rows) == BITNET_OK, "%s", what);
+        long bad = 0;
+        for (int64_t c = 0; c < ncols; c++)
+            for (int64_t row = 0; row < rows; row++) {
+                int64_t s = 0;
+                for (int64_t kk = 0; kk < k; kk++) s += m.w[row * k + kk] * x[c * x_stride + kk / 256].qs[kk % 256];
+                if (y[c * rows + row] != (float)s) bad++;
+            }
+        CHECK(bad == 0, "%s: %ld int sums differ from the independent sum", what, bad);
+        free(y);
+    }
+    free(x);
+    free(data);
+    free_matrix(&m);
+}
+
+static void group_kernels(t_rng *r) {
+    const int64_t k_full[] = {256, 512, 2560, 6912}, k_quick[] = {256, 2560};
+    const int64_t rows_list[] = {1, 3, 7, 17, 31}, cols_full[] = {1, 2, 3, 8, 17, 128}, cols_quick[] = {1, 2, 3, 8, 17};
+    const int nk = g_quick ? 2 : 4, ncl = g_quick ? 5 : 6;
+    for (int ki = 0; ki < nk; ki++)
+        for (int ri = 0; ri < 5; ri++)
+            for (int ci = 0; ci < ncl; ci++) {
+                const int64_t k = g_quick ? k_quick[ki] : k_full[ki], c = g_quick ? cols_quick[ci] : cols_full[ci];
+                run_case(r, rows_list[ri], k, c, BITNET_SRC_TQ2_0, BITNET_LAYOUT_TK2, W_RANDOM, D_RANDOM, A_QUANT);
+                run_case(r, rows_list[ri], k, c, BITNET_SRC_TQ1_0, BITNET_LAYOUT_TK1, W_RANDOM, D_RANDOM, A_QUANT);
+                run_case(r, rows_list[ri], k, c, BITNET_SRC_TQ1_0, BITNET_LAYOUT_TK2, W_RANDOM, D_RANDOM,
+                         A_RANDOM_INT8_SCALED);
+            }
+    /* the 2B4T shapes: q/o 2560x2560, k/v 640x2560, gate/up 6912x2560, down 2560x6912 */
+    const int64_t shapes[4][2] = {{2560, 2560}, {640, 2560}, {6912, 2560}, {2560, 6912}};
+    const int64_t cols_big[] = {1, 3, 17};
+    for (int s = 0; s < 4; s++)
+        for (int ci = 0; ci < (g_quick ? 1 : 3); ci++) {
+            if (g_quick && s != 1 && s != 3) continue;
+            run_case(r, shapes[s][0], shapes[s][1], cols_big[ci], BITNET_SRC_TQ2_0, BITNET_LAYOUT_TK2, W_RANDOM,
+                     D_RANDOM, A_QUANT);
+            run_case(r, shapes[s][0], shapes[s][1], cols_big[ci], BITNET_SRC_TQ1_0, BITNET_LAYOUT_TK1, W_RANDOM,
+                     D_RANDOM, A_QUANT);
+        }
+    if (!g_quick) run_case(r, 2560, 2560, 128, BITNET_SRC_TQ2_0, BITNET_LAYOUT_TK2, W_RANDOM, D_RANDOM, A_QUANT);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* group: edges - extreme weights and activations, unit scales (exact int sums), big odd rows.     */
+static void group_edges(t_rng *r) {
+    const int wmodes[] = {W_ALL_NEG, W_ALL_ZERO, W_ALL_POS, W_BLOCKS, W_RANDOM};
+    const int amodes[] = {A_POS127, A_NEG127, A_NEG128, A_ALTERNATE, A_RANDOM_INT8};
+    const int64_t rows_list[] = {1, 3, 7, 17, 2560, 6912};
+    for (int wi = 0; wi < 5; wi++)
+        for (int ai = 0; ai < 5; ai++)
+            for (int li = 0; li < 2; li++) {
+                const bitnet_src_type src = li ? BITNET_SRC_TQ1_0 : BITNET_SRC_TQ2_0;
+                const bitnet_layout layout = li ? BITNET_LAYOUT_TK1 : BITNET_LAYOUT_TK2;
+                run_case(r, 17, g_quick ? 512 : 6912, 3, src, layout, wmodes[wi], D_UNIT, amodes[ai]);
+                run_case(r, 7, 256, 17, src, layout, wmodes[wi], D_UNIT, amodes[ai]);
+            }
+    for (int ri = 0; ri < 6; ri++) {
+        const int64_t rows = rows_list[ri];
+        if (g_quick && rows > 2560) continue;
+        for (int li = 0; li < 2; li++) {
+            const bitnet_src_type src = li ? BITNET_SRC_TQ1_0 : BITNET_SRC_TQ2_0;
+            const bitnet_layout layout = li ? BITNET_LAYOUT_TK1 : BITNET_LAYOUT_TK2;
+            run_case(r, rows, 2560, 1, src, layout, W_BLOCKS, D_UNIT, A_ALTERNATE);
+            run_case(r, rows, 2560, 2, src, layout, W_ALL_POS, D_UNIT, A_NEG128);
+            if (!g_quick) run_case(r, rows, 6912, 3, src, layout, W_RANDOM, D_RANDOM, A_RANDOM_INT8_SCALED);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* groups: ggml, tq1 - our result vs ggml's semantics in floats: sum over k of dequantized weight  */
+/* times dequantized q8_K activation (computed here in double).                                    */
+static double g_worst_rel, g_worst_qerr;
+
+static void check_ggml_semantics(t_rng *r, int64_t rows, int64_t k, int64_t ncols, bitnet_src_type src,
+                                 bitnet_layout layout) {
+    const int64_t nb = k / 256;
+    t_matrix m;
+    make_matrix(&m, rows, k, src, W_RANDOM, D_RANDOM, r);
+    bitnet_weights w;
+    void *data = repack(&m, layout, &w);
+    float *xf = xalloc(sizeof(float) * (size_t)(k * ncols)), *wf = xalloc(sizeof(float) * (size_t)k);
+    for (int64_t i = 0; i < k * ncols; i++) {
+        const float u = t_uniform_f(r, -1.0f, 1.0f);
+        xf[i] = t_uniform(r, 50) == 0 ? 20.0f * u : u; /* a few outliers, as in real activations */
+    }
+    bitnet_act_block *xq = xalloc(sizeof *xq * (size_t)(nb * ncols));
+    t_block_q8_K *q8 = xalloc(sizeof *q8 * (size_t)(nb * ncols));
+    for (int64_t c = 0; c < ncols; c++) {
+        bitnet_quantize_act(xf + c * k, k, xq + c * nb);
+        t_quantize_q8_K(xf + c * k, k, q8 + c * nb);
+    }
+    float *y = xalloc(sizeof(float) * (size_t)(rows * ncols));
+    CHECK(bitnet_matmul(&w, xq, ncols, nb, y, rows, 0, rows) == BITNET_OK, "matmul");
+    for (int64_t row = 0; row < rows; row++) {
+        const uint8_t *raw = m.raw + (size_t)(row * nb) * (src == BITNET_SRC_TQ2_0 ? 66 : 54);
+        if (src == BITNET_SRC_TQ2_0) t_dequant_tq2_0(raw, k, wf);
+        else t_dequant_tq1_0(raw, k, wf);
+        for (int64_t c = 0; c < ncols; c++) {
+            double ggml = 0, mag = 0, exact = 0, bound = 0;
+            for (int64_t kk = 0; kk < k; kk++) {
+                const t_block_q8_K *qb = &q8[c * nb + kk / 256];
+                const double t = (double)wf[kk] * ((double)qb->d * qb->qs[kk % 256]);
+                ggml += t;
+                mag += fabs(t);
+                exact += (double)wf[kk] * xf[c * k + kk];
+                bound += fabs((double)wf[kk]) * fabs((double)qb->d) * 0.5; /* |w| * |x - dq| <= |w| |d|/2 */
+            }
+            const double got = y[c * rows + row], err = fabs(got - ggml);
+            /* float combination of exact block sums: a few ulps of the magnitude per block */
+            CHECK(err <= 1e-6 * mag * (double)nb + 1e-30, "row %lld col %lld: %.9g vs ggml %.9g (|terms| %g)",
+                  (long long)row, (long long)c, got, ggml, mag);
+            if (mag > 0 && err / mag > g_worst_rel) g_worst_rel = err / mag;
+            CHECK(fabs(got - exact) <= bound * (1 + 1e-5) + 1e-6 * mag, "quantization error %g above bound %g",
+                  fabs(got - exact), bound);
+            if (mag > 0 && fabs(got - exact) / mag > g_worst_qerr) g_worst_qerr = fabs(got - exact) / mag;
+        }
+    }
+    free(y);
+    free(q8);
+    free(xq);
+    free(wf);
+    free(xf);
+    free(data);
+    free_matrix(&m);
+}
+
+static void group_ggml(t_rng *r, bitnet_src_type src) {
+    const int64_t rows_list[] = {1, 17, 640}, k_list[] = {256, 2560, 6912}, cols[] = {1, 3, 8};
+    for (int ri = 0; ri < 3; ri++)
+        for (int ki = 0; ki < 3; ki++)
+            for (int ci = 0; ci < 3; ci++) {
+                if (g_quick && (rows_list[ri] > 17 || k_list[ki] > 2560)) continue;
+                if (src == BITNET_SRC_TQ2_0) {
+                    check_ggml_semantics(r, rows_list[ri], k_list[ki], cols[ci], src, BITNET_LAYOUT_TK2);
+                } else {
+                    check_ggml_semantics(r, rows_list[ri], k_list[ki], cols[ci], src, BITNET_LAYOUT_TK1);
+                    check_ggml_semantics(r, rows_list[ri], k_list[ki], cols[ci], src, BITNET_LAYOUT_TK2);
+                }
+            }
+    printf("vs ggml float semantics: worst |ours - ggml| / sum|terms| = %.3g; "
+           "worst |ours - unquantized| / sum|terms| = %.3g\n", g_worst_rel, g_worst_qerr);
+    if (src == BITNET_SRC_TQ1_0) {
+        /* the same ternary values through TQ1_0->TK1, TQ1_0->TK2 and TQ2_0->TK2 give identical floats */
+        for (int trial = 0; trial < (g_quick ? 2 : 6); trial++) {
+            const int64_t rows = 33, k = 2560, nb = k / 256, ncols = 1 + trial;
+            t_rng r1 = *r, r2 = *r;
+            t_matrix m1, m2;
+            make_matrix(&m1, rows, k, BITNET_SRC_TQ1_0, W_RANDOM, D_RANDOM, &r1);
+            make_matrix(&m2, rows, k, BITNET_SRC_TQ2_0, W_RANDOM, D_RANDOM, &r2);
+            *r = r1;
+            bitnet_weights wa, wb, wc;
+            void *da = repack(&m1, BITNET_LAYOUT_TK1, &wa), *db = repack(&m1, BITNET_LAYOUT_TK2, &wb),
+                 *dc = repack(&m2, BITNET_LAYOUT_TK2, &wc);
+            CHECK(!memcmp(db, dc, bitnet_weights_size(BITNET_LAYOUT_TK2, rows, k)), "TQ1->TK2 != TQ2->TK2 bytes");
+            bitnet_act_block *x = make_acts(k, ncols, nb, A_QUANT, r);
+            const size_t ny = sizeof(float) * (size_t)(rows * ncols);
+            float *ya = xalloc(ny), *yb = xalloc(ny);
+            CHECK(bitnet_matmul(&wa, x, ncols, nb, ya, rows, 0, rows) == BITNET_OK, "tk1");
+            CHECK(bitnet_matmul(&wb, x, ncols, nb, yb, rows, 0, rows) == BITNET_OK, "tk2");
+            CHECK(!memcmp(ya, yb, ny), "TK1 and TK2 results differ");
+            free(ya);
+            free(yb);
+            free(x);
+            free(da);
+            free(db);
+            free(dc);
+            free_matrix(&m1);
+            free_matrix(&m2);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* group: errors - invalid input is refused with the documented code.                             */
+static void group_errors(t_rng *r) {
+    t_matrix m;
+    make_matrix(&m, 20, 512, BITNET_SRC_TQ2_0, W_RANDOM, D_RANDOM, r);
+    const size_t size = bitnet_weights_size(BITNET_LAYOUT_TK2, 20, 512);
+    void *dst = xalloc(size);
+    CHECK(bitnet_repack(BITNET_LAYOUT_TK2, BITNET_SRC_TQ2_0, m.raw, 20, 512, dst) == BITNET_OK, "valid repack");
+    m.raw[66 * 7 + 13] |= 0x30; /* a code 3 in row 3, block 1 */
+    CHECK(bitnet_repack(BITNET_LAYOUT_TK2, BITNET_SRC_TQ2_0, m.raw, 20, 512, dst) == BITNET_EBADCODE, "code 3");
+    CHECK(bitnet_repack(BITNET_LAYOUT_TK1, BITNET_SRC_TQ2_0, m.raw, 20, 512, dst) == BITNET_EINVAL, "TQ2->TK1");
+    CHECK(bitnet_repack(BITNET_LAYOUT_TK2, BITNET_SRC_TQ2_0, m.raw, 20, 500, dst) == BITNET_EINVAL, "k %% 256");
+    CHECK(bitnet_repack(BITNET_LAYOUT_TK2, BITNET_SRC_TQ2_0, NULL, 20, 512, dst) == BITNET_EINVAL, "NULL src");
+    CHECK(bitnet_weights_size(BITNET_LAYOUT_TK2, 20, 300) == 0, "size of bad k");
+    CHECK(bitnet_weights_size((bitnet_layout)7, 20, 512) == 0, "size of bad layout");
+    m.raw[66 * 7 + 13] &= (uint8_t)~0x10; /* back to a valid code (2) */
+    CHECK(bitnet_repack(BITNET_LAYOUT_TK2, BITNET_SRC_TQ2_0, m.raw, 20, 512, dst) == BITNET_OK, "valid again");
+
+    const bitnet_weights w = {dst, 20, 512, BITNET_LAYOUT_TK2};
+    bitnet_act_block *x = make_acts(512, 2, 2, A_RANDOM_INT8, r);
+    float y[64];
+    CHECK(bitnet_gemv(&w, x, y, 0, 20) == BITNET_OK, "full range");
+    CHECK(bitnet_gemv(&w, x, y, 8, 20) == BITNET_EINVAL, "r0 not a multiple of 16");
+    CHECK(bitnet_gemv(&w, x, y, 0, 19) == BITNET_EINVAL, "r1 neither aligned nor rows");
+    CHECK(bitnet_gemv(&w, x, y, 16, 21) == BITNET_EINVAL, "r1 > rows");
+    CHECK(bitnet_gemv(&w, x, y, 16, 16) == BITNET_OK, "empty range");
+    CHECK(bitnet_gemm(&w, x, 2, 1, y, 20, 0, 20) == BITNET_EINVAL, "x_stride < blocks per column");
+    CHECK(bitnet_gemm(&w, x, 2, 2, y, 19, 0, 20) == BITNET_EINVAL, "y_stride < rows");
+    CHECK(bitnet_matmul(NULL, x, 1, 2, y, 20, 0, 20) == BITNET_EINVAL, "NULL weights");
+    CHECK(bitnet_ref_gemv(&w, x, y, 8, 20) == BITNET_EINVAL, "ref checks too");
+    CHECK(bitnet_act_size(512, 3) == 6 * sizeof(bitnet_act_block) && bitnet_act_size(500, 3) == 0, "act size");
+    const bitnet_kernel_info info = bitnet_get_kernel_info();
+    CHECK(bitnet_preferred_layout(BITNET_SRC_TQ2_0) == BITNET_LAYOUT_TK2, "TQ2_0 -> TK2");
+    CHECK(bitnet_preferred_layout(BITNET_SRC_TQ1_0) == info.tq1_layout, "info.tq1_layout");
+    CHECK(!strcmp(info.isa, bitnet_isa()) && info.gemm_row_groups >= 1 && info.gemm_cols >= 1, "kernel info");
+    int64_t r0, r1, covered = 0;
+    for (int nth = 1; nth <= 5; nth++) {
+        covered = 0;
+        for (int ith = 0; ith < nth; ith++) {
+            bitnet_split_rows(6913, ith, nth, &r0, &r1);
+            CHECK(r0 % 16 == 0 && (r1 % 16 == 0 || r1 == 6913) && r0 == covered, "split %d/%d", ith, nth);
+            covered = r1;
+        }
+        CHECK(covered == 6913, "split covers all rows");
+    }
+    free(x);
+    free(dst);
+    free_matrix(&m);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+int main(int argc, char **argv) {
+    const char *group = argc > 1 ? argv[1] : "";
+    for (int i = 2; i < argc; i++)
+        if (!strcmp(argv[i], "--quick")) g_quick = 1;
+    if (!host_can_run(BITNET_TEST_VARIANT)) {
+        printf("SKIP: this CPU cannot run variant %s\n", BITNET_TEST_VARIANT);
+        return 77;
+    }
+    /* the variant really compiled its ISA (else we would compare scalar with scalar) */
+    if (strcmp(bitnet_isa(), BITNET_TEST_ISA)) {
+        fprintf(stderr, "FAIL: variant %s built ISA %s, expected %s\n", BITNET_TEST_VARIANT, bitnet_isa(),
+                BITNET_TEST_ISA);
+        return 1;
+    }
+    t_rng rng = {0x5eed0000u + (uint64_t)strlen(group)};
+    if (!strcmp(group, "layout")) group_layout(&rng);
+    else if (!strcmp(group, "quant")) group_quant(&rng);
+    else if (!strcmp(group, "kernels")) group_kernels(&rng);
+    else if (!strcmp(group, "edges")) group_edges(&rng);
+    else if (!strcmp(group, "ggml")) group_ggml(&rng, BITNET_SRC_TQ2_0);
+    else if (!strcmp(group, "tq1")) group_ggml(&rng, BITNET_SRC_TQ1_0);
+    else if (!strcmp(group, "errors")) group_errors(&rng);
+    else {
+        fprintf(stderr, "usage: %s layout|quant|kernels|edges|ggml|tq1|errors [--quick]\n", argv[0]);
+        return 2;
+    }
+    const bitnet_kernel_info info = bitnet_get_kernel_info();
+    printf("%s [%s, isa %s, tiles %dx16 rows x %d cols]: %ld checks, %ld failed\n", group, BITNET_TEST_VARIANT,
+           info.isa, info.gemm_row_groups, info.gemm_cols, g_checks, g_fail);
+    return g_fail ? 1 : (g_checks ? 0 : 1);
+}

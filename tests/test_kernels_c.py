@@ -1,0 +1,161 @@
+"""The C tests of our ternary kernels (kernels/ternary, issue 5), run through ctest.
+
+A session fixture configures and builds the CMake project once into a temp dir (cmake + ninja from the
+environment, `CMAKE_BUILD_PARALLEL_LEVEL` defaults to 1 so we stay polite on shared machines); each ISA
+variant is then one pytest case running `ctest -L ^<variant>$`. A case fails if the build fails, ctest
+reports a failure, or ctest ran no test; it is *skipped*, not passed, when the host CPU cannot run the
+variant (every test binary exits 77 after its CPU check) -- ctest itself would count those as passed.
+
+The aarch64 variants are cross-compiled with kernels/ternary/cmake/aarch64-linux-gnu.cmake and run under
+qemu-user when `aarch64-linux-gnu-gcc` and `qemu-aarch64` are installed
+(CI: `apt-get install -y gcc-aarch64-linux-gnu qemu-user`); otherwise those cases skip with that reason.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KERNELS_DIR = REPO_ROOT / "kernels" / "ternary"
+TOOLCHAIN_AARCH64 = KERNELS_DIR / "cmake" / "aarch64-linux-gnu.cmake"
+
+_MACHINE = platform.machine().lower()
+HOST_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}.get(_MACHINE, _MACHINE)
+# Must match BITNET_VARIANTS in kernels/ternary/CMakeLists.txt.
+VARIANTS = {"x86_64": ["scalar", "sse42", "avx2", "avx512"], "aarch64": ["scalar", "neon", "dotprod"]}
+CROSS_TOOLS = ("aarch64-linux-gnu-gcc", "qemu-aarch64")
+CROSS_INSTALL_HINT = "apt-get install -y gcc-aarch64-linux-gnu qemu-user"
+
+BUILD_TIMEOUT_S = 1800
+CTEST_TIMEOUT_S = 1200
+
+
+@dataclass(frozen=True)
+class KernelBuild:
+    build_dir: Path
+    log: Path
+
+
+def _tool(name: str) -> str:
+    """cmake/ninja/ctest from PATH or from the running interpreter's environment (a venv's bin/)."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if not found:
+        pytest.fail(f"{name} not found: install it with `pip install cmake ninja` (the dev extras) or your "
+                    f"package manager", pytrace=False)
+    return found
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _run_logged(argv: list[str], log: Path, timeout: float) -> str:
+    """Run argv (no shell), append the command and its output to log, return the output; fail with the
+    log's tail if the command fails."""
+    env = dict(os.environ)
+    env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", "1")
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          timeout=timeout, check=False)
+    with log.open("a") as fh:
+        fh.write("$ " + " ".join(argv) + "\n" + proc.stdout + f"[exit {proc.returncode}]\n")
+    if proc.returncode != 0 and Path(argv[0]).name != "ctest":
+        pytest.fail(f"{' '.join(argv)} failed with exit {proc.returncode}; log {log}:\n{_tail(log)}",
+                    pytrace=False)
+    return proc.stdout
+
+
+def _build(build_dir: Path, extra_args: list[str]) -> KernelBuild:
+    log = build_dir.parent / f"{build_dir.name}.log"
+    _run_logged([_tool("cmake"), "-S", str(KERNELS_DIR), "-B", str(build_dir), "-G", "Ninja",
+                 f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}", *extra_args], log, BUILD_TIMEOUT_S)
+    _run_logged([_tool("cmake"), "--build", str(build_dir)], log, BUILD_TIMEOUT_S)
+    return KernelBuild(build_dir, log)
+
+
+@pytest.fixture(scope="session")
+def native_build(tmp_path_factory: pytest.TempPathFactory) -> KernelBuild:
+    return _build(tmp_path_factory.mktemp("kernels") / "native", [])
+
+
+@pytest.fixture(scope="session")
+def aarch64_build(tmp_path_factory: pytest.TempPathFactory) -> KernelBuild:
+    if HOST_ARCH == "aarch64":
+        pytest.skip("the host is aarch64: the native build already runs the neon/dotprod variants")
+    missing = [t for t in CROSS_TOOLS if not shutil.which(t)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (for the aarch64 cross build: {CROSS_INSTALL_HINT})")
+    return _build(tmp_path_factory.mktemp("kernels") / "aarch64",
+                  [f"-DCMAKE_TOOLCHAIN_FILE={TOOLCHAIN_AARCH64}"])
+
+
+@dataclass(frozen=True)
+class CtestSummary:
+    total: int
+    failed: int
+    skipped: int
+    output: str
+
+
+_SUMMARY = re.compile(r"(\d+)% tests passed(?:, (\d+) tests? failed)? out of (\d+)")
+
+
+def parse_ctest(output: str) -> CtestSummary:
+    """Counts from ctest's summary; skipped tests (SKIP_RETURN_CODE) are counted from their status lines
+    because ctest's percentage counts them as passed."""
+    if "No tests were found" in output:
+        return CtestSummary(0, 0, 0, output)
+    m = _SUMMARY.search(output)
+    if not m:
+        raise AssertionError(f"no ctest summary line in its output:\n{output[-3000:]}")
+    skipped = len(re.findall(r"\*\*\*Skipped", output))
+    return CtestSummary(total=int(m.group(3)), failed=int(m.group(2) or 0), skipped=skipped, output=output)
+
+
+def _run_variant(build: KernelBuild, variant: str) -> None:
+    output = _run_logged([_tool("ctest"), "--test-dir", str(build.build_dir), "-L", f"^{variant}$",
+                          "--output-on-failure", "--timeout", "600"], build.log, CTEST_TIMEOUT_S)
+    s = parse_ctest(output)
+    assert s.total > 0, f"ctest ran no test for variant {variant} (log {build.log}):\n{output[-3000:]}"
+    assert s.failed == 0, (f"{s.failed} of {s.total} C tests failed for {variant} (log {build.log}):\n"
+                           f"{output[-6000:]}")
+    if s.skipped == s.total:
+        pytest.skip(f"this CPU cannot run the {variant} variant "
+                    f"(all {s.total} tests exited 77 after the CPU check)")
+    assert s.skipped == 0, f"{s.skipped} of {s.total} {variant} tests skipped, the rest ran:\n{output}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS.get(HOST_ARCH, ["scalar"]))
+def test_kernels_native(native_build: KernelBuild, variant: str) -> None:
+    """Every ISA variant this host can run equals the scalar reference bit for bit (see tests/test_main.c)."""
+    _run_variant(native_build, variant)
+
+
+@pytest.mark.parametrize("variant", VARIANTS["aarch64"])
+def test_kernels_aarch64_qemu(aarch64_build: KernelBuild, variant: str) -> None:
+    """The aarch64 variants, cross-compiled and run under qemu-user (reduced shape list: --quick)."""
+    _run_variant(aarch64_build, variant)
+
+
+def test_parse_ctest_counts_skips_and_failures() -> None:
+    """The summary parser sees failures, skips (which ctest counts as passed) and empty runs."""
+    ok = parse_ctest("1/1 Test #1: a ....   Passed\n\n100% tests passed out of 1\n")
+    assert (ok.total, ok.failed, ok.skipped) == (1, 0, 0)
+    skipped = parse_ctest("1/1 Test #1: a ....***Skipped   0.00 sec\n"
+                          "100% tests passed, 0 tests failed out of 1\n")
+    assert (skipped.total, skipped.failed, skipped.skipped) == (1, 0, 1)
+    failed = parse_ctest("67% tests passed, 1 tests failed out of 3\n")
+    assert (failed.total, failed.failed) == (3, 1)
+    assert parse_ctest("Test project /x\nNo tests were found!!!\n").total == 0
+    with pytest.raises(AssertionError, match="no ctest summary"):
+        parse_ctest("garbage")
