@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENGINE_TOML = REPO_ROOT / "kernels" / "engine.toml"
 PATCH_DIR = REPO_ROOT / "kernels" / "patches"
+KERNELS_DIR = REPO_ROOT / "kernels" / "ternary"
 BUILD_INFO_NAME = "bitnet-build.json"
 # Bump when the way we configure changes in a way the CMake arguments do not show (forces a reconfigure).
 BUILD_RECIPE = 2
@@ -478,6 +479,8 @@ def _build_locked(
     args = [
         *pin.cmake_args,
         "-DGGML_CPU_VARIANT_LIST=" + ";".join(v.cmake_item() for v in variants),
+        # our ternary kernels go into every CPU variant (patch 0004 includes this dir's cmake file)
+        f"-DBITNET_KERNELS_DIR={KERNELS_DIR}",
         *extra_cmake_args,
     ]
     identity = list(args)

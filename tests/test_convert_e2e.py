@@ -85,12 +85,16 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _server(bin_dir: Path, gguf: Path, log: Path, extra: tuple[str, ...]) -> Iterator[str]:
+def _server(
+    bin_dir: Path, gguf: Path, log: Path, extra: tuple[str, ...], env: dict[str, str] | None = None
+) -> Iterator[str]:
     port = _free_port()
     argv = [str(bin_dir / "llama-server"), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port)]
     argv += ["-t", "1", "-c", "256", "-np", "1", "--no-warmup", *extra]
     with log.open("w") as log_fh:
-        proc = subprocess.Popen(argv, stdout=log_fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            argv, stdout=log_fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
         try:
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 60
@@ -114,13 +118,19 @@ def _server(bin_dir: Path, gguf: Path, log: Path, extra: tuple[str, ...]) -> Ite
 
 
 def engine_greedy(
-    bin_dir: Path, gguf: Path, prompt_ids: list[int], vocab: int, tmp: Path, extra: tuple[str, ...] = EXACT
+    bin_dir: Path,
+    gguf: Path,
+    prompt_ids: list[int],
+    vocab: int,
+    tmp: Path,
+    extra: tuple[str, ...] = EXACT,
+    env: dict[str, str] | None = None,
 ) -> tuple[list[int], np.ndarray]:
     """Greedy tokens from llama-server and, per step, log-probabilities of the whole vocabulary (from
     the raw logits: n_probs = vocab, softmax before any sampler)."""
     body = {"prompt": prompt_ids, "n_predict": N_NEW, "temperature": 0, "n_probs": vocab}
     body |= {"cache_prompt": False, "return_tokens": True, "post_sampling_probs": False}
-    with _server(bin_dir, gguf, tmp / f"{gguf.stem}-server.log", extra) as url:
+    with _server(bin_dir, gguf, tmp / f"{gguf.stem}-server.log", extra, env) as url:
         req = urllib.request.Request(
             f"{url}/completion", json.dumps(body).encode(), {"Content-Type": "application/json"}
         )
@@ -286,3 +296,28 @@ def test_llama_completion_cli_tokenizes_and_generates_the_same(
     assert prompt_ids == relu2["ids"]
     expected = relu2["ckpt"].tokenizer.decode(relu2["ref"][0])  # N_NEW tokens
     assert stdout.startswith(expected), f"engine: {stdout!r}\nexpected: {expected!r}..."
+
+
+@pytest.mark.parametrize("outtype", ["tq2_0", "tq1_0"])
+def test_our_kernels_and_stock_ggml_both_match_transformers(
+    engine_bin: Path, relu2: dict[str, Any], tmp_path: Path, outtype: str
+) -> None:
+    """The same binary with our ternary kernels (BITNET_KERNELS=1) and with stock ggml (=0): both give
+    transformers' tokens, and their log-probs agree within TOL. (That the weights really land in our
+    buffer type is checked in tests/test_engine.py.)"""
+    gguf = tmp_path / f"relu2-{outtype}.gguf"
+    convert_checkpoint(relu2["ckpt"].path, gguf, outtype=outtype, progress=False)
+    runs = {}
+    for kernels in ("1", "0"):
+        run_dir = tmp_path / f"k{kernels}"
+        run_dir.mkdir()
+        runs[kernels] = engine_greedy(
+            engine_bin, gguf, relu2["ids"], 512, run_dir,
+            env={"BITNET_KERNELS": kernels, "GGML_CPU_VARIANT_REPORT": "1"},
+        )  # fmt: skip
+        assert_engine_matches(runs[kernels], relu2["ref"], f"{outtype}, BITNET_KERNELS={kernels}")
+        log = (run_dir / f"{gguf.stem}-server.log").read_text()
+        state = "on" if kernels == "1" else "off"
+        assert f"bitnet: ternary kernels {state}" in log, "kernel switch not honoured"
+    dev = np.abs(runs["1"][1] - runs["0"][1]).max()
+    assert dev <= TOL, f"ours vs stock: max |delta log p| = {dev:.4f}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -172,3 +173,28 @@ def test_best_variant_is_loaded_and_one_can_be_forced(engine_bin_dir: Path):
     assert f"ggml: CPU variant libggml-cpu-{forced}.so" in out.stderr
     out = _loaded_variant(engine_bin_dir, GGML_CPU_VARIANT="no-such-variant")
     assert "GGML_CPU_VARIANT=no-such-variant: no such CPU variant" in out.stderr
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("outtype", ["tq2_0", "tq1_0"])
+def test_ternary_weights_use_our_buffer_type_unless_switched_off(
+    engine_bin_dir: Path, tmp_path: Path, outtype: str
+):
+    from bitnet.dummy import write_dummy_model
+
+    model = tmp_path / f"tiny-{outtype}.gguf"
+    write_dummy_model("tiny", model, outtype=outtype)
+    argv = [str(engine_bin_dir / "llama-completion"), "-m", str(model), "-p", "x", "-n", "1", "-no-cnv", "-v"]
+    sizes = {}
+    for kernels in ("1", "0"):
+        out = subprocess.run(
+            argv, capture_output=True, text=True, timeout=120,
+            env={**os.environ, "BITNET_KERNELS": kernels, "GGML_CPU_VARIANT_REPORT": "1"},
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        # llama.cpp first sizes the model without allocating (0.00 MiB), then loads it
+        found = re.findall(r"CPU_BITNET model buffer size =\s+([0-9.]+) MiB", out.stderr)
+        sizes[kernels] = max((float(v) for v in found), default=0.0)
+        assert ("bitnet: ternary kernels on" in out.stderr) == (kernels == "1")
+    assert sizes["1"] > 0.5, "the ternary weights did not go to the CPU_BITNET buffer"
+    assert sizes["0"] == 0.0, "BITNET_KERNELS=0 still used our buffer type"

@@ -1,0 +1,183 @@
+// ggml-cpu "extra buffer type" for BitNet b1.58 ternary weights (TQ2_0, TQ1_0).
+//
+// Like ggml-cpu/repack.cpp: weights placed in this buffer type are re-laid-out at load time
+// (set_tensor → bitnet_repack) and MUL_MAT with them runs our kernels on the CPU backend's own threads
+// (compute_forward). GGUF files stay in upstream types. BITNET_KERNELS=0 in the environment disables
+// the buffer type, so the same binary runs stock ggml (for A/B benchmarks and tests).
+//
+// Compiled into every CPU variant library by ggml-cpu-ternary.cmake; the variant's flags choose the
+// kernels' ISA. ref: ggml/src/ggml-cpu/traits.h, repack.cpp.
+
+#include "bitnet_kernels.h"
+
+#include "ggml-backend-impl.h"
+#include "ggml-cpu-impl.h"
+#include "ggml-cpu.h"
+#include "ggml-impl.h"
+#include "traits.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+namespace bitnet_ggml {
+
+static bool is_ternary(ggml_type t) { return t == GGML_TYPE_TQ2_0 || t == GGML_TYPE_TQ1_0; }
+
+static bitnet_src_type src_type(ggml_type t) { return t == GGML_TYPE_TQ1_0 ? BITNET_SRC_TQ1_0 : BITNET_SRC_TQ2_0; }
+
+// A weight [K x rows] (ggml ne0 = K, ne1 = rows) our kernels can take.
+static bool shape_ok(const ggml_tensor * w) {
+    return is_ternary(w->type) && ggml_n_dims(w) == 2 && w->ne[0] % BITNET_QK == 0 && ggml_is_contiguous(w);
+}
+
+static size_t alloc_size(const ggml_tensor * w) {
+    if (!shape_ok(w)) {
+        return ggml_nbytes(w);
+    }
+    const size_t ours = bitnet_weights_size(bitnet_preferred_layout(src_type(w->type)), w->ne[1], w->ne[0]);
+    // a tensor we could not repack (a non-ternary code) keeps ggml's bytes: room for either
+    return ours > ggml_nbytes(w) ? ours : ggml_nbytes(w);
+}
+
+class tensor_traits : public ggml::cpu::tensor_traits {
+  public:
+    explicit tensor_traits(bool ours) : ours_(ours) {}
+
+    bool work_size(int /*n_threads*/, const ggml_tensor * op, size_t & size) override {
+        if (!ours_ || op->op != GGML_OP_MUL_MAT) {
+            return false;
+        }
+        size = bitnet_act_size(op->src[1]->ne[0], op->src[1]->ne[1]);
+        return true;
+    }
+
+    bool compute_forward(ggml_compute_params * params, ggml_tensor * op) override {
+        if (!ours_ || op->op != GGML_OP_MUL_MAT) {
+            return false;  // ggml's own path runs on ggml's bytes (see repack())
+        }
+        const ggml_tensor * w = op->src[0];
+        const ggml_tensor * x = op->src[1];
+        const int64_t K = w->ne[0], rows = w->ne[1], ncols = x->ne[1];
+        GGML_ASSERT(x->type == GGML_TYPE_F32 && x->ne[0] == K && x->ne[2] == 1 && x->ne[3] == 1);
+        GGML_ASSERT(op->nb[0] == sizeof(float) && op->ne[0] == rows);
+
+        // 1. quantize the activation columns to int8 blocks (threads split the columns)
+        auto * xq = static_cast<bitnet_act_block *>(params->wdata);
+        GGML_ASSERT(params->wsize >= bitnet_act_size(K, ncols));
+        const int64_t nblk = K / BITNET_QK;
+        for (int64_t c = params->ith; c < ncols; c += params->nth) {
+            bitnet_quantize_act((const float *) ((const char *) x->data + c * x->nb[1]), K, xq + c * nblk);
+        }
+        ggml_barrier(params->threadpool);
+
+        // 2. every thread computes its 16-aligned share of the output rows for all columns
+        int64_t r0 = 0, r1 = 0;
+        bitnet_split_rows(rows, params->ith, params->nth, &r0, &r1);
+        if (r0 < r1) {
+            const bitnet_weights wt = { w->data, rows, K, bitnet_preferred_layout(src_type(w->type)) };
+            const int rc = bitnet_matmul(&wt, xq, ncols, nblk, (float *) op->data,
+                                         (int64_t) (op->nb[1] / sizeof(float)), r0, r1);
+            GGML_ASSERT(rc == BITNET_OK);
+        }
+        return true;
+    }
+
+  private:
+    bool ours_;
+};
+
+static tensor_traits g_ours(true);
+static tensor_traits g_stock(false);
+
+}  // namespace bitnet_ggml
+
+static enum ggml_status ternary_buffer_init_tensor(ggml_backend_buffer_t, ggml_tensor * tensor) {
+    tensor->extra = bitnet_ggml::shape_ok(tensor) ? &bitnet_ggml::g_ours : &bitnet_ggml::g_stock;
+    return GGML_STATUS_SUCCESS;
+}
+
+static void ternary_buffer_set_tensor(ggml_backend_buffer_t, ggml_tensor * tensor, const void * data,
+                                      size_t offset, size_t size) {
+    GGML_ASSERT(offset == 0 && size == ggml_nbytes(tensor));
+    if (tensor->extra == &bitnet_ggml::g_ours) {
+        const bitnet_src_type st = bitnet_ggml::src_type(tensor->type);
+        const int rc = bitnet_repack(bitnet_preferred_layout(st), st, data, tensor->ne[1], tensor->ne[0], tensor->data);
+        if (rc == BITNET_OK) {
+            return;
+        }
+        // e.g. a TQ2_0 code 3 (not ternary): keep ggml's bytes and its kernels for this tensor
+        GGML_LOG_WARN("bitnet: %s not repacked (code %d); stock kernels run it\n", tensor->name, rc);
+        tensor->extra = &bitnet_ggml::g_stock;
+    }
+    memcpy(tensor->data, data, size);
+}
+
+static const char * ternary_buft_get_name(ggml_backend_buffer_type_t) { return "CPU_BITNET"; }
+
+static ggml_backend_buffer_t ternary_buft_alloc_buffer(ggml_backend_buffer_type_t buft, size_t size) {
+    ggml_backend_buffer_t buffer = ggml_backend_buft_alloc_buffer(ggml_backend_cpu_buffer_type(), size);
+    if (buffer == nullptr) {
+        return nullptr;
+    }
+    buffer->buft              = buft;
+    buffer->iface.init_tensor = ternary_buffer_init_tensor;
+    buffer->iface.set_tensor  = ternary_buffer_set_tensor;
+    buffer->iface.get_tensor  = nullptr;
+    buffer->iface.cpy_tensor  = nullptr;
+    return buffer;
+}
+
+static size_t ternary_buft_get_alignment(ggml_backend_buffer_type_t) { return TENSOR_ALIGNMENT; }
+
+static size_t ternary_buft_get_alloc_size(ggml_backend_buffer_type_t, const ggml_tensor * tensor) {
+    return bitnet_ggml::alloc_size(tensor);
+}
+
+ggml_backend_buffer_type_t ggml_backend_cpu_ternary_buffer_type(void);
+
+namespace bitnet_ggml {
+class extra_buffer_type : ggml::cpu::extra_buffer_type {
+    bool supports_op(ggml_backend_dev_t, const ggml_tensor * op) override {
+        const ggml_tensor * w = op->src[0];
+        return op->op == GGML_OP_MUL_MAT && w->buffer && w->buffer->buft == ggml_backend_cpu_ternary_buffer_type() &&
+               shape_ok(w) && op->src[1]->type == GGML_TYPE_F32 && op->src[1]->ne[2] == 1 && op->src[1]->ne[3] == 1 &&
+               (op->src[1]->buffer == nullptr || ggml_backend_buft_is_host(op->src[1]->buffer->buft));
+    }
+
+    ggml::cpu::tensor_traits * get_tensor_traits(const ggml_tensor * op) override {
+        if (op->op == GGML_OP_MUL_MAT && op->src[0]->buffer &&
+            op->src[0]->buffer->buft == ggml_backend_cpu_ternary_buffer_type()) {
+            return (ggml::cpu::tensor_traits *) op->src[0]->extra;
+        }
+        return nullptr;
+    }
+};
+}  // namespace bitnet_ggml
+
+ggml_backend_buffer_type_t ggml_backend_cpu_ternary_buffer_type(void) {
+    static const bool enabled = [] {
+        const char * env = std::getenv("BITNET_KERNELS");
+        const bool on    = !(env && std::strcmp(env, "0") == 0);
+        if (std::getenv("GGML_CPU_VARIANT_REPORT")) {  // synchronous, like patch 0002's variant line
+            fprintf(stderr, "bitnet: ternary kernels %s (%s)\n", on ? "on" : "off (BITNET_KERNELS=0)", bitnet_isa());
+        }
+        return on;
+    }();
+    if (!enabled) {
+        return nullptr;
+    }
+    static struct ggml_backend_buffer_type buft = {
+        /* .iface    = */ {
+            /* .get_name         = */ ternary_buft_get_name,
+            /* .alloc_buffer     = */ ternary_buft_alloc_buffer,
+            /* .get_alignment    = */ ternary_buft_get_alignment,
+            /* .get_max_size     = */ nullptr,
+            /* .get_alloc_size   = */ ternary_buft_get_alloc_size,
+            /* .is_host          = */ nullptr,
+        },
+        /* .device  = */ ggml_backend_reg_dev_get(ggml_backend_cpu_reg(), 0),
+        /* .context = */ new bitnet_ggml::extra_buffer_type(),
+    };
+    return &buft;
+}
