@@ -22,6 +22,13 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def kernels(session: nox.Session) -> None:
+    """The C kernel tests (ctest) of every ISA variant the host can run, and ARM under qemu-user."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", "tests/test_kernels_c.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff over the project, mypy over the package."""
     session.install("-e", ".[dev]")
