@@ -83,7 +83,7 @@ def setup_model(
     if build:
         from bitnet.engine import build_engine
 
-        res = build_engine(build_dir=build_dir)
+        res = build_engine(build_dir=Path(build_dir))
         steps.append(
             f"engine: {'up to date' if res.skipped else 'built'} ({res.bin_dir}, variant {res.host_variant})"
         )
