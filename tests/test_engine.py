@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -198,3 +200,30 @@ def test_ternary_weights_use_our_buffer_type_unless_switched_off(
         assert ("bitnet: ternary kernels on" in out.stderr) == (kernels == "1")
     assert sizes["1"] > 0.5, "the ternary weights did not go to the CPU_BITNET buffer"
     assert sizes["0"] == 0.0, "BITNET_KERNELS=0 still used our buffer type"
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+def test_invoke_build_isa_gives_a_forced_variant_that_doctor_reports(engine_build_dir: Path, tmp_path: Path):
+    # A second build dir with one variant only; ccache (paths relative to the build dir) makes it cheap.
+    cpu = detect_cpu()
+    runnable = [v.name for v in engine.load_pin().variants_for(cpu.arch) if cpu.has(*v.requires)]
+    forced = runnable[0] if len(runnable) == 1 else runnable[-2]  # not the one the host would pick anyway
+    build_dir = tmp_path / "b"
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke", "build", "--isa", forced, "--build-dir", str(build_dir)],
+        cwd=repo, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert sorted(p.name for p in (build_dir / "bin").glob("libggml-cpu-*.so")) == [
+        f"libggml-cpu-{forced}.so"
+    ]
+    doctor = subprocess.run(
+        [sys.executable, "-m", "invoke", "doctor", "--build-dir", str(build_dir), "--json-out"],
+        cwd=repo, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert doctor.returncode == 0, doctor.stderr
+    report = json.loads(doctor.stdout)
+    assert report["engine"]["cpu_variant"] == forced
+    assert report["build_info"]["variants"] == [forced]
