@@ -16,8 +16,11 @@ import signal
 import stat
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 # What our engine prints for `--version`, and for `--list-devices` with GGML_CPU_VARIANT_REPORT=1.
 FAKE_VERSION_OUTPUT = "version: 6543 (abc1234)\nbuilt with cc (GCC) 13.2.0 for x86_64-linux-gnu\n"
@@ -209,3 +212,20 @@ def assert_gone(pid: int, *, ours: bool = True, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"process {pid} is still there {timeout} s later")
         time.sleep(0.02)
+
+
+# --- fixtures of test_runtime, test_supervisor and test_cli (loaded with pytest_plugins = ["fakebin"]) --
+
+
+@pytest.fixture
+def fakes(tmp_path: Path) -> Iterator[FakeBinaries]:
+    """A temporary build dir for fake llama binaries; whatever they left running is killed after."""
+    bins = FakeBinaries(tmp_path)
+    yield bins
+    bins.kill_leftovers()
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    """A minimal file that passes the runtime's GGUF check."""
+    return write_model(tmp_path / "model.gguf")

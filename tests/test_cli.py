@@ -12,7 +12,6 @@ import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +22,9 @@ from bitnet import BitNetRuntime
 from bitnet.cli import inference_main, main, server_main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["fakebin"]  # fixtures: fakes, model
+
 NAME = "llama-completion"
-
-
-@pytest.fixture
-def fakes(tmp_path: Path) -> Iterator[FakeBinaries]:
-    bins = FakeBinaries(tmp_path)
-    yield bins
-    bins.kill_leftovers()
-
-
-@pytest.fixture
-def model(tmp_path: Path) -> Path:
-    return write_model(tmp_path / "model.gguf")
 
 
 def run_script(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -24,19 +24,9 @@ from bitnet import BitNetRuntime, RuntimeConfigurationError, RuntimeLaunchError
 from bitnet import diagnostics as diagnostics_module
 from bitnet import runtime as runtime_module
 
+pytest_plugins = ["fakebin"]  # fixtures: fakes, model
+
 NAME = "llama-completion"
-
-
-@pytest.fixture
-def fakes(tmp_path: Path) -> Iterator[FakeBinaries]:
-    bins = FakeBinaries(tmp_path)
-    yield bins
-    bins.kill_leftovers()
-
-
-@pytest.fixture
-def model(tmp_path: Path) -> Path:
-    return write_model(tmp_path / "model.gguf")
 
 
 @pytest.fixture(autouse=True)

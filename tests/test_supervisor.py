@@ -9,12 +9,11 @@ import asyncio
 import math
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fakebin import FakeBinaries, assert_gone, write_model
+from fakebin import FakeBinaries, assert_gone
 
 from bitnet import (
     BitNetRuntime,
@@ -26,19 +25,9 @@ from bitnet import (
 )
 from bitnet import supervisor as supervisor_module
 
+pytest_plugins = ["fakebin"]  # fixtures: fakes, model
+
 NAME = "llama-completion"
-
-
-@pytest.fixture
-def fakes(tmp_path: Path) -> Iterator[FakeBinaries]:
-    bins = FakeBinaries(tmp_path)
-    yield bins
-    bins.kill_leftovers()
-
-
-@pytest.fixture
-def model(tmp_path: Path) -> Path:
-    return write_model(tmp_path / "model.gguf")
 
 
 @pytest.fixture
