@@ -414,3 +414,71 @@ def plot(c, results="", out_dir=""):
         raise Exit(f"no benchmark rows to plot in {', '.join(map(str, sources))}: run `invoke bench`", code=1)
     for path in written:
         print(path)
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "model": "GGUF file to serve (default: the tiny synthetic model, made in models/dummy/)",
+        "concurrency": "concurrent clients, one level each: e.g. 1,2,4,8 (default; each 1..64)",
+        "requests": "requests each client sends, one after the other (default 4)",
+        "max_tokens": "tokens generated per request (default 32; exactly this many: EOS is ignored)",
+        "compare": "kernel choices besides the environment's, alternating per level: stock, ours",
+        "parallel": "server slots (default: one per client at each level)",
+        "threads": "server threads (default: all cores; above the cores is clamped)",
+        "timeout": "seconds for all requests of one level; unanswered ones count as errors (default 600)",
+        "build_dir": "engine build dir (default: build)",
+        "results_dir": "where the rows go (default: bench/results)",
+        "plots_dir": "where the plots go (default: bench/plots)",
+        "no_plots": "do not redraw the plots",
+    },
+)
+def serve_bench(
+    c,
+    model="",
+    concurrency="1,2,4,8",
+    requests=4,
+    max_tokens=32,
+    compare="",
+    parallel=0,
+    threads=0,
+    timeout=600,
+    build_dir="build",
+    results_dir="",
+    plots_dir="",
+    no_plots=False,
+):
+    """llama-server throughput and latency under N concurrent clients (loopback): rows, table, plots."""
+    import logging
+
+    from bitnet.bench import DEFAULT_PLOTS_DIR, render_plots
+    from bitnet.results import DEFAULT_RESULTS_DIR
+    from bitnet.runtime import BitNetRuntime
+    from bitnet.serve_bench import default_model, format_serving_table, load_serving_run, run_serving_bench
+
+    results = Path(results_dir or DEFAULT_RESULTS_DIR)
+    with _user_errors():
+        for name in ("httpx", "httpx2"):  # the openai client logs every request at INFO
+            logging.getLogger(name).setLevel(logging.WARNING)
+        rows = run_serving_bench(
+            model or default_model(),
+            concurrency=concurrency,
+            requests_per_client=int(requests),
+            max_tokens=int(max_tokens),
+            compare=compare,
+            parallel=int(parallel) or None,
+            threads=int(threads) or None,
+            timeout=float(timeout),
+            runtime=BitNetRuntime(build_dir=build_dir),
+            results_dir=results,
+        )
+        stored = load_serving_run(results, rows[0]["run_id"])
+        print(format_serving_table(stored))
+        print(f"rows: {results / stored['source'].iloc[0]}")
+        if not no_plots:
+            written = render_plots(results, plots_dir or DEFAULT_PLOTS_DIR)
+            print(f"plots: {plots_dir or DEFAULT_PLOTS_DIR} ({len(written)} files)")
+    failed = sum(r["errors"] for r in rows)
+    if failed:
+        messages = sorted({m for r in rows for m in r["error_messages"]})
+        raise Exit(f"{failed} request(s) failed: {'; '.join(messages)}", code=1)
