@@ -419,6 +419,37 @@ def plot(c, results="", out_dir=""):
 @task(
     auto_shortflags=False,
     help={
+        "model": "path of the .gguf model",
+        "text": "text file to score, e.g. wiki.test.raw from wikitext-2-raw-v1.zip (see the README)",
+        "ctx_size": "tokens per chunk, llama-perplexity -c (default 512, as for the 2B4T reference); "
+        "the text needs at least twice as many",
+        "chunks": "score only the first N chunks (default: the whole text): quicker, rougher",
+        "threads": "CPU threads (default: all cores)",
+        "build_dir": "engine build dir (default: build)",
+    },
+)
+def ppl(c, model="", text="", ctx_size=512, chunks=0, threads=0, build_dir="build"):
+    """Perplexity of a model on a text file (llama-perplexity); stores a row in bench/results/."""
+    from bitnet.quality import run_perplexity
+
+    if not model or not text:
+        raise Exit("error: --model and --text are required, e.g. --text wikitext-2-raw/wiki.test.raw", code=2)
+    with _user_errors():
+        result = run_perplexity(
+            model,
+            text,
+            ctx_size=ctx_size,
+            batch_size=max(512, ctx_size),
+            threads=threads or None,
+            chunks=chunks or None,
+            build_dir=build_dir,
+        )
+    print(result.report())
+
+
+@task(
+    auto_shortflags=False,
+    help={
         "model": "GGUF file to serve (default: the tiny synthetic model, made in models/dummy/)",
         "concurrency": "concurrent clients, one level each: e.g. 1,2,4,8 (default; each 1..64)",
         "requests": "requests each client sends, one after the other (default 4)",

@@ -11,10 +11,12 @@ from collections.abc import Sequence
 __all__ = [
     "BitNetError",
     "EngineBuildError",
+    "PerplexityError",
     "PortInUseError",
     "RuntimeConfigurationError",
     "RuntimeLaunchError",
     "RuntimeTimeoutError",
+    "TextTooShortError",
 ]
 
 # How many trailing lines of a child's stderr an error keeps, and how many its message shows.
@@ -44,6 +46,35 @@ class PortInUseError(RuntimeConfigurationError):
     def __init__(self, message: str, *, host: str, port: int) -> None:
         self.host = host
         self.port = port
+        super().__init__(message)
+
+
+class TextTooShortError(RuntimeConfigurationError):
+    """The text given to the perplexity tool has fewer than ``2 * ctx_size`` tokens.
+
+    Attributes:
+        n_tokens: how many tokens the text has, as the engine counted them; None when the text was
+            refused before running it, from its size alone (a text of B bytes has at most B + 2 tokens).
+        needed: ``2 * ctx_size``, the tokens llama-perplexity needs.
+        ctx_size: the context size that was asked for.
+    """
+
+    def __init__(self, message: str, *, n_tokens: int | None, needed: int, ctx_size: int) -> None:
+        self.n_tokens = n_tokens
+        self.needed = needed
+        self.ctx_size = ctx_size
+        super().__init__(message)
+
+
+class PerplexityError(BitNetError, RuntimeError):
+    """llama-perplexity exited normally but printed no final estimate (the message says why it could not).
+
+    Attributes:
+        log_path: the file holding the run's full output (None if it could not be written).
+    """
+
+    def __init__(self, message: str, *, log_path: str | None = None) -> None:
+        self.log_path = log_path
         super().__init__(message)
 
 
