@@ -298,26 +298,38 @@ def test_llama_completion_cli_tokenizes_and_generates_the_same(
     assert stdout.startswith(expected), f"engine: {stdout!r}\nexpected: {expected!r}..."
 
 
+def _runnable_variants() -> list[str]:
+    """The engine's CPU variants this host can run (each carries our kernels for its ISA)."""
+    from bitnet.cpu import detect_cpu
+    from bitnet.engine import load_pin
+
+    cpu = detect_cpu()
+    return [v.name for v in load_pin().variants_for(cpu.arch) if cpu.has(*v.requires)]
+
+
+# The ISA x weight-format matrix of issue 6: every variant the host runs (sse42 runs the kernels' scalar
+# reference, avx2 and avx512 their SIMD bodies) with both ternary formats, ours and stock.
+@pytest.mark.parametrize("variant", _runnable_variants())
 @pytest.mark.parametrize("outtype", ["tq2_0", "tq1_0"])
 def test_our_kernels_and_stock_ggml_both_match_transformers(
-    engine_bin: Path, relu2: dict[str, Any], tmp_path: Path, outtype: str
+    engine_bin: Path, relu2: dict[str, Any], tmp_path: Path, outtype: str, variant: str
 ) -> None:
-    """The same binary with our ternary kernels (BITNET_KERNELS=1) and with stock ggml (=0): both give
-    transformers' tokens, and their log-probs agree within TOL. (That the weights really land in our
-    buffer type is checked in tests/test_engine.py.)"""
+    """The same binary with our ternary kernels (BITNET_KERNELS=1) and with stock ggml (=0), on one
+    forced CPU variant: both give transformers' tokens, and their log-probs agree within TOL. (That the
+    weights really land in our buffer type is checked in tests/test_engine.py.)"""
     gguf = tmp_path / f"relu2-{outtype}.gguf"
     convert_checkpoint(relu2["ckpt"].path, gguf, outtype=outtype, progress=False)
     runs = {}
     for kernels in ("1", "0"):
         run_dir = tmp_path / f"k{kernels}"
         run_dir.mkdir()
-        runs[kernels] = engine_greedy(
-            engine_bin, gguf, relu2["ids"], 512, run_dir,
-            env={"BITNET_KERNELS": kernels, "GGML_CPU_VARIANT_REPORT": "1"},
-        )  # fmt: skip
-        assert_engine_matches(runs[kernels], relu2["ref"], f"{outtype}, BITNET_KERNELS={kernels}")
+        env = {"BITNET_KERNELS": kernels, "GGML_CPU_VARIANT_REPORT": "1", "GGML_CPU_VARIANT": variant}
+        runs[kernels] = engine_greedy(engine_bin, gguf, relu2["ids"], 512, run_dir, env=env)
+        what = f"{outtype}, {variant}, BITNET_KERNELS={kernels}"
+        assert_engine_matches(runs[kernels], relu2["ref"], what)
         log = (run_dir / f"{gguf.stem}-server.log").read_text()
         state = "on" if kernels == "1" else "off"
         assert f"bitnet: ternary kernels {state}" in log, "kernel switch not honoured"
+        assert f"ggml: CPU variant libggml-cpu-{variant}.so" in log, "variant not forced"
     dev = np.abs(runs["1"][1] - runs["0"][1]).max()
     assert dev <= TOL, f"ours vs stock: max |delta log p| = {dev:.4f}"
