@@ -170,12 +170,13 @@ def download(c, model="2B", revision="", local_dir=""):
     help={
         "model_dir": "checkpoint dir (config.json + safetensors + tokenizer) or an official I2_S .gguf",
         "outtype": "ternary weight type: tq2_0 (default), tq1_0; f16/f32 for reference files",
-        "head_type": "tied embedding/output head: f16 (default), f32, q8_0, q4_0",
+        "head_type": "tied embedding/output head: f16 (default), f32, q8_0, q4_0, q6_k (via llama-quantize)",
+        "build_dir": "engine build dir (its llama-quantize makes q6_k heads; default: build)",
         "outfile": "GGUF to write (default: <model-dir>/ggml-model-<outtype>.gguf)",
         "dry_run": "print the tensor plan (name, shape, type, bytes) and write nothing",
     },
 )
-def convert(c, model_dir="", outtype="tq2_0", head_type="f16", outfile="", dry_run=False):
+def convert(c, model_dir="", outtype="tq2_0", head_type="f16", outfile="", dry_run=False, build_dir="build"):
     """Convert a Hugging Face BitNet checkpoint (or the official I2_S GGUF) to our GGUF."""
     from bitnet.convert import convert_checkpoint
 
@@ -184,7 +185,9 @@ def convert(c, model_dir="", outtype="tq2_0", head_type="f16", outfile="", dry_r
     src = Path(model_dir)
     out = Path(outfile) if outfile else (src if src.is_dir() else src.parent) / f"ggml-model-{outtype}.gguf"
     with _user_errors():
-        report = convert_checkpoint(src, out, outtype=outtype, head_type=head_type, dry_run=dry_run)
+        report = convert_checkpoint(
+            src, out, outtype=outtype, head_type=head_type, dry_run=dry_run, build_dir=build_dir
+        )
     if dry_run:
         for t in report.tensors:
             print(f"{t.name:40s} {str(t.shape):>16s} {t.type:6s} {t.nbytes:>12,d}")
@@ -200,20 +203,23 @@ def convert(c, model_dir="", outtype="tq2_0", head_type="f16", outfile="", dry_r
     help={
         "size": "tiny (few MB, real tokenizer), 125M, 350M, 700M, 1.3B, 2B (exact 2B4T shape), 3B, 7B, 13B",
         "outtype": "tq2_0 (default) or tq1_0",
-        "head_type": "tied embedding/head type: f16 (default), q8_0, q4_0",
+        "head_type": "tied embedding/head type: f16 (default), q8_0, q4_0, q6_k (via llama-quantize)",
         "outfile": "GGUF to write (default: models/dummy/<size>-<outtype>.gguf)",
         "seed": "random seed (default 0)",
     },
 )
 def dummy(c, size="tiny", outtype="tq2_0", head_type="f16", outfile="", seed=0):
     """Write a synthetic BitNet GGUF with random ternary weights and real shapes (no network)."""
-    from bitnet.dummy import write_dummy_model
+    import time
+
+    from bitnet.pipeline import write_synthetic
 
     out = Path(outfile or f"models/dummy/{size}-{outtype}.gguf")
     out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
     with _user_errors():
-        res = write_dummy_model(size, out, outtype=outtype, head_type=head_type, seed=seed)
-    print(f"wrote {res.path} ({res.nbytes / 1e6:.1f} MB) in {res.seconds:.1f} s")
+        write_synthetic(size, out, outtype=outtype, head_type=head_type, seed=seed)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - started:.1f} s")
 
 
 @task(
@@ -222,7 +228,7 @@ def dummy(c, size="tiny", outtype="tq2_0", head_type="f16", outfile="", seed=0):
         "model": "catalogue name (default: tiny, synthetic and offline) or Hugging Face repo id",
         "model_dir": "use this local checkpoint dir / .gguf instead of downloading",
         "outtype": "ternary weight type: tq2_0 (default) or tq1_0",
-        "head_type": "tied embedding/head type: f16 (default), q8_0, q4_0",
+        "head_type": "tied embedding/head type: f16 (default), q8_0, q4_0, q6_k (via llama-quantize)",
         "build_dir": "engine build dir (default: build)",
         "list": "list the catalogue and exit",
     },

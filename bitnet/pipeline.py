@@ -100,11 +100,9 @@ def setup_model(
     if problem is None:
         steps.append(f"model: {out} already there (verified)")
     elif entry is not None and entry.is_synthetic:
-        from bitnet.dummy import write_dummy_model
-
         assert entry.dummy_size is not None
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_dummy_model(entry.dummy_size, out, outtype=outtype, head_type=head_type)
+        write_synthetic(entry.dummy_size, out, outtype=outtype, head_type=head_type, build_dir=build_dir)
         steps.append(f"model: wrote synthetic {entry.dummy_size} model {out}")
     else:
         from bitnet.convert import convert_checkpoint
@@ -113,7 +111,7 @@ def setup_model(
         source = resolve_checkpoint(model_dir if model_dir is not None else model)
         steps.append(f"checkpoint: {source}")
         out.parent.mkdir(parents=True, exist_ok=True)
-        report = convert_checkpoint(source, out, outtype=outtype, head_type=head_type)
+        report = convert_checkpoint(source, out, outtype=outtype, head_type=head_type, build_dir=build_dir)
         steps.append(f"model: converted to {out} ({report.file_bytes / 1e6:.1f} MB, {report.seconds:.0f} s)")
     still = verify_gguf(out)
     if still is not None:
@@ -124,6 +122,31 @@ def setup_model(
         output = smoke_generate(out, build_dir=build_dir, n_predict=smoke_tokens)
         steps.append(f"smoke: generated {smoke_tokens} tokens")
     return SetupReport(model_name=name, gguf=out, steps=steps, smoke_output=output)
+
+
+def write_synthetic(
+    size: str,
+    out: Path,
+    *,
+    outtype: str = "tq2_0",
+    head_type: str = "f16",
+    seed: int = 0,
+    build_dir: str | os.PathLike[str] = "build",
+) -> Path:
+    """bitnet.dummy's model; a head type only the engine can write (q6_k) is requantized by it."""
+    from bitnet.convert.requantize import ENGINE_HEAD_TYPES, requantize_head
+    from bitnet.dummy import write_dummy_model
+
+    if head_type.lower() not in ENGINE_HEAD_TYPES:
+        write_dummy_model(size, out, outtype=outtype, head_type=head_type, seed=seed)
+        return out
+    tmp = out.with_name(f".{out.stem}-f16head.gguf.tmp")
+    try:
+        write_dummy_model(size, tmp, outtype=outtype, head_type="f16", seed=seed)
+        requantize_head(tmp, out, head_type=head_type.lower(), outtype=outtype.lower(), build_dir=build_dir)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
 
 
 def smoke_generate(model: Path, *, build_dir: str | os.PathLike[str], n_predict: int = 8) -> str:

@@ -271,10 +271,40 @@ def test_head_types(packed: Any, tmp_path: Path, head_type: str, qtype: Q) -> No
     np.testing.assert_array_equal(g.array("token_embd.weight").reshape(expected.shape), expected)
 
 
-def test_q6_k_head_says_how_to_get_it(packed: Any, tmp_path: Path) -> None:
-    with pytest.raises(ConversionError, match="llama-quantize"):
-        convert_checkpoint(packed.path, tmp_path / "x.gguf", head_type="q6_k")
-    assert leftovers(tmp_path) == []
+@pytest.mark.engine
+@pytest.mark.parametrize("outtype", ["tq2_0", "tq1_0"])
+def test_q6_k_head_by_the_engine_leaves_every_other_tensor_exact(
+    packed: Any, tmp_path: Path, engine_build_dir: Path, outtype: str
+) -> None:
+    f16 = tmp_path / "f16.gguf"
+    q6k = tmp_path / "q6k.gguf"
+    convert_checkpoint(packed.path, f16, outtype=outtype, progress=False)
+    report = convert_checkpoint(
+        packed.path, q6k, outtype=outtype, head_type="q6_k", progress=False, build_dir=engine_build_dir
+    )
+    assert report.head_type == "q6_k" and report.file_bytes == q6k.stat().st_size
+    a = {t.name: t for t in GGUFReader(str(f16), "r").tensors}
+    b = {t.name: t for t in GGUFReader(str(q6k), "r").tensors}
+    assert b["token_embd.weight"].tensor_type == Q.Q6_K
+    assert a.keys() == b.keys()
+    for name, t in a.items():
+        if name != "token_embd.weight":
+            assert b[name].tensor_type == t.tensor_type, name
+            assert np.array_equal(
+                np.asarray(b[name].data).view(np.uint8), np.asarray(t.data).view(np.uint8)
+            ), name
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_q6_k_head_without_an_engine_says_how_to_build_one(packed: Any, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    plan = convert_checkpoint(packed.path, out / "x.gguf", head_type="q6_k", dry_run=True)
+    assert {t.type for t in plan.tensors if t.name == "token_embd.weight"} == {"Q6_K"}
+    with pytest.raises(Exception, match="invoke build"):
+        convert_checkpoint(packed.path, out / "x.gguf", head_type="q6_k", progress=False,
+                           build_dir=tmp_path / "no-engine")  # fmt: skip
+    assert leftovers(out) == []
 
 
 def test_widths_not_multiple_of_256_fall_back_exactly(

@@ -27,6 +27,7 @@ from bitnet.convert.errors import (
     MissingCheckpointFileError,
     UnsupportedCheckpointError,
 )
+from bitnet.convert.requantize import ENGINE_HEAD_TYPES, HEAD_TENSORS, requantize_head
 from bitnet.convert.tokenizer import load_vocab
 from bitnet.gguf_writer import Metadata, TensorSpec, check_output_writable, write_gguf
 
@@ -119,6 +120,7 @@ def convert_checkpoint(
     head_type: str = "f16",
     dry_run: bool = False,
     progress: bool = True,
+    build_dir: str | os.PathLike[str] = "build",
 ) -> ConversionReport:
     """Convert a Hugging Face BitNet checkpoint directory (or an official I2_S .gguf) to our GGUF.
 
@@ -126,9 +128,12 @@ def convert_checkpoint(
         model_dir: directory with config.json, *.safetensors and tokenizer files; or a `.gguf` file.
         outfile: the GGUF to write (atomically; an existing file is replaced only on success).
         outtype: ternary weight type: "tq2_0" (default), "tq1_0", or "f16"/"f32" for reference files.
-        head_type: tied embedding / output head type: "f16" (default), "f32", "q8_0", "q4_0".
+        head_type: tied embedding / output head type: "f16" (default), "f32", "q8_0", "q4_0", or
+            "q6_k" (written with an f16 head, then requantized by the engine's llama-quantize; every
+            other tensor is checked to come out byte-identical).
         dry_run: plan only: validate inputs and return the tensor plan without writing anything.
         progress: show a progress bar over tensor bytes (on a terminal).
+        build_dir: the engine build whose llama-quantize makes a q6_k head.
 
     Raises:
         ConversionError: a subclass saying what is wrong (missing config key, unknown architecture,
@@ -138,13 +143,14 @@ def convert_checkpoint(
     outtype, head_type = outtype.lower(), head_type.lower()
     if outtype not in OUT_TYPES:
         raise ConversionError(f"outtype {outtype!r} is not one of {', '.join(OUT_TYPES)}")
+    if head_type in ENGINE_HEAD_TYPES:
+        return _convert_with_engine_head(
+            model_dir, out, outtype=outtype, head_type=head_type, dry_run=dry_run, progress=progress,
+            build_dir=build_dir,
+        )  # fmt: skip
     if head_type not in HEAD_TYPES:
-        hint = (
-            " (q6_k: gguf-py has no Q6_K quantizer; convert with f16, then llama-quantize)"
-            if head_type == "q6_k"
-            else ""
-        )
-        raise ConversionError(f"head_type {head_type!r} is not one of {', '.join(HEAD_TYPES)}{hint}")
+        choices = ", ".join([*HEAD_TYPES, *ENGINE_HEAD_TYPES])
+        raise ConversionError(f"head_type {head_type!r} is not one of {choices}")
     if src.is_file() and src.suffix == ".gguf":
         return _import_gguf(
             src, out, outtype=outtype, head_type=head_type, dry_run=dry_run, progress=progress
@@ -187,6 +193,51 @@ def convert_checkpoint(
             report.file_bytes = result.nbytes
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _convert_with_engine_head(
+    model_dir: str | os.PathLike[str],
+    out: Path,
+    *,
+    outtype: str,
+    head_type: str,
+    dry_run: bool,
+    progress: bool,
+    build_dir: str | os.PathLike[str],
+) -> ConversionReport:
+    """Convert with an f16 head into a temp file, then let llama-quantize requantize just the head."""
+    import tempfile
+
+    if dry_run:
+        report = convert_checkpoint(model_dir, out, outtype=outtype, head_type="f16", dry_run=True)
+        report.tensors = [
+            _as_head_type(t, head_type) if t.name in HEAD_TENSORS else t for t in report.tensors
+        ]
+    else:
+        check_output_writable(out)
+        fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}-f16head-", suffix=".gguf.tmp")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            report = convert_checkpoint(model_dir, tmp, outtype=outtype, head_type="f16", progress=progress)
+            requantize_head(tmp, out, head_type=head_type, outtype=outtype, build_dir=build_dir)
+        finally:
+            tmp.unlink(missing_ok=True)
+        report.outfile = out
+        report.file_bytes = out.stat().st_size
+    report.head_type = head_type
+    return report
+
+
+def _as_head_type(t: PlannedTensor, head_type: str) -> PlannedTensor:
+    import gguf
+
+    qtype = gguf.GGMLQuantizationType[head_type.upper()]
+    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    n = 1
+    for d in t.shape:
+        n *= d
+    return PlannedTensor(t.name, t.shape, qtype.name, n // block * type_size)
 
 
 def _planned(spec: TensorSpec) -> PlannedTensor:
