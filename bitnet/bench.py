@@ -156,9 +156,16 @@ def _prepare_model(request: ModelRequest, models_dir: Path) -> Path:
              request.head_type, path)  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        write_dummy_model(
-            str(request.size), path, outtype=request.outtype, head_type=request.head_type, progress=False
-        )
+        from bitnet.convert.requantize import ENGINE_HEAD_TYPES
+
+        if request.head_type in ENGINE_HEAD_TYPES:  # q6_k: the engine's llama-quantize writes the head
+            from bitnet.pipeline import write_synthetic
+
+            write_synthetic(str(request.size), path, outtype=request.outtype, head_type=request.head_type)
+        else:
+            write_dummy_model(
+                str(request.size), path, outtype=request.outtype, head_type=request.head_type, progress=False
+            )
     except BitNetError as exc:
         raise BenchmarkError(f"cannot generate the synthetic model {request.label}: {exc}") from exc
     return path
