@@ -152,13 +152,6 @@ static void unpack_tile(bitnet_layout layout, const uint8_t *tile, uint8_t *rest
     }
 }
 
-typedef struct {
-    const bitnet_weights *w;
-    const bitnet_act_block *x;
-    int64_t x_stride, y_stride;
-    float *y;
-} gemm_args;
-
 /* RG groups x C columns for block b: acc = -sum_x; 64 planes of vpdpbusd; combine into y. */
 BITNET_INLINE void micro(const gemm_args *a, const uint8_t *planes, const uint16_t *const *scales, int64_t g,
                          int64_t b, int64_t c0, const int RG, const int C) {

@@ -99,4 +99,41 @@ static inline float bitnet__fp16_to_fp32(uint16_t h) {
     return f;
 }
 
+
+/* ------------------------------------------------------------------------------------------------
+ * The GEMM driver shared by the ISAs that tile one 16-row group at a time (AVX2, NEON): per group and
+ * 256-block, the ISA's unpack_tile() expands the codes into int8 planes once, then its micro-kernels
+ * (table entry C-1 handles C columns, C <= BITNET_GEMM_COLS) consume them for every column tile. */
+typedef struct {
+    const bitnet_weights *w;
+    const bitnet_act_block *x;
+    int64_t x_stride, y_stride;
+    float *y;
+} gemm_args;
+
+typedef void (*bitnet__unpack_fn)(bitnet_layout layout, const uint8_t *tile, uint8_t *planes);
+typedef void (*bitnet__micro_fn)(const gemm_args *, const uint8_t *, const uint16_t *, int64_t, int64_t, int64_t);
+
+BITNET_INLINE int bitnet__gemm_1rg(const bitnet_weights *w, const bitnet_act_block *x, int64_t ncols,
+                                   int64_t x_stride, float *y, int64_t y_stride, int64_t r0, int64_t r1,
+                                   bitnet__unpack_fn unpack, const bitnet__micro_fn *micro_by_cols) {
+    const int rc = bitnet__check(w, x, ncols, x_stride, y, y_stride, r0, r1);
+    if (rc != BITNET_OK) return rc;
+    const gemm_args a = {w, x, x_stride, y_stride, y};
+    const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1);
+    const size_t tb = bitnet__tile_bytes(w->layout);
+    _Alignas(64) uint8_t planes[4096];
+    for (int64_t g = r0 / BITNET_GROUP_ROWS; g < g1; g++) {
+        const uint16_t *scales = bitnet__scales(w, g);
+        for (int64_t b = 0; b < nb; b++) {
+            unpack(w->layout, bitnet__codes(w, g) + (size_t)b * tb, planes);
+            for (int64_t c0 = 0; c0 < ncols; c0 += BITNET_GEMM_COLS) {
+                const int64_t nc = ncols - c0 < BITNET_GEMM_COLS ? ncols - c0 : BITNET_GEMM_COLS;
+                micro_by_cols[nc - 1](&a, planes, scales, g, b, c0);
+            }
+        }
+    }
+    return BITNET_OK;
+}
+
 #endif /* BITNET_INTERNAL_H */

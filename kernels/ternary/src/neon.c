@@ -153,13 +153,6 @@ static void unpack_tile(bitnet_layout layout, const uint8_t *tile, uint8_t *rest
     }
 }
 
-typedef struct {
-    const bitnet_weights *w;
-    const bitnet_act_block *x;
-    int64_t x_stride, y_stride;
-    float *y;
-} gemm_args;
-
 BITNET_INLINE void micro(const gemm_args *a, const uint8_t *planes, const uint16_t *scales, int64_t g, int64_t b,
                          int64_t c0, const int C) {
     const bitnet_act_block *xc[BITNET_GEMM_COLS];
@@ -199,28 +192,11 @@ BITNET_INLINE void micro(const gemm_args *a, const uint8_t *planes, const uint16
         micro(a, p, s, g, b, c0, (C) < BITNET_GEMM_COLS ? (C) : BITNET_GEMM_COLS);                             \
     }
 BITNET_MICRO(1) BITNET_MICRO(2) BITNET_MICRO(3) BITNET_MICRO(4) BITNET_MICRO(5) BITNET_MICRO(6)
-typedef void (*micro_fn)(const gemm_args *, const uint8_t *, const uint16_t *, int64_t, int64_t, int64_t);
-static const micro_fn micro_table[6] = {micro_1, micro_2, micro_3, micro_4, micro_5, micro_6};
+static const bitnet__micro_fn micro_table[6] = {micro_1, micro_2, micro_3, micro_4, micro_5, micro_6};
 
 int bitnet_gemm(const bitnet_weights *w, const bitnet_act_block *x, int64_t ncols, int64_t x_stride, float *y,
                 int64_t y_stride, int64_t r0, int64_t r1) {
-    const int rc = bitnet__check(w, x, ncols, x_stride, y, y_stride, r0, r1);
-    if (rc != BITNET_OK) return rc;
-    const gemm_args a = {w, x, x_stride, y_stride, y};
-    const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1);
-    const size_t tb = bitnet__tile_bytes(w->layout);
-    _Alignas(64) uint8_t planes[4096];
-    for (int64_t g = r0 / BITNET_GROUP_ROWS; g < g1; g++) {
-        const uint16_t *scales = bitnet__scales(w, g);
-        for (int64_t b = 0; b < nb; b++) {
-            unpack_tile(w->layout, bitnet__codes(w, g) + (size_t)b * tb, planes);
-            for (int64_t c0 = 0; c0 < ncols; c0 += BITNET_GEMM_COLS) {
-                const int64_t nc = ncols - c0 < BITNET_GEMM_COLS ? ncols - c0 : BITNET_GEMM_COLS;
-                micro_table[nc - 1](&a, planes, scales, g, b, c0);
-            }
-        }
-    }
-    return BITNET_OK;
+    return bitnet__gemm_1rg(w, x, ncols, x_stride, y, y_stride, r0, r1, unpack_tile, micro_table);
 }
 
 #else
