@@ -212,8 +212,10 @@ def fetch_archive(pin: EnginePin, cache: Path, *, offline_archive: Path | None =
             "pip",
             "download",
             "--no-deps",
+            # `--no-binary <package>`, not `:all:`: pip prepares the sdist's metadata in an isolated
+            # env, and `:all:` would build its build dependencies (cmake!) from source too.
             "--no-binary",
-            ":all:",
+            pin.package,
             f"{pin.package}=={pin.version}",
             "-d",
             tmp,
