@@ -122,7 +122,8 @@ def doctor(c, build_dir="build", model="", json_out=False):
             print(f"  {name:18s} {path or 'missing'}")
         print(f"engine:   {engine.get('version', '-')}")
         print(f"variant:  {engine.get('cpu_variant') or '-'} (active for this CPU)")
-        print(f"kernels:  {engine.get('kernels', '-')}")
+        isa = engine.get("kernels_isa")
+        print(f"kernels:  {engine.get('kernels', '-')}" + (f" ({isa})" if isa else ""))
         if model:
             print(f"model:    {model} gguf={report['model_is_gguf']}")
     if not diag.usable:

@@ -47,6 +47,9 @@ _CPU_VARIANT_RE = re.compile(
     r"(?:CPU variant|loaded CPU backend from) \S*?ggml-cpu-([A-Za-z0-9_]+)\.(?:so|dll|dylib)\b"
 )
 _VARIANT_REPORT_ENV = "GGML_CPU_VARIANT_REPORT"
+# Our kernels, as the engine reports them when its CPU backend registers (same switch):
+# `bitnet: ternary kernels on (avx512vnni)` / `... off (BITNET_KERNELS=0) (avx2)`. ref: patch 0004.
+_KERNELS_RE = re.compile(r"bitnet: ternary kernels (on|off)\b[^\n]*\(([^()\n]*)\)")
 
 
 @dataclass(frozen=True)
@@ -129,8 +132,10 @@ def probe_engine(binary: str, env: Mapping[str, str], timeout: float | None = No
     ``<binary> --version`` gives "version" and "built_with" (the text after ``version:`` and
     ``built with``); ``<binary> --list-devices`` with ``GGML_CPU_VARIANT_REPORT=1`` makes ggml load its
     CPU backend and name the library it chose, giving "cpu_variant" (``libggml-cpu-avx2.so`` -> "avx2";
-    upstream's ``load_backend: loaded CPU backend from ...`` line is understood too). "kernels" is
-    "off" when ``BITNET_KERNELS=0`` in `env`, else "ours". Never raises: a probe that cannot start,
+    upstream's ``load_backend: loaded CPU backend from ...`` line is understood too). "kernels" ("ours"
+    or "off") and "kernels_isa" come from the engine's own `bitnet: ternary kernels ...` line in the same
+    probe; an engine that prints none (built without our kernels, or a stand-in) falls back to the
+    environment: "off" when ``BITNET_KERNELS=0``, else "ours". Never raises: a probe that cannot start,
     fails or hangs (past `timeout`, default 10 s) is described in "error".
     """
     limit = VERSION_TIMEOUT_SECONDS if timeout is None else timeout
@@ -140,6 +145,7 @@ def probe_engine(binary: str, env: Mapping[str, str], timeout: float | None = No
         "built_with": None,
         "cpu_variant": None,
         "kernels": "off" if env.get(KERNELS_ENV) == "0" else "ours",
+        "kernels_isa": None,  # e.g. "avx512vnni", when the engine reports its kernels
         "error": None,
     }
     version_text, version_error = _probe([binary, "--version"], env, limit)
@@ -154,6 +160,10 @@ def probe_engine(binary: str, env: Mapping[str, str], timeout: float | None = No
         match = _CPU_VARIANT_RE.search(line)
         if match and info["cpu_variant"] is None:
             info["cpu_variant"] = match.group(1)
+        kernels = _KERNELS_RE.search(line)
+        if kernels:  # what the engine says beats what the environment suggests
+            info["kernels"] = "ours" if kernels.group(1) == "on" else "off"
+            info["kernels_isa"] = kernels.group(2)
     return info
 
 

@@ -227,3 +227,24 @@ def test_invoke_build_isa_gives_a_forced_variant_that_doctor_reports(engine_buil
     report = json.loads(doctor.stdout)
     assert report["engine"]["cpu_variant"] == forced
     assert report["build_info"]["variants"] == [forced]
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("kernels", ["1", "0"])
+def test_doctor_reports_what_the_engine_says_about_our_kernels(engine_build_dir: Path, kernels: str):
+    from bitnet.runtime import BitNetRuntime
+
+    report = BitNetRuntime(
+        build_dir=str(engine_build_dir), env={**os.environ, "BITNET_KERNELS": kernels}
+    ).diagnostics()
+    engine_info = report.engine or {}
+    assert engine_info["kernels"] == ("ours" if kernels == "1" else "off")
+    # the ISA of the kernels inside the loaded CPU variant, as the engine itself printed it
+    expected_isa = {
+        "sse42": "scalar",
+        "avx2": "avx2",
+        "avx512": "avx512vnni",
+        "neon": "neon",
+        "dotprod": "neon-dotprod",
+    }
+    assert engine_info["kernels_isa"] == expected_isa[str(engine_info["cpu_variant"])]

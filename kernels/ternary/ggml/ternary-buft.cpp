@@ -155,16 +155,29 @@ class extra_buffer_type : ggml::cpu::extra_buffer_type {
 };
 }  // namespace bitnet_ggml
 
-ggml_backend_buffer_type_t ggml_backend_cpu_ternary_buffer_type(void) {
-    static const bool enabled = [] {
+static bool kernels_enabled() {
+    static const bool on = [] {
         const char * env = std::getenv("BITNET_KERNELS");
-        const bool on    = !(env && std::strcmp(env, "0") == 0);
-        if (std::getenv("GGML_CPU_VARIANT_REPORT")) {  // synchronous, like patch 0002's variant line
-            fprintf(stderr, "bitnet: ternary kernels %s (%s)\n", on ? "on" : "off (BITNET_KERNELS=0)", bitnet_isa());
-        }
-        return on;
+        return !(env && std::strcmp(env, "0") == 0);
     }();
-    if (!enabled) {
+    return on;
+}
+
+// Called when the CPU backend registers (patch 0004): with GGML_CPU_VARIANT_REPORT set, say once,
+// synchronously on stderr like patch 0002's variant line, whether our kernels run and for which ISA.
+void ggml_backend_cpu_ternary_report(void) {
+    static const bool once = [] {
+        if (std::getenv("GGML_CPU_VARIANT_REPORT")) {
+            fprintf(stderr, "bitnet: ternary kernels %s (%s)\n",
+                    kernels_enabled() ? "on" : "off (BITNET_KERNELS=0)", bitnet_isa());
+        }
+        return true;
+    }();
+    (void) once;
+}
+
+ggml_backend_buffer_type_t ggml_backend_cpu_ternary_buffer_type(void) {
+    if (!kernels_enabled()) {
         return nullptr;
     }
     static struct ggml_backend_buffer_type buft = {
