@@ -244,10 +244,32 @@ class ArchConverter:
 
     def check(self) -> None:
         """Reject checkpoints this architecture module cannot convert exactly (override to add checks)."""
-        if self.quant is not None and self.quant.use_rms_norm:
+        if self.quant is None:
+            return
+        if self.quant.use_rms_norm:
+            # transformers' BitLinear/AutoBitLinear then normalise each linear's input with their own
+            # RMSNorm (`<linear>.rms_norm.weight`) before quantizing it; q/k/v and gate/up each get a
+            # different norm of the same input, which neither engine graph can express.
             raise UnsupportedCheckpointError(
-                f"{self.config_path}: quantization_config.use_rms_norm=true adds an RMSNorm inside every "
-                "linear layer, which neither the bitnet nor the llama graph of the engine has"
+                f"{self.config_path}: quantization_config.use_rms_norm=true puts an RMSNorm inside every "
+                "linear layer, which neither the bitnet nor the llama graph of the engine has, so this "
+                "checkpoint cannot be converted exactly. No released BitNet model we know of sets it; if "
+                "the model was trained without those norms, remove use_rms_norm from config.json"
+            )
+        n_layer = self.config.get("num_hidden_layers")
+        layers = range(int(n_layer)) if isinstance(n_layer, int) else range(0)
+        kept = [
+            f"model.layers.{i}.{suffix}"
+            for i in layers
+            for _, suffix in self._LINEARS
+            if self.quant.keeps_full_precision(f"model.layers.{i}.{suffix}")
+        ]
+        if kept:
+            raise UnsupportedCheckpointError(
+                f"{self.config_path}: quantization_config.modules_to_not_convert "
+                f"{list(self.quant.modules_to_not_convert)} keeps {len(kept)} decoder linear layers in "
+                f"full precision (e.g. {kept[0]}); this converter writes every decoder linear as ternary "
+                "and would change the model. Only the output head (lm_head) may be excluded"
             )
 
     def rope_theta(self) -> float:

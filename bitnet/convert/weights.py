@@ -13,10 +13,17 @@
   -> scale = float32(1 / weight_scale). transformers defaults `linear_class` to "bitlinear".
 - Unpacked offline weights (float tensors that already hold -1/0/+1, next to a `weight_scale`): the
   same scale rule as packed ones.
+
+The `quantization_config` of released checkpoints (ref: their config.json files): microsoft 2B-4T
+{bitnet, autobitlinear, offline}; its -bf16 twin {bitnet, autobitlinear, online}; HF1BitLLM
+Llama3-8B-1.58 {quant_method: bitnet} only; tiiuae Falcon3-*-1.58bit {modules_to_not_convert: ["lm_head"],
+quant_method: bitnet} (the format tiiuae's onebitllms `quantize_to_1bit` writes, also used for Falcon-E).
+Absent keys take transformers' `BitNetQuantConfig` defaults: bitlinear, offline, use_rms_norm false.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +52,7 @@ class BitNetQuantization:
     linear_class: str | None  # "autobitlinear" | "bitlinear" | None (no quantization_config)
     mode: str  # "offline" | "online"
     use_rms_norm: bool
+    modules_to_not_convert: tuple[str, ...] = ()  # module name patterns transformers keeps in full precision
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> BitNetQuantization | None:
@@ -58,9 +66,34 @@ class BitNetQuantization:
                 f"quantization_config.linear_class {linear_class!r} is unknown (expected 'autobitlinear' or "
                 "'bitlinear'): fix config.json"
             )
-        return cls(
-            linear_class, str(qc.get("quantization_mode", "offline")), bool(qc.get("use_rms_norm", False))
-        )
+        mode = str(qc.get("quantization_mode", "offline")).lower()
+        if mode not in ("offline", "online"):
+            raise UnsupportedCheckpointError(
+                f"quantization_config.quantization_mode {mode!r} is unknown "
+                "(expected 'offline' or 'online'): fix config.json"
+            )
+        skip = qc.get("modules_to_not_convert") or ()
+        if isinstance(skip, str) or not all(isinstance(m, str) for m in skip):
+            raise UnsupportedCheckpointError(
+                f"quantization_config.modules_to_not_convert must be a list of module names, not {skip!r}"
+            )
+        return cls(linear_class, mode, bool(qc.get("use_rms_norm", False)), tuple(skip))
+
+    def keeps_full_precision(self, module: str) -> bool:
+        """Whether transformers leaves linear `module` (e.g. "model.layers.0.mlp.up_proj") unquantized.
+
+        Same matching as transformers' `should_convert_module`: a pattern matches from the start of the
+        name up to a module boundary (also as a regex), or as a suffix of it.
+        """
+        for pattern in self.modules_to_not_convert:
+            try:
+                if re.match(rf"(?:{pattern})(?:(?<=\.)|(?=\.|$))", module):
+                    return True
+            except re.error:
+                pass  # not a regex: only the literal suffix rule applies
+            if module.endswith(pattern):
+                return True
+        return False
 
 
 @dataclass(frozen=True)
@@ -147,5 +180,17 @@ def read_linear(
             raise CorruptCheckpointError(f"{name} has a weight_scale but holds non-integer values")
         scale = _apply_scale_rule(_scale_value(ckpt, scale_name), quant.linear_class if quant else None, name)
         return LinearWeight(codes, scale, "unpacked")
+    if quant is not None and quant.mode == "offline":
+        # transformers' offline layers use a float weight as it is (AutoBitLinear: x W^T * weight_scale,
+        # weight_scale defaulting to 1) or cannot load it at all (BitLinear holds packed uint8): ternarizing
+        # it here would give a different model.
+        raise UnsupportedCheckpointError(
+            f"{name} holds {info.dtype} weights without {scale_name}, but quantization_config."
+            "quantization_mode is 'offline' (the default), which means prequantized ternary weights. "
+            "If these are master weights meant to be ternarized on the fly, the config must say "
+            "quantization_mode 'online' (as microsoft/bitnet-b1.58-2B-4T-bf16 does); otherwise the "
+            "checkpoint is not a BitNet release (e.g. a Falcon-E 'bfloat16' or 'prequantized' revision): "
+            "download its default branch instead"
+        )
     codes, scale = ternarize(w)
     return LinearWeight(codes, scale, "master")
