@@ -114,7 +114,8 @@ def test_format_catalog_table() -> None:
         "GB",
         "a1f2f1c765",
     ]
-    assert rows["large"].split()[-1] == "main*"
+    assert rows["2B-bf16"].split()[-1] == "main*"
+    assert rows["large"].split()[-1] == "85d047191d"  # pinned: the first 10 hex digits
     assert "(local, bitnet.dummy)" in rows["tiny"] and "synthetic" in rows["tiny"]
     assert lines[-1].startswith("* not pinned")
     # only what is passed is listed; no footnote without unpinned entries
