@@ -32,8 +32,23 @@ TOOLCHAIN_AARCH64 = KERNELS_DIR / "cmake" / "aarch64-linux-gnu.cmake"
 
 _MACHINE = platform.machine().lower()
 HOST_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}.get(_MACHINE, _MACHINE)
-# Must match BITNET_VARIANTS in kernels/ternary/CMakeLists.txt.
-VARIANTS = {"x86_64": ["scalar", "sse42", "avx2", "avx512"], "aarch64": ["scalar", "neon", "dotprod"]}
+
+
+def _host_has_avx_vnni() -> bool:
+    try:
+        return " avx_vnni " in (Path("/proc/cpuinfo").read_text() + " ").replace("\n", " ")
+    except OSError:
+        return False
+
+
+# Must match BITNET_VARIANTS in kernels/ternary/CMakeLists.txt. "avxvnni" (VEX vpdpbusd) is run where the
+# CPU has AVX-VNNI; elsewhere test_avxvnni_library_uses_vex_vpdpbusd checks it was built, and
+# "avxvnni_evex" runs the same code with the EVEX encoding on AVX-512 VNNI hosts.
+VARIANTS = {
+    "x86_64": ["scalar", "sse42", "avx2", "avxvnni_evex", "avx512"]
+    + (["avxvnni"] if _host_has_avx_vnni() else []),
+    "aarch64": ["scalar", "neon", "dotprod"],
+}
 CROSS_TOOLS = ("aarch64-linux-gnu-gcc", "qemu-aarch64")
 CROSS_INSTALL_HINT = "apt-get install -y gcc-aarch64-linux-gnu qemu-user"
 
@@ -139,6 +154,20 @@ def _run_variant(build: KernelBuild, variant: str) -> None:
 def test_kernels_native(native_build: KernelBuild, variant: str) -> None:
     """Every ISA variant this host can run equals the scalar reference bit for bit (see tests/test_main.c)."""
     _run_variant(native_build, variant)
+
+
+@pytest.mark.skipif(HOST_ARCH != "x86_64", reason="x86-64 variant")
+def test_avxvnni_library_uses_vex_vpdpbusd(native_build: KernelBuild) -> None:
+    """The AVX-VNNI library is built and really holds the VEX-encoded vpdpbusd (what Alder Lake and later
+    run), whether or not this CPU can execute it; its arithmetic is tested through avxvnni_evex."""
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.fail("objdump not found: install binutils", pytrace=False)
+    lib = native_build.build_dir / "libbitnet_kernels_avxvnni.a"
+    assert lib.is_file(), f"{lib} was not built (does the compiler accept -mavxvnni? gcc >= 11 does)"
+    text = subprocess.run([objdump, "-d", str(lib)], capture_output=True, text=True, check=True).stdout
+    assert "{vex} vpdpbusd" in text, "the avxvnni library has no VEX vpdpbusd: it fell back to another ISA"
+    assert "zmm" not in text, "the avxvnni library uses 512-bit registers, which AVX-VNNI CPUs lack"
 
 
 @pytest.mark.parametrize("variant", VARIANTS["aarch64"])

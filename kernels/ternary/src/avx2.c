@@ -8,6 +8,12 @@
  * codes is folded by subtracting the block's activation sum after widening.
  * A 64-byte chunk is two ymm: rows 0-7 and rows 8-15 (lane r = 4 bytes of row r).
  *
+ * With AVX-VNNI (Alder Lake and later: VEX vpdpbusd on ymm) the same code accumulates in int32 with
+ * vpdpbusd instead (one instruction per product step, no widening): ISA name "avxvnni". The EVEX ymm
+ * form (AVX512-VL + VNNI) computes the identical thing; the C tests build this path with it on hosts
+ * without AVX-VNNI (tests variant "avx2vnni"), so the algorithm is tested where the VEX encoding
+ * cannot run.
+ *
  * GEMV decodes in registers. GEMM decodes each (group, block) tile once into a 4 KiB int8 scratch in K4
  * order (plane p = 64 bytes: lane r = row r, k = 4p .. 4p+3) that all column tiles reuse.
  */
@@ -34,10 +40,29 @@ BITNET_INLINE __m256i lanes_below(int64_t n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+#if defined(BITNET_AVX2_DPBUSD)
+/* acc (int32 per row lane) += sum of 4 products u8 code x s8 activation */
+BITNET_INLINE __m256i mac(__m256i acc, __m256i w, __m256i x) {
+#if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(acc, w, x);
+#else
+    return _mm256_dpbusd_epi32(acc, w, x); /* EVEX form (AVX512-VL + VNNI), same result */
+#endif
+}
+BITNET_INLINE __m256i acc_add(__m256i a, __m256i b) { return _mm256_add_epi32(a, b); }
+/* int32 accumulators minus the activation block sum */
+BITNET_INLINE __m256i widen(__m256i acc32, int32_t sum) { return _mm256_sub_epi32(acc32, _mm256_set1_epi32(sum)); }
+#else
+/* acc (int16 pairs) += u8 code x s8 activation, adjacent products summed */
+BITNET_INLINE __m256i mac(__m256i acc, __m256i w, __m256i x) {
+    return _mm256_add_epi16(acc, _mm256_maddubs_epi16(w, x));
+}
+BITNET_INLINE __m256i acc_add(__m256i a, __m256i b) { return _mm256_add_epi16(a, b); }
 /* int16 accumulators (pairs) -> int32 per row lane, minus the activation block sum */
 BITNET_INLINE __m256i widen(__m256i acc16, int32_t sum) {
     return _mm256_sub_epi32(_mm256_madd_epi16(acc16, _mm256_set1_epi16(1)), _mm256_set1_epi32(sum));
 }
+#endif
 
 /* y8 = (first ? 0 : y8) + (float)isum * (dw * dx), masked to valid rows */
 BITNET_INLINE void combine8(float *y, __m256i valid, int first, __m256i isum, __m256 dw, float dx) {
@@ -69,20 +94,20 @@ BITNET_INLINE void dot_tk2(const uint8_t *tile, const bitnet_act_block *xb, __m2
         const __m256i v1 = _mm256_load_si256((const __m256i *)(tile + 64 * c + 32));
         const int8_t *xq = xb->qs + bitnet_tk2_k(c, 0, 0);
         __m256i x = bcast4(xq);
-        a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(_mm256_and_si256(v0, m3), x));
-        a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(_mm256_and_si256(v1, m3), x));
+        a0 = mac(a0, _mm256_and_si256(v0, m3), x);
+        a1 = mac(a1, _mm256_and_si256(v1, m3), x);
         x = bcast4(xq + 32);
-        b0 = _mm256_add_epi16(b0, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v0, 2), m3), x));
-        b1 = _mm256_add_epi16(b1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v1, 2), m3), x));
+        b0 = mac(b0, _mm256_and_si256(_mm256_srli_epi16(v0, 2), m3), x);
+        b1 = mac(b1, _mm256_and_si256(_mm256_srli_epi16(v1, 2), m3), x);
         x = bcast4(xq + 64);
-        a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v0, 4), m3), x));
-        a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v1, 4), m3), x));
+        a0 = mac(a0, _mm256_and_si256(_mm256_srli_epi16(v0, 4), m3), x);
+        a1 = mac(a1, _mm256_and_si256(_mm256_srli_epi16(v1, 4), m3), x);
         x = bcast4(xq + 96);
-        b0 = _mm256_add_epi16(b0, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v0, 6), m3), x));
-        b1 = _mm256_add_epi16(b1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v1, 6), m3), x));
+        b0 = mac(b0, _mm256_and_si256(_mm256_srli_epi16(v0, 6), m3), x);
+        b1 = mac(b1, _mm256_and_si256(_mm256_srli_epi16(v1, 6), m3), x);
     }
-    acc[0] = _mm256_add_epi16(a0, b0);
-    acc[1] = _mm256_add_epi16(a1, b1);
+    acc[0] = acc_add(a0, b0);
+    acc[1] = acc_add(a1, b1);
 }
 
 BITNET_INLINE void tk1_chunk(const uint8_t *tile, const bitnet_act_block *xb, int c, const int planes, __m256i *a0,
@@ -92,8 +117,8 @@ BITNET_INLINE void tk1_chunk(const uint8_t *tile, const bitnet_act_block *xb, in
     __m256i r1 = _mm256_xor_si256(_mm256_load_si256((const __m256i *)(tile + 64 * c + 32)), bias);
     for (int n = 0; n < planes; n++) {
         const __m256i x = bcast4(xb->qs + bitnet_tk1_k(c, n, 0));
-        *a0 = _mm256_add_epi16(*a0, _mm256_maddubs_epi16(trit_of_biased(r0), x));
-        *a1 = _mm256_add_epi16(*a1, _mm256_maddubs_epi16(trit_of_biased(r1), x));
+        *a0 = mac(*a0, trit_of_biased(r0), x);
+        *a1 = mac(*a1, trit_of_biased(r1), x);
         r0 = times3(r0);
         r1 = times3(r1);
     }
@@ -182,8 +207,8 @@ BITNET_INLINE void micro(const gemm_args *a, const uint8_t *planes, const uint16
         const __m256i w1 = _mm256_load_si256((const __m256i *)(planes + 64 * p + 32));
         for (int c = 0; c < C; c++) {
             const __m256i xv = bcast4(xc[c]->qs + 4 * p);
-            acc[0][c] = _mm256_add_epi16(acc[0][c], _mm256_maddubs_epi16(w0, xv));
-            acc[1][c] = _mm256_add_epi16(acc[1][c], _mm256_maddubs_epi16(w1, xv));
+            acc[0][c] = mac(acc[0][c], w0, xv);
+            acc[1][c] = mac(acc[1][c], w1, xv);
         }
     }
     const int64_t n = a->w->rows - g * BITNET_GROUP_ROWS;

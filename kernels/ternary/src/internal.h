@@ -17,6 +17,12 @@
 #define BITNET_ISA_AVX512VNNI 1
 #define BITNET_ISA_NAME "avx512vnni"
 #define BITNET_TUNE(p) BITNET_TUNE_AVX512VNNI_##p
+#elif defined(__AVX2__) && defined(__F16C__) && \
+    (defined(__AVXVNNI__) || (defined(__AVX512VNNI__) && defined(__AVX512VL__)))
+#define BITNET_ISA_AVX2 1 /* the AVX2 code (avx2.c) with vpdpbusd on ymm */
+#define BITNET_AVX2_DPBUSD 1
+#define BITNET_ISA_NAME "avxvnni"
+#define BITNET_TUNE(p) BITNET_TUNE_AVXVNNI_##p
 #elif defined(__AVX2__) && defined(__F16C__)
 #define BITNET_ISA_AVX2 1
 #define BITNET_ISA_NAME "avx2"
