@@ -96,6 +96,35 @@ def build(c, isa="all", jobs=0, llama_src="", build_dir="build", clean=False):
 
 @task(
     help={
+        "model": "GGUF whose ternary matrix shapes are tuned for (required)",
+        "threads": "threads the kernels run with (default: all cores)",
+        "cols": "prompt columns per GEMM measurement (default 128)",
+        "reps": "timed repetitions per measurement, median kept (default 5)",
+        "build_dir": "engine build dir; the table goes to <build-dir>/tuning.json (default: build)",
+        "out": "write the table here instead (the engine build only reads <build-dir>/tuning.json)",
+    }
+)
+def tune(c, model="", threads=0, cols=128, reps=5, build_dir="build", out=""):
+    """Measure the kernels' tile parameters for this CPU on a model's shapes (`invoke build` uses them)."""
+    from bitnet.tune import tune as run_tune
+
+    if not model:
+        raise Exit("error: --model is required, e.g. `invoke tune --model models/tiny/ggml-model-tq2_0.gguf`")
+    with _user_errors():
+        res = run_tune(model, build_dir=build_dir, out=out or None, threads=threads, cols=cols, reps=reps,
+                       progress=print)  # fmt: skip
+    changed = {k: (res.before[k], res.after[k]) for k in res.after if res.before.get(k) != res.after[k]}
+    if changed:
+        print("tuned " + res.isa + ": " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+    else:
+        print(f"tuned {res.isa}: the checked-in parameters were already the fastest measured")
+    print(f"table: {res.out_path}")
+    if not out:
+        print("run `invoke build` to compile the engine with it (it reads <build-dir>/tuning.json)")
+
+
+@task(
+    help={
         "build_dir": "engine build dir (default: build)",
         "model": "also check this GGUF file",
         "json_out": "print JSON instead of text",

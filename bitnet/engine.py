@@ -47,6 +47,15 @@ ENGINE_TOML = REPO_ROOT / "kernels" / "engine.toml"
 PATCH_DIR = REPO_ROOT / "kernels" / "patches"
 KERNELS_DIR = REPO_ROOT / "kernels" / "ternary"
 BUILD_INFO_NAME = "bitnet-build.json"
+DEFAULT_TUNING_FILE = KERNELS_DIR / "tuning.json"
+# `invoke tune` writes its measured tile table here; builds of that directory use it (and --clean keeps it).
+TUNED_FILE_NAME = "tuning.json"
+
+
+def tuning_file(build_dir: Path) -> Path:
+    """The kernels' tile table a build of `build_dir` uses: the tuned one if `invoke tune` wrote it."""
+    tuned = Path(build_dir) / TUNED_FILE_NAME
+    return tuned if tuned.is_file() else DEFAULT_TUNING_FILE
 # Bump when the way we configure changes in a way the CMake arguments do not show (forces a reconfigure).
 BUILD_RECIPE = 2
 MIN_FREE_BYTES = 2 * 1024**3  # a Release build with 3 CPU variants uses ~1 GB; keep headroom
@@ -467,7 +476,7 @@ def _build_locked(
     if clean:
         log.info("removing the contents of %s", build_dir)
         for child in build_dir.iterdir():
-            if child.name != ".bitnet-build.lock":
+            if child.name not in (".bitnet-build.lock", TUNED_FILE_NAME):  # a tuning is measured data: kept
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     src = prepare_source(
         pin, cache, build_dir / "llama.cpp", llama_src=Path(llama_src) if llama_src else None
@@ -483,6 +492,7 @@ def _build_locked(
         "-DGGML_CPU_VARIANT_LIST=" + ";".join(v.cmake_item() for v in variants),
         # our ternary kernels go into every CPU variant (patch 0004 includes this dir's cmake file)
         f"-DBITNET_KERNELS_DIR={KERNELS_DIR}",
+        f"-DBITNET_TUNING_FILE={tuning_file(build_dir)}",
         *extra_cmake_args,
     ]
     identity = list(args)
@@ -555,6 +565,7 @@ def _build_locked(
         "variants": [v.name for v in variants],
         "host_variant": host.name if host else None,
         "cmake_args": args,
+        "tuning_file": str(tuning_file(build_dir)),
         "compiler": tools.cxx,
         "built_at": previous.get("built_at") if not compiled else time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -211,6 +211,14 @@ def test_invoke_build_isa_gives_a_forced_variant_that_doctor_reports(engine_buil
     forced = runnable[0] if len(runnable) == 1 else runnable[-2]  # not the one the host would pick anyway
     build_dir = tmp_path / "b"
     repo = Path(__file__).resolve().parent.parent
+    # a table from `invoke tune` in the build dir is what this build compiles the kernels with
+    from bitnet.tune import _ISA_OF_VARIANT
+
+    isa_key = _ISA_OF_VARIANT[forced][1]
+    table = json.loads(engine.DEFAULT_TUNING_FILE.read_text())
+    table["isa"][isa_key]["prefetch_bytes"] = 320  # a value no checked-in entry uses
+    build_dir.mkdir()
+    (build_dir / engine.TUNED_FILE_NAME).write_text(json.dumps(table))
     done = subprocess.run(
         [sys.executable, "-m", "invoke", "build", "--isa", forced, "--build-dir", str(build_dir)],
         cwd=repo, capture_output=True, text=True, timeout=1800,
@@ -227,6 +235,9 @@ def test_invoke_build_isa_gives_a_forced_variant_that_doctor_reports(engine_buil
     report = json.loads(doctor.stdout)
     assert report["engine"]["cpu_variant"] == forced
     assert report["build_info"]["variants"] == [forced]
+    assert report["build_info"]["tuning_file"] == str(build_dir / engine.TUNED_FILE_NAME)
+    header = build_dir / "ggml" / "src" / f"bitnet-ggml-cpu-{forced}" / "bitnet_tuning.h"
+    assert f"BITNET_TUNE_{isa_key.upper()}_PREFETCH_BYTES 320\n" in header.read_text()
 
 
 @pytest.mark.engine

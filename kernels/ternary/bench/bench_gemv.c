@@ -4,7 +4,7 @@
  * fork/join per matmul, as ggml's threadpool does per op).
  *
  *   bench_gemv_<variant> [--threads 1,2] [--reps 7] [--cols 128] [--pool-mb 128] [--layouts tk2,tk1]
- *                        [--ggml path/libggml-cpu-<v>.so] [--jsonl] [--no-gemm] [--no-gemv]
+ *                        [--ggml path/libggml-cpu-<v>.so] [--shapes RxK,...] [--jsonl] [--no-gemm] [--no-gemv]
  *
  * GEMV: GB/s = weight bytes of our layout read per second. The weights are a pool of copies larger than
  * the last-level cache (--pool-mb), each GEMV on the next copy, so every byte comes from DRAM as in
@@ -228,6 +228,28 @@ static int opt_threads[MAXT] = {1, 2}, n_threads = 2, opt_reps = 7, opt_cols = 1
 static int opt_gemv = 1, opt_gemm = 1, opt_layout_tk2 = 1, opt_layout_tk1 = 1;
 static size_t opt_pool = (size_t)128 << 20;
 static const char *opt_ggml = NULL;
+#define MAXSHAPES 16
+/* rows x k of each matrix; default: the BitNet b1.58 2B4T shapes (--shapes 2560x2560,640x2560,...) */
+static int64_t shapes[MAXSHAPES][2] = {{2560, 2560}, {640, 2560}, {6912, 2560}, {2560, 6912}};
+static int n_shapes = 4;
+
+static int parse_shapes(const char *s) {
+    int n = 0;
+    while (*s && n < MAXSHAPES) {
+        char *end;
+        const long long r = strtoll(s, &end, 10);
+        if (*end != 'x') return 0;
+        const long long k = strtoll(end + 1, &end, 10);
+        if (r < 1 || k < 256 || k % 256) return 0;
+        shapes[n][0] = r;
+        shapes[n][1] = k;
+        n++;
+        if (*end == ',') s = end + 1;
+        else if (*end == 0) break;
+        else return 0;
+    }
+    return n;
+}
 
 /* CPU model (Linux /proc/cpuinfo), an identity column of the rows */
 static char cpu_name[128] = "unknown";
@@ -288,12 +310,21 @@ int main(int argc, char **argv) {
             opt_layout_tk1 = strstr(v, "tk1") != NULL;
             i++;
         }
+        else if (!strcmp(a, "--shapes")) {
+            n_shapes = parse_shapes(v);
+            if (!n_shapes) {
+                fprintf(stderr, "--shapes %s: want ROWSxK[,ROWSxK...], K a multiple of 256, at most %d\n", v,
+                        MAXSHAPES);
+                return 2;
+            }
+            i++;
+        }
         else if (!strcmp(a, "--jsonl")) opt_jsonl = 1;
         else if (!strcmp(a, "--no-gemm")) opt_gemm = 0;
         else if (!strcmp(a, "--no-gemv")) opt_gemv = 0;
         else {
             fprintf(stderr, "usage: %s [--threads 1,2] [--reps N] [--cols N] [--pool-mb N] [--layouts tk2,tk1] "
-                            "[--ggml libggml-cpu.so] [--jsonl] [--no-gemm] [--no-gemv]\n", argv[0]);
+                            "[--ggml libggml-cpu.so] [--shapes RxK,...] [--jsonl] [--no-gemm] [--no-gemv]\n", argv[0]);
             return 2;
         }
     }
@@ -305,7 +336,6 @@ int main(int argc, char **argv) {
         printf("bench_gemv variant %s, isa %s, GEMM tile %d x 16 rows x %d cols; median of %d; pool %zu MiB\n",
                BITNET_BENCH_VARIANT, info.isa, info.gemm_row_groups, info.gemm_cols, opt_reps, opt_pool >> 20);
 
-    static const int64_t shapes[4][2] = {{2560, 2560}, {640, 2560}, {6912, 2560}, {2560, 6912}};
     double *t = xalloc(sizeof(double) * (size_t)opt_reps);
     double roof[MAXT] = {0};
 
@@ -332,7 +362,7 @@ int main(int argc, char **argv) {
         free(buf);
     }
 
-    for (int s = 0; s < 4; s++) {
+    for (int s = 0; s < n_shapes; s++) {
         const int64_t rows = shapes[s][0], k = shapes[s][1], nb = k / 256;
         for (int li = 0; li < 2; li++) {
             if ((li == 0 && !opt_layout_tk2) || (li == 1 && !opt_layout_tk1)) continue;

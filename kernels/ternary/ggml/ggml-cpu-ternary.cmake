@@ -4,7 +4,12 @@
 # (src/internal.h), so each libggml-cpu-<variant>.so carries the kernels for its own instruction set.
 include("${BITNET_KERNELS_DIR}/cmake/bitnet_tuning.cmake")
 set(_bitnet_gen "${CMAKE_CURRENT_BINARY_DIR}/bitnet-${GGML_CPU_NAME}")
-bitnet_generate_tuning_header("${BITNET_KERNELS_DIR}/tuning.json" "${_bitnet_gen}/bitnet_tuning.h")
+# BITNET_TUNING_FILE: the tile table; `invoke tune` writes a measured one into the build dir and the
+# engine build passes it here. Default: the checked-in table.
+if(NOT BITNET_TUNING_FILE)
+    set(BITNET_TUNING_FILE "${BITNET_KERNELS_DIR}/tuning.json")
+endif()
+bitnet_generate_tuning_header("${BITNET_TUNING_FILE}" "${_bitnet_gen}/bitnet_tuning.h")
 set(_bitnet_c
     "${BITNET_KERNELS_DIR}/src/pack.c"
     "${BITNET_KERNELS_DIR}/src/scalar.c"
