@@ -1,9 +1,13 @@
-// ggml-cpu "extra buffer type" for BitNet b1.58 ternary weights (TQ2_0, TQ1_0).
+// ggml-cpu "extra buffer type" for BitNet b1.58 ternary weights (TQ2_0, TQ1_0) and the fp16 head.
 //
 // Like ggml-cpu/repack.cpp: weights placed in this buffer type are re-laid-out at load time
 // (set_tensor → bitnet_repack) and MUL_MAT with them runs our kernels on the CPU backend's own threads
 // (compute_forward). GGUF files stay in upstream types. BITNET_KERNELS=0 in the environment disables
 // the buffer type, so the same binary runs stock ggml (for A/B benchmarks and tests).
+//
+// The fp16 tied embedding/output head (token_embd.weight / output.weight) is placed here too, unchanged:
+// GET_ROWS reads it through ggml as before, and a one-token MUL_MAT (decode) runs bitnet_gemv_f16, which
+// streams it faster than ggml's fp16 path (it was over half the bytes, and ~10% slower per byte).
 //
 // Compiled into every CPU variant library by ggml-cpu-ternary.cmake; the variant's flags choose the
 // kernels' ISA. ref: ggml/src/ggml-cpu/traits.h, repack.cpp.
@@ -29,6 +33,13 @@ static bitnet_src_type src_type(ggml_type t) { return t == GGML_TYPE_TQ1_0 ? BIT
 // A weight [K x rows] (ggml ne0 = K, ne1 = rows) our kernels can take.
 static bool shape_ok(const ggml_tensor * w) {
     return is_ternary(w->type) && ggml_n_dims(w) == 2 && w->ne[0] % BITNET_QK == 0 && ggml_is_contiguous(w);
+}
+
+// The fp16 tied embedding / output head (BitNet's lm_head is token_embd.weight itself): kept in ggml's
+// layout (GET_ROWS reads it as usual); single-token MUL_MAT with it runs bitnet_gemv_f16.
+static bool is_head(const ggml_tensor * w) {
+    return w->type == GGML_TYPE_F16 && ggml_n_dims(w) == 2 && w->ne[0] % 64 == 0 && ggml_is_contiguous(w) &&
+           (std::strcmp(w->name, "token_embd.weight") == 0 || std::strcmp(w->name, "output.weight") == 0);
 }
 
 static size_t alloc_size(const ggml_tensor * w) {
@@ -90,17 +101,51 @@ class tensor_traits : public ggml::cpu::tensor_traits {
 static tensor_traits g_ours(true);
 static tensor_traits g_stock(false);
 
+// The fp16 head: decode (one column) runs our GEMV; anything else (prompt batches) returns false and
+// ggml's own MUL_MAT runs on the unchanged bytes, with the work buffer ggml sizes for it.
+class head_traits : public ggml::cpu::tensor_traits {
+  public:
+    bool work_size(int /*n_threads*/, const ggml_tensor * /*op*/, size_t & /*size*/) override { return false; }
+
+    bool compute_forward(ggml_compute_params * params, ggml_tensor * op) override {
+        const ggml_tensor * w = op->src[0];
+        const ggml_tensor * x = op->src[1];
+        if (op->op != GGML_OP_MUL_MAT || x->type != GGML_TYPE_F32 || x->ne[1] != 1 || x->ne[2] != 1 ||
+            x->ne[3] != 1 || x->nb[0] != sizeof(float) || op->nb[0] != sizeof(float)) {
+            return false;
+        }
+        const int64_t rows = w->ne[1];
+        const int64_t r0 = rows * params->ith / params->nth, r1 = rows * (params->ith + 1) / params->nth;
+        if (r0 < r1) {
+            const int rc = bitnet_gemv_f16((const uint16_t *) w->data, w->ne[0],
+                                           (int64_t) (w->nb[1] / sizeof(uint16_t)), (const float *) x->data,
+                                           (float *) op->data, r0, r1);
+            GGML_ASSERT(rc == BITNET_OK);
+        }
+        return true;
+    }
+};
+
+static head_traits g_head;
+
 }  // namespace bitnet_ggml
 
 static enum ggml_status ternary_buffer_init_tensor(ggml_backend_buffer_t, ggml_tensor * tensor) {
-    tensor->extra = bitnet_ggml::shape_ok(tensor) ? &bitnet_ggml::g_ours : &bitnet_ggml::g_stock;
+    // stored as the base class pointer get_tensor_traits() casts back to
+    ggml::cpu::tensor_traits * traits = &bitnet_ggml::g_stock;
+    if (bitnet_ggml::shape_ok(tensor)) {
+        traits = &bitnet_ggml::g_ours;
+    } else if (bitnet_ggml::is_head(tensor)) {
+        traits = &bitnet_ggml::g_head;
+    }
+    tensor->extra = traits;
     return GGML_STATUS_SUCCESS;
 }
 
 static void ternary_buffer_set_tensor(ggml_backend_buffer_t, ggml_tensor * tensor, const void * data,
                                       size_t offset, size_t size) {
     GGML_ASSERT(offset == 0 && size == ggml_nbytes(tensor));
-    if (tensor->extra == &bitnet_ggml::g_ours) {
+    if (tensor->extra == static_cast<ggml::cpu::tensor_traits *>(&bitnet_ggml::g_ours)) {
         const bitnet_src_type st = bitnet_ggml::src_type(tensor->type);
         const int rc = bitnet_repack(bitnet_preferred_layout(st), st, data, tensor->ne[1], tensor->ne[0], tensor->data);
         if (rc == BITNET_OK) {
@@ -108,7 +153,7 @@ static void ternary_buffer_set_tensor(ggml_backend_buffer_t, ggml_tensor * tenso
         }
         // e.g. a TQ2_0 code 3 (not ternary): keep ggml's bytes and its kernels for this tensor
         GGML_LOG_WARN("bitnet: %s not repacked (code %d); stock kernels run it\n", tensor->name, rc);
-        tensor->extra = &bitnet_ggml::g_stock;
+        tensor->extra = static_cast<ggml::cpu::tensor_traits *>(&bitnet_ggml::g_stock);
     }
     memcpy(tensor->data, data, size);
 }
@@ -140,9 +185,17 @@ namespace bitnet_ggml {
 class extra_buffer_type : ggml::cpu::extra_buffer_type {
     bool supports_op(ggml_backend_dev_t, const ggml_tensor * op) override {
         const ggml_tensor * w = op->src[0];
-        return op->op == GGML_OP_MUL_MAT && w->buffer && w->buffer->buft == ggml_backend_cpu_ternary_buffer_type() &&
-               shape_ok(w) && op->src[1]->type == GGML_TYPE_F32 && op->src[1]->ne[2] == 1 && op->src[1]->ne[3] == 1 &&
-               (op->src[1]->buffer == nullptr || ggml_backend_buft_is_host(op->src[1]->buffer->buft));
+        if (!w || !w->buffer || w->buffer->buft != ggml_backend_cpu_ternary_buffer_type()) {
+            return false;
+        }
+        const ggml_tensor * x = op->src[1];
+        const bool host_x = x && (x->buffer == nullptr || ggml_backend_buft_is_host(x->buffer->buft));
+        if (is_head(w)) {  // the embedding lookup stays ggml's; the head's MUL_MAT is ours for one token
+            return op->op == GGML_OP_GET_ROWS ||
+                   (op->op == GGML_OP_MUL_MAT && host_x && x->type == GGML_TYPE_F32 && x->ne[2] == 1 && x->ne[3] == 1);
+        }
+        return op->op == GGML_OP_MUL_MAT && shape_ok(w) && host_x && x->type == GGML_TYPE_F32 && x->ne[2] == 1 &&
+               x->ne[3] == 1;
     }
 
     ggml::cpu::tensor_traits * get_tensor_traits(const ggml_tensor * op) override {

@@ -194,6 +194,17 @@ int bitnet_ref_gemv(const bitnet_weights *w, const bitnet_act_block *x, float *y
 int bitnet_ref_gemm(const bitnet_weights *w, const bitnet_act_block *x, int64_t ncols, int64_t x_stride,
                     float *y, int64_t y_stride, int64_t r0, int64_t r1);
 
+/* ------------------------------------------------------------------------------------------------
+ * fp16 GEMV (the tied embedding / output head): y[r] = sum_k f32(w[r*ldw + k]) * x[k] for r in
+ * [r0, r1) (any rows; threads split rows), k a multiple of 64, ldw >= k (in elements). w holds IEEE fp16
+ * bit patterns in ggml's row-major layout (no repacking: the same tensor serves GET_ROWS). f32
+ * accumulation in one fixed order in every ISA (see src/f16.c), so all builds are bitwise equal.
+ * Returns BITNET_OK or BITNET_EINVAL.
+ * ---------------------------------------------------------------------------------------------- */
+int bitnet_gemv_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0, int64_t r1);
+int bitnet_ref_gemv_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0,
+                        int64_t r1);
+
 /* Thread ith of nth gets rows [*r0, *r1): contiguous, 16-aligned, balanced in groups; may be empty. */
 void bitnet_split_rows(int64_t rows, int ith, int nth, int64_t *r0, int64_t *r1);
 

@@ -580,6 +580,68 @@ static void group_errors(t_rng *r) {
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* group: f16 - the fp16 head GEMV equals its reference bit for bit (any rows, row ranges, leading   */
+/* dimension); the reference is within float rounding of the exact dot product; bad arguments.       */
+static uint16_t random_finite_fp16(t_rng *r) {
+    for (;;) {
+        const uint16_t h = (uint16_t)t_next(r);
+        if (((h >> 10) & 0x1f) != 0x1f) return h; /* not inf / nan: normals, subnormals, +-0 */
+    }
+}
+
+static void group_f16(t_rng *r) {
+    static const int64_t ks[] = {64, 192, 256, 2560, 6912};
+    static const int64_t rowss[] = {1, 3, 4, 5, 17, 100};
+    const int nk = g_quick ? 4 : 5;
+    for (int ki = 0; ki < nk; ki++)
+        for (int ri = 0; ri < 6; ri++)
+            for (int pad = 0; pad <= 7; pad += 7) {
+                const int64_t k = ks[ki], rows = rowss[ri], ldw = k + pad;
+                uint16_t *w = xalloc(sizeof(uint16_t) * (size_t)(rows * ldw + 1));
+                float *x = xalloc(sizeof(float) * (size_t)k);
+                float *y = xalloc(sizeof(float) * (size_t)(rows + 2));
+                float *yref = xalloc(sizeof(float) * (size_t)(rows + 2));
+                const uint16_t *wu = w + (pad ? 1 : 0); /* unaligned rows too */
+                for (int64_t i = 0; i < rows * ldw + 1; i++) w[i] = random_finite_fp16(r);
+                for (int64_t i = 0; i < k; i++) x[i] = t_uniform_f(r, -4.0f, 4.0f);
+                CHECK(bitnet_ref_gemv_f16(wu, k, ldw, x, yref, 0, rows) == BITNET_OK, "ref rc");
+                for (int64_t row = 0; row < rows; row++) { /* the reference vs the exact dot product */
+                    double exact = 0, mag = 0;
+                    for (int64_t i = 0; i < k; i++) {
+                        const double p = (double)t_fp16_to_float(wu[row * ldw + i]) * x[i];
+                        exact += p;
+                        mag += fabs(p);
+                    }
+                    CHECK(fabs(yref[row] - exact) <= 1e-6 * ((double)k / 64.0 + 6.0) * mag + 1e-30, "ref %g vs exact %g",
+                          (double)yref[row], exact);
+                }
+                /* whole range, then split ranges as threads would take them (sentinels stay put) */
+                for (int parts = 1; parts <= 3; parts++) {
+                    for (int64_t i = 0; i < rows + 2; i++) y[i] = -12345.0f;
+                    for (int p = 0; p < parts; p++) {
+                        const int64_t a = rows * p / parts, b = rows * (p + 1) / parts;
+                        CHECK(bitnet_gemv_f16(wu, k, ldw, x, y + 1, a, b) == BITNET_OK, "rc");
+                    }
+                    CHECK(!memcmp(y + 1, yref, sizeof(float) * (size_t)rows), "%s f16 gemv != reference: k %lld "
+                          "rows %lld ldw %lld parts %d", bitnet_isa(), (long long)k, (long long)rows, (long long)ldw,
+                          parts);
+                    CHECK(y[0] == -12345.0f && y[rows + 1] == -12345.0f, "wrote outside [r0, r1)");
+                }
+                free(w);
+                free(x);
+                free(y);
+                free(yref);
+            }
+    uint16_t w[128] = {0};
+    float x[128] = {0}, y[2];
+    CHECK(bitnet_gemv_f16(w, 32, 32, x, y, 0, 1) == BITNET_EINVAL, "k not a multiple of 64");
+    CHECK(bitnet_gemv_f16(w, 64, 32, x, y, 0, 1) == BITNET_EINVAL, "ldw < k");
+    CHECK(bitnet_gemv_f16(NULL, 64, 64, x, y, 0, 1) == BITNET_EINVAL, "NULL w");
+    CHECK(bitnet_gemv_f16(w, 64, 64, x, y, 1, 0) == BITNET_EINVAL, "r1 < r0");
+    CHECK(bitnet_ref_gemv_f16(w, 0, 64, x, y, 0, 1) == BITNET_EINVAL, "ref checks too");
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 int main(int argc, char **argv) {
     const char *group = argc > 1 ? argv[1] : "";
     for (int i = 2; i < argc; i++)
@@ -602,8 +664,9 @@ int main(int argc, char **argv) {
     else if (!strcmp(group, "ggml")) group_ggml(&rng, BITNET_SRC_TQ2_0);
     else if (!strcmp(group, "tq1")) group_ggml(&rng, BITNET_SRC_TQ1_0);
     else if (!strcmp(group, "errors")) group_errors(&rng);
+    else if (!strcmp(group, "f16")) group_f16(&rng);
     else {
-        fprintf(stderr, "usage: %s layout|quant|kernels|edges|ggml|tq1|errors [--quick]\n", argv[0]);
+        fprintf(stderr, "usage: %s layout|quant|kernels|edges|ggml|tq1|errors|f16 [--quick]\n", argv[0]);
         return 2;
     }
     const bitnet_kernel_info info = bitnet_get_kernel_info();
