@@ -73,12 +73,21 @@ class tensor_traits : public ggml::cpu::tensor_traits {
         GGML_ASSERT(x->type == GGML_TYPE_F32 && x->ne[0] == K && x->ne[2] == 1 && x->ne[3] == 1);
         GGML_ASSERT(op->nb[0] == sizeof(float) && op->ne[0] == rows);
 
-        // 1. quantize the activation columns to int8 blocks (threads split the columns)
+        // 1. quantize the activation columns to int8 blocks: threads split the (column, 256-block) pairs,
+        //    so a single decode column is not left to one thread while the others wait at the barrier
         auto * xq = static_cast<bitnet_act_block *>(params->wdata);
         GGML_ASSERT(params->wsize >= bitnet_act_size(K, ncols));
         const int64_t nblk = K / BITNET_QK;
-        for (int64_t c = params->ith; c < ncols; c += params->nth) {
-            bitnet_quantize_act((const float *) ((const char *) x->data + c * x->nb[1]), K, xq + c * nblk);
+        if (ncols >= params->nth) {
+            for (int64_t c = params->ith; c < ncols; c += params->nth) {
+                bitnet_quantize_act((const float *) ((const char *) x->data + c * x->nb[1]), K, xq + c * nblk);
+            }
+        } else {
+            for (int64_t i = params->ith; i < ncols * nblk; i += params->nth) {
+                const int64_t c = i / nblk, b = i % nblk;
+                const float * col = (const float *) ((const char *) x->data + c * x->nb[1]);
+                bitnet_quantize_act(col + b * BITNET_QK, BITNET_QK, xq + c * nblk + b);
+            }
         }
         ggml_barrier(params->threadpool);
 
