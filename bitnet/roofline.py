@@ -2,9 +2,9 @@
 
 Generating one token reads every weight once (bitnet.results.ModelInfo.bytes_per_token), and at
 batch 1 there is too little arithmetic per byte for compute to matter, so decode t/s cannot exceed
-``bandwidth / bytes_per_token``. The probe measures the bandwidth the way decode uses it: N threads
-each stream through their own slice of a buffer much larger than the last-level cache (numpy
-reductions release the GIL, so the threads really run in parallel), several passes, median.
+``bandwidth / bytes_per_token``. The probe measures the bandwidth the way decode uses it: N readers
+(processes) each stream through their own slice of a buffer much larger than the last-level cache,
+several passes, median.
 
 It reads, never writes, the buffer during a pass: a read-only stream is what weights see. Numbers are
 a little below STREAM-style copy figures; the point is a consistent bound on the same machine, taken
@@ -14,9 +14,9 @@ in the same run as the measurement. ref: DESIGN.md "Numbers that set the bar" (~
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
 import statistics
-import threading
 import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass
@@ -77,46 +77,51 @@ def default_buffer_bytes() -> int:
 
 
 def probe_bandwidth(n_threads: int, *, buffer_bytes: int | None = None, passes: int = 7) -> Bandwidth:
-    """Measure read bandwidth with `n_threads` threads summing disjoint slices of one float64 buffer.
+    """Measure read bandwidth with `n_threads` readers summing their own slice of a large buffer.
 
-    The buffer is written once before timing (so its pages are resident), then each pass starts all
-    threads at a barrier and times until the last one finishes. The first pass is a warm-up and not
-    counted. Returns the median of the other `passes`.
+    Readers are processes, not threads: numpy's reductions do not run in parallel from Python threads
+    (two threads summing two arrays took twice as long as one here), so a thread probe reported one
+    core's bandwidth (~33 GB/s) where two cores read ~55 GB/s (the kernels' C probe, same machine).
+    Each reader fills its slice first (pages resident), then every pass starts all readers at a barrier
+    and times until the last one finishes. The first pass is a warm-up. Returns the median of `passes`.
     """
     if n_threads <= 0 or passes <= 0:
         raise ValueError(f"n_threads and passes must be positive, got {n_threads} and {passes}")
     size = buffer_bytes or default_buffer_bytes()
-    data = np.ones(max(size // 8, n_threads), dtype=np.float64)
-    slices = np.array_split(data, n_threads)
+    words = max(size // 8, n_threads)
+    ctx: Any = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    start, done = ctx.Barrier(n_threads + 1), ctx.Barrier(n_threads + 1)
+    counts = [words // n_threads + (1 if i < words % n_threads else 0) for i in range(n_threads)]
+    readers = [ctx.Process(target=_reader, args=(n, passes + 1, start, done), daemon=True) for n in counts]
+    for r in readers:
+        r.start()
     samples = []
-    for i in range(passes + 1):
-        seconds = _timed_pass(slices)
-        if i:
-            samples.append(data.nbytes / seconds / 1e9)
-    del data, slices
+    try:
+        for i in range(passes + 1):
+            start.wait(timeout=600)
+            t0 = time.perf_counter()
+            done.wait(timeout=600)
+            seconds = max(time.perf_counter() - t0, 1e-9)
+            if i:
+                samples.append(words * 8 / seconds / 1e9)
+    finally:
+        for r in readers:
+            r.join(timeout=60)
+            if r.is_alive():
+                r.kill()
     result = Bandwidth(
         gbs=statistics.median(samples), samples_gbs=tuple(samples), n_threads=n_threads, buffer_bytes=size
     )
-    log.info("read bandwidth with %d thread(s): %.1f GB/s (%d MiB buffer)", n_threads, result.gbs, size >> 20)
+    log.info("read bandwidth with %d reader(s): %.1f GB/s (%d MiB buffer)", n_threads, result.gbs, size >> 20)
     return result
 
 
-def _timed_pass(slices: list[np.ndarray]) -> float:
-    barrier = threading.Barrier(len(slices) + 1)
-    sink = [0.0] * len(slices)
-
-    def work(i: int) -> None:
-        barrier.wait()
-        sink[i] = float(slices[i].sum())  # a reduction: reads every byte, releases the GIL
-
-    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(slices))]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for t in threads:
-        t.join()
-    return max(time.perf_counter() - start, 1e-9)
+def _reader(n_words: int, passes: int, start: Any, done: Any) -> None:
+    data = np.ones(n_words, dtype=np.float64)
+    for _ in range(passes):
+        start.wait(timeout=600)
+        float(data.sum())  # a reduction: reads every byte once
+        done.wait(timeout=600)
 
 
 def add_roofline(row: MutableMapping[str, Any], bandwidth: Bandwidth | None) -> None:
