@@ -267,34 +267,19 @@ def tune(
     best = dict(current)
     say(f"tuning {key} (engine variant {variant}) on {len(shapes)} shapes of {model}, {nth} threads")
     tile_list = list(_TILES.get(key, []) if tiles is None else tiles)
+
+    def fastest(cands: list[dict[str, int]], stage: str, fallback: dict[str, int]) -> dict[str, int]:
+        """The candidate with the least measured time; `fallback` if every one was rejected."""
+        timed = [(secs, cand) for cand in cands if (secs := measure(cand, stage)) is not None]
+        return min(timed, key=lambda t: t[0])[1] if timed else fallback
+
     if tile_list:
-        results = []
-        for rg, c in tile_list:
-            cand = {**best, "gemm_row_groups": rg, "gemm_cols": c}
-            secs = measure(cand, "tile")
-            if secs is not None:
-                results.append((secs, cand))
-        if results:
-            best = min(results, key=lambda t: t[0])[1]
+        best = fastest([{**best, "gemm_row_groups": rg, "gemm_cols": c} for rg, c in tile_list], "tile", best)
     pf_list = list(_PREFETCH if prefetch is None else prefetch)
     if len(pf_list) > 1:
-        results = []
-        for pf in pf_list:
-            cand = {**best, "prefetch_bytes": pf}
-            secs = measure(cand, "prefetch")
-            if secs is not None:
-                results.append((secs, cand))
-        if results:
-            best = min(results, key=lambda t: t[0])[1]
+        best = fastest([{**best, "prefetch_bytes": pf} for pf in pf_list], "prefetch", best)
     if has_tq1:
-        results = []
-        for b3 in (0, 1):
-            cand = {**best, "tq1_base3": b3}
-            secs = measure(cand, "tq1_layout")
-            if secs is not None:
-                results.append((secs, cand))
-        if results:
-            best = min(results, key=lambda t: t[0])[1]
+        best = fastest([{**best, "tq1_base3": b3} for b3 in (0, 1)], "tq1_layout", best)
 
     confirm: dict[str, float] = {}
     if best != current:

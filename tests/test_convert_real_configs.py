@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from test_convert import LINEARS as GGUF_LINEARS
 from test_convert import convert
 from test_convert_e2e import N_NEW, assert_engine_matches, engine_bin, engine_greedy  # noqa: F401
 from tinymodels import BOS, EOS, PROMPT, disable_torch_compile, greedy, incomplete_utf8_ids, save_tokenizer
@@ -215,15 +216,6 @@ REAL = {
 # test_released_config_converts_exactly.
 SEEDS = {"falcon3-1b-instruct": 5, "hf1bitllm-llama3-8b": 3}
 VOCAB = 512
-GGUF_LINEARS = {
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
 
 
 def scale_down(text: str, hidden: int, n_ff: int, layers: int = 2) -> str:
