@@ -55,7 +55,28 @@ TUNED_FILE_NAME = "tuning.json"
 def tuning_file(build_dir: Path) -> Path:
     """The kernels' tile table a build of `build_dir` uses: the tuned one if `invoke tune` wrote it."""
     tuned = Path(build_dir) / TUNED_FILE_NAME
-    return tuned if tuned.is_file() else DEFAULT_TUNING_FILE
+    if not tuned.is_file():
+        return DEFAULT_TUNING_FILE
+    # A table tuned before an ISA was added lacks its entry, and the kernels of that CPU variant would not
+    # compile: fall back to the checked-in table rather than break the build.
+    try:
+        have = set(json.loads(tuned.read_text())["isa"])
+        need = set(json.loads(DEFAULT_TUNING_FILE.read_text())["isa"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning(
+            "ignoring %s (%s); using %s. Re-run `invoke tune --model F`.", tuned, exc, DEFAULT_TUNING_FILE
+        )
+        return DEFAULT_TUNING_FILE
+    if need - have:
+        log.warning(
+            "ignoring %s: it has no entry for %s (tuned before these kernels existed); using %s. "
+            "Re-run `invoke tune --model F` to tune again.",
+            tuned, ", ".join(sorted(need - have)), DEFAULT_TUNING_FILE,
+        )  # fmt: skip
+        return DEFAULT_TUNING_FILE
+    return tuned
+
+
 # Bump when the way we configure changes in a way the CMake arguments do not show (forces a reconfigure).
 BUILD_RECIPE = 2
 MIN_FREE_BYTES = 2 * 1024**3  # a Release build with 3 CPU variants uses ~1 GB; keep headroom

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # Engine CPU variant -> (kernels CMake variant, tuning.json ISA key).
 _ISA_OF_VARIANT = {
-    "sse42": ("sse42", "scalar"),
+    "sse42": ("sse42", "ssse3"),
     "avx2": ("avx2", "avx2"),
     "avxvnni": ("avxvnni", "avxvnni"),
     "avx512": ("avx512", "avx512vnni"),
@@ -50,6 +50,7 @@ _ISA_OF_VARIANT = {
 # GEMM tiles worth trying per ISA key (row groups, columns); the kernels' #error checks have the last word.
 _TILES: dict[str, list[tuple[int, int]]] = {
     "avx512vnni": [(rg, c) for rg in (1, 2) for c in (2, 4, 6, 8)],
+    "ssse3": [(1, c) for c in (1, 2)],
     "avx2": [(1, c) for c in (2, 3, 4, 5, 6)],
     "avxvnni": [(1, c) for c in (2, 3, 4, 5, 6)],
     "neon": [(1, c) for c in (1, 2, 3, 4)],

@@ -307,8 +307,8 @@ def _runnable_variants() -> list[str]:
     return [v.name for v in load_pin().variants_for(cpu.arch) if cpu.has(*v.requires)]
 
 
-# The ISA x weight-format matrix of issue 6: every variant the host runs (sse42 runs the kernels' scalar
-# reference, avx2 and avx512 their SIMD bodies) with both ternary formats, ours and stock.
+# The ISA x weight-format matrix of issue 6: every variant the host runs (sse42 runs the kernels' SSSE3
+# bodies, avx2 and avx512 theirs) with both ternary formats, ours and stock.
 @pytest.mark.parametrize("variant", _runnable_variants())
 @pytest.mark.parametrize("outtype", ["tq2_0", "tq1_0"])
 def test_our_kernels_and_stock_ggml_both_match_transformers(

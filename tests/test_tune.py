@@ -74,6 +74,22 @@ def test_bad_numbers_are_refused_before_anything_runs(tiny_tq1: Path, tmp_path: 
     assert not (tmp_path / "tuning.json").exists()
 
 
+def test_a_tuned_table_missing_an_isa_or_unreadable_is_not_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    base = json.loads(engine.DEFAULT_TUNING_FILE.read_text())
+    tuned = tmp_path / engine.TUNED_FILE_NAME
+    tuned.write_text(json.dumps(base))
+    assert engine.tuning_file(tmp_path) == tuned  # complete: used
+    old = {**base, "isa": {k: v for k, v in base["isa"].items() if k != "ssse3"}}
+    tuned.write_text(json.dumps(old))  # tuned before the ssse3 kernels existed
+    with caplog.at_level("WARNING"):
+        assert engine.tuning_file(tmp_path) == engine.DEFAULT_TUNING_FILE
+    assert "no entry for ssse3" in caplog.text and "invoke tune" in caplog.text
+    tuned.write_text("{not json")
+    assert engine.tuning_file(tmp_path) == engine.DEFAULT_TUNING_FILE
+
+
 def test_invoke_tune_without_model_says_what_to_give():
     done = subprocess.run([sys.executable, "-m", "invoke", "tune"], cwd=REPO, capture_output=True, text=True,
                           timeout=120)  # fmt: skip

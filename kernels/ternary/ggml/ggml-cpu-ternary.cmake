@@ -13,6 +13,7 @@ bitnet_generate_tuning_header("${BITNET_TUNING_FILE}" "${_bitnet_gen}/bitnet_tun
 set(_bitnet_c
     "${BITNET_KERNELS_DIR}/src/pack.c"
     "${BITNET_KERNELS_DIR}/src/scalar.c"
+    "${BITNET_KERNELS_DIR}/src/ssse3.c"
     "${BITNET_KERNELS_DIR}/src/avx2.c"
     "${BITNET_KERNELS_DIR}/src/avx512vnni.c"
     "${BITNET_KERNELS_DIR}/src/neon.c"

@@ -38,7 +38,8 @@ static bool shape_ok(const ggml_tensor * w) {
 // The fp16 tied embedding / output head (BitNet's lm_head is token_embd.weight itself): kept in ggml's
 // layout (GET_ROWS reads it as usual); single-token MUL_MAT with it runs bitnet_gemv_f16.
 static bool is_head(const ggml_tensor * w) {
-    return w->type == GGML_TYPE_F16 && ggml_n_dims(w) == 2 && w->ne[0] % 64 == 0 && ggml_is_contiguous(w) &&
+    // only where our fp16 GEMV is vectorized; elsewhere (sse42/scalar builds) ggml's path is faster
+    return bitnet_gemv_f16_native() && w->type == GGML_TYPE_F16 && ggml_n_dims(w) == 2 && w->ne[0] % 64 == 0 && ggml_is_contiguous(w) &&
            (std::strcmp(w->name, "token_embd.weight") == 0 || std::strcmp(w->name, "output.weight") == 0);
 }
 

@@ -204,6 +204,10 @@ int bitnet_ref_gemm(const bitnet_weights *w, const bitnet_act_block *x, int64_t 
 int bitnet_gemv_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0, int64_t r1);
 int bitnet_ref_gemv_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0,
                         int64_t r1);
+/* 1 if this build's bitnet_gemv_f16 is vectorized (AVX2/AVX-512 with F16C + FMA, NEON); 0 if it is the
+ * reference (scalar, SSSE3: no hardware fused multiply-add, so fmaf() in software is far slower than
+ * ggml's own fp16 path; the engine then leaves the head to ggml). */
+int bitnet_gemv_f16_native(void);
 
 /* Thread ith of nth gets rows [*r0, *r1): contiguous, 16-aligned, balanced in groups; may be empty. */
 void bitnet_split_rows(int64_t rows, int ith, int nth, int64_t *r0, int64_t *r1);

@@ -17,6 +17,14 @@
 
 #include "internal.h"
 
+int bitnet_gemv_f16_native(void) {
+#if defined(BITNET_ISA_AVX512VNNI) || defined(BITNET_ISA_AVX2) || defined(BITNET_ISA_NEON)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 static int check_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, const float *y, int64_t r0,
                      int64_t r1) {
     if (!w || !x || !y || k <= 0 || k % 64 || ldw < k || r0 < 0 || r1 < r0) return BITNET_EINVAL;

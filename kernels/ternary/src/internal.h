@@ -27,6 +27,10 @@
 #define BITNET_ISA_AVX2 1
 #define BITNET_ISA_NAME "avx2"
 #define BITNET_TUNE(p) BITNET_TUNE_AVX2_##p
+#elif defined(__x86_64__) && defined(__SSSE3__)
+#define BITNET_ISA_SSSE3 1 /* pmaddubsw on xmm (ssse3.c): the engine's sse42 variant */
+#define BITNET_ISA_NAME "ssse3"
+#define BITNET_TUNE(p) BITNET_TUNE_SSSE3_##p
 #elif defined(__aarch64__) && defined(__ARM_NEON) && defined(__ARM_FEATURE_DOTPROD)
 #define BITNET_ISA_NEON 1
 #define BITNET_ISA_NAME "neon-dotprod"

@@ -639,6 +639,10 @@ static void group_f16(t_rng *r) {
     CHECK(bitnet_gemv_f16(NULL, 64, 64, x, y, 0, 1) == BITNET_EINVAL, "NULL w");
     CHECK(bitnet_gemv_f16(w, 64, 64, x, y, 1, 0) == BITNET_EINVAL, "r1 < r0");
     CHECK(bitnet_ref_gemv_f16(w, 0, 64, x, y, 0, 1) == BITNET_EINVAL, "ref checks too");
+    /* the engine hands the head to these kernels only where they are vectorized */
+    const int simd = strcmp(bitnet_isa(), "scalar") != 0 && strcmp(bitnet_isa(), "ssse3") != 0;
+    CHECK(bitnet_gemv_f16_native() == simd, "bitnet_gemv_f16_native() = %d on isa %s", bitnet_gemv_f16_native(),
+          bitnet_isa());
 }
 
 /* ---------------------------------------------------------------------------------------------- */
