@@ -10,6 +10,8 @@
  * the last-level cache (--pool-mb), each GEMV on the next copy, so every byte comes from DRAM as in
  * decode. The roofline printed first is a plain read of the same pool with the same threads.
  * GEMM: GOPS = 2 * rows * K * cols / s (one multiply-add = 2 ops); activations already quantized.
+ * With the avx512vnni kernels, the GEMM lines also show the share of the measured vpdpbusd ceiling:
+ * 16 independent chains of zmm vpdpbusd per thread (64 int8 multiply-adds each), timed like a GEMM.
  * Each number is the median of --reps runs. Every kernel is checked against the scalar reference
  * before it is timed (bit-exact), as the tests do.
  * --ggml: also time stock ggml's ggml_vec_dot_tq2_0_q8_K / _tq1_0_ (dlopen of a built ggml-cpu
@@ -223,6 +225,26 @@ static void task_read(void *p, int ith, int nth) {
     j->sink[ith * 8] = s0 + s1 + s2 + s3;
 }
 
+/* The VNNI ceiling: nothing but independent vpdpbusd zmm (throughput, not latency, bound). Compiled for
+ * AVX-512 VNNI whatever this file's flags; called only when the kernels' ISA is avx512vnni. */
+#define PEAK_ITERS 4000000L
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static void task_peak(void *p, int ith, int nth) {
+    (void)nth;
+    job *j = p;
+    __m512i a[16];
+    const __m512i u = _mm512_set1_epi8(1), v = _mm512_set1_epi8((char)(ith + 1));
+    for (int i = 0; i < 16; i++) a[i] = _mm512_set1_epi32(i);
+    for (long n = 0; n < PEAK_ITERS; n++)
+        for (int i = 0; i < 16; i++) a[i] = _mm512_dpbusd_epi32(a[i], u, v);
+    __m512i s = a[0];
+    for (int i = 1; i < 16; i++) s = _mm512_add_epi32(s, a[i]);
+    j->sink[ith * 8] = (uint64_t)_mm512_reduce_add_epi32(s);
+}
+#define HAVE_PEAK 1
+#endif
+
 /* ---- options ---- */
 static int opt_threads[MAXT] = {1, 2}, n_threads = 2, opt_reps = 7, opt_cols = 128, opt_jsonl = 0;
 static int opt_gemv = 1, opt_gemm = 1, opt_layout_tk2 = 1, opt_layout_tk1 = 1;
@@ -268,17 +290,20 @@ static void read_cpu_name(void) {
 }
 
 static void report(const char *op, const char *impl, const char *layout, int64_t rows, int64_t k, int64_t cols,
-                   int nth, double med, double gbps, double gops, double roof) {
+                   int nth, double med, double gbps, double gops, double roof, double peak) {
     if (opt_jsonl) {
         printf("{\"cpu\": \"%s\", \"variant\": \"%s\", \"isa\": \"%s\", \"impl\": \"%s\", \"op\": \"%s\", "
                "\"layout\": \"%s\", "
                "\"rows\": %lld, \"k\": %lld, \"n_cols\": %lld, \"n_threads\": %d, \"median_s\": %.6g, "
-               "\"gbps\": %.4g, \"gops\": %.4g, \"roofline_gbps\": %.4g, \"reps\": %d}\n",
+               "\"gbps\": %.4g, \"gops\": %.4g, \"roofline_gbps\": %.4g, \"peak_gops\": %.4g, \"reps\": %d}\n",
                cpu_name, BITNET_BENCH_VARIANT, bitnet_isa(), impl, op, layout, (long long)rows, (long long)k,
-               (long long)cols, nth, med, gbps, gops, roof, opt_reps);
+               (long long)cols, nth, med, gbps, gops, roof, peak, opt_reps);
     } else if (!strcmp(op, "gemv")) {
         printf("  gemv %-6s %-4s %5lldx%-5lld t=%d  %8.1f us  %6.2f GB/s  %5.1f%% of read bw\n", impl, layout,
                (long long)rows, (long long)k, nth, med * 1e6, gbps, 100.0 * gbps / roof);
+    } else if (peak > 0) {
+        printf("  gemm %-6s %-4s %5lldx%-5lld cols=%-4lld t=%d  %8.2f ms  %7.1f GOPS  %5.1f%% of vpdpbusd peak\n", impl,
+               layout, (long long)rows, (long long)k, (long long)cols, nth, med * 1e3, gops, 100.0 * gops / peak);
     } else {
         printf("  gemm %-6s %-4s %5lldx%-5lld cols=%-4lld t=%d  %8.2f ms  %7.1f GOPS\n", impl, layout, (long long)rows,
                (long long)k, (long long)cols, nth, med * 1e3, gops);
@@ -362,6 +387,27 @@ int main(int argc, char **argv) {
         free(buf);
     }
 
+    double peak[MAXT] = {0}; /* GOPS of the vpdpbusd ceiling per thread count; 0 = not measured */
+#ifdef HAVE_PEAK
+    for (int ti = 0; opt_gemm && !strcmp(info.isa, "avx512vnni") && ti < n_threads; ti++) {
+        const int nth = opt_threads[ti];
+        job j = {0};
+        pool_start(nth);
+        pool_run(task_peak, &j);
+        for (int r = 0; r < opt_reps; r++) {
+            const double t0 = now_s();
+            pool_run(task_peak, &j);
+            t[r] = now_s() - t0;
+        }
+        pool_stop();
+        peak[ti] = 2.0 * 64 * 16 * (double)PEAK_ITERS * nth / median(t, opt_reps) / 1e9;
+        if (opt_jsonl)
+            printf("{\"cpu\": \"%s\", \"variant\": \"%s\", \"op\": \"peak\", \"n_threads\": %d, \"gops\": %.4g}\n",
+                   cpu_name, BITNET_BENCH_VARIANT, nth, peak[ti]);
+        else printf("vpdpbusd zmm peak t=%d: %.1f GOPS\n", nth, peak[ti]);
+    }
+#endif
+
     for (int s = 0; s < n_shapes; s++) {
         const int64_t rows = shapes[s][0], k = shapes[s][1], nb = k / 256;
         for (int li = 0; li < 2; li++) {
@@ -435,7 +481,7 @@ int main(int argc, char **argv) {
                         const double med = median(t, opt_reps);
                         const double bytes = impl ? (double)ssize : (double)wsize;
                         report("gemv", impl ? "ggml" : "ours", lname, rows, k, 1, nth, med, bytes / med / 1e9,
-                               2.0 * rows * k / med / 1e9, roof[ti]);
+                               2.0 * rows * k / med / 1e9, roof[ti], 0.0);
                     }
                 }
                 if (opt_gemm && opt_cols > 1) { /* GEMM: compute-bound, one copy */
@@ -454,7 +500,7 @@ int main(int argc, char **argv) {
                         }
                         const double med = median(t, reps);
                         report("gemm", impl ? "ggml" : "ours", lname, rows, k, opt_cols, nth, med,
-                               (double)wsize / med / 1e9, 2.0 * rows * k * opt_cols / med / 1e9, roof[ti]);
+                               (double)wsize / med / 1e9, 2.0 * rows * k * opt_cols / med / 1e9, roof[ti], peak[ti]);
                     }
                 }
                 pool_stop();
