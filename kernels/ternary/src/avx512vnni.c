@@ -81,23 +81,27 @@ BITNET_INLINE __m512i dot_tk2(const uint8_t *tile, const bitnet_act_block *xb) {
 /* int32 dot of one TK1 tile, 16 rows. Trits are not materialized: with r_0 = q, r_{n+1} = 3 r_n mod 256,
  * trit_n = (3 r_n - r_{n+1}) / 256 exactly, so sum_n trit_n . x_n = (3 sum r_n . x_n - sum r_{n+1} . x_n) / 256:
  * two vpdpbusd and two byte adds per plane, no compare/select. Lane bound: 256 * 255 * 128 * 3 < 2^31. */
-BITNET_INLINE void tk1_chunk(const uint8_t *tile, const bitnet_act_block *xb, int c, const int planes, __m512i *a,
-                             __m512i *b) {
+BITNET_INLINE void tk1_chunk(const uint8_t *tile, int c, const int8_t *xq, const int stride, const int planes,
+                             __m512i *a, __m512i *b) {
     __m512i r = _mm512_load_si512((const void *)(tile + 64 * c));
     for (int n = 0; n < planes; n++) {
-        const int8_t *xq = xb->qs + bitnet_tk1_k(c, n, 0);
-        a[n] = dpbusd_b(a[n], r, xq);
+        a[n] = dpbusd_b(a[n], r, xq + stride * n);
         r = times3(r);
-        b[n] = dpbusd_b(b[n], r, xq);
+        b[n] = dpbusd_b(b[n], r, xq + stride * n);
     }
 }
 
+/* Chunks 0-7, 8-11 and 12 address their activations with different plane strides (bitnet_tk1_k): three
+ * branch-free loops, so gcc keeps the ten accumulators in place (one loop with the index's branches
+ * inside compiled to a register copy per accumulator per chunk). */
 BITNET_INLINE __m512i dot_tk1(const uint8_t *tile, const bitnet_act_block *xb) {
     __m512i a[5], b[5];
     for (int n = 0; n < 5; n++) a[n] = b[n] = _mm512_setzero_si512();
 #pragma GCC unroll 2 /* see dot_tk2 */
-    for (int c = 0; c < 12; c++) tk1_chunk(tile, xb, c, 5, a, b);
-    tk1_chunk(tile, xb, 12, 4, a, b);
+    for (int c = 0; c < 8; c++) tk1_chunk(tile, c, xb->qs + bitnet_tk1_k(c, 0, 0), 32, 5, a, b);
+#pragma GCC unroll 2
+    for (int c = 8; c < 12; c++) tk1_chunk(tile, c, xb->qs + bitnet_tk1_k(c, 0, 0), 16, 5, a, b);
+    tk1_chunk(tile, 12, xb->qs + bitnet_tk1_k(12, 0, 0), 4, 4, a, b);
     __m512i sa = _mm512_add_epi32(_mm512_add_epi32(a[0], a[1]), _mm512_add_epi32(a[2], _mm512_add_epi32(a[3], a[4])));
     __m512i sb = _mm512_add_epi32(_mm512_add_epi32(b[0], b[1]), _mm512_add_epi32(b[2], _mm512_add_epi32(b[3], b[4])));
     const __m512i t = _mm512_srai_epi32(_mm512_sub_epi32(_mm512_add_epi32(sa, _mm512_add_epi32(sa, sa)), sb), 8);
