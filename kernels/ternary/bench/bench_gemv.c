@@ -242,6 +242,34 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static void task_peak(voi
     for (int i = 1; i < 16; i++) s = _mm512_add_epi32(s, a[i]);
     j->sink[ith * 8] = (uint64_t)_mm512_reduce_add_epi32(s);
 }
+/* The ceiling of a lookup-table GEMM in the spirit of T-MAC / bitnet.cpp's TL kernels on this ISA: a
+ * ternary triple (27 patterns) indexes a 32-entry int16 table of partial activation sums with vpermw
+ * (32 rows per zmm, 3 multiply-adds per lane), accumulated with vpaddw. 8 independent table/index
+ * pairs per step, 16 per iteration as for vpdpbusd; GOPS counted as 2 * 3 * 32 per pair, comparable with
+ * the vpdpbusd line (2 * 64 each). */
+__attribute__((target("avx512f,avx512bw"))) static void task_peak_lut(void *p, int ith, int nth) {
+    (void)nth;
+    job *j = p;
+    __m512i a0, a1, a2, a3, a4, a5, a6, a7;
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = _mm512_setzero_si512();
+    const __m512i t0 = _mm512_set1_epi16((short)ith), t1 = _mm512_set1_epi16(1), i0 = _mm512_set1_epi16(0),
+                  i1 = _mm512_set1_epi16(3), i2 = _mm512_set1_epi16(9), i3 = _mm512_set1_epi16(26);
+    /* in asm: the compiler must neither hoist the loop-invariant lookups nor add register copies */
+#define LUT_STEP(T, I, A, TMP) "vpermw %" #T ", %" #I ", %%" #TMP "\n\tvpaddw %%" #TMP ", %" #A ", %" #A "\n\t"
+    for (long n = 0; n < 2 * PEAK_ITERS; n++)
+        __asm__ volatile(LUT_STEP([t0], [i0], [a0], zmm24) LUT_STEP([t1], [i0], [a1], zmm25)
+                         LUT_STEP([t0], [i1], [a2], zmm26) LUT_STEP([t1], [i1], [a3], zmm27)
+                         LUT_STEP([t0], [i2], [a4], zmm28) LUT_STEP([t1], [i2], [a5], zmm29)
+                         LUT_STEP([t0], [i3], [a6], zmm30) LUT_STEP([t1], [i3], [a7], zmm31)
+                         : [a0] "+v"(a0), [a1] "+v"(a1), [a2] "+v"(a2), [a3] "+v"(a3), [a4] "+v"(a4), [a5] "+v"(a5),
+                           [a6] "+v"(a6), [a7] "+v"(a7)
+                         : [t0] "v"(t0), [t1] "v"(t1), [i0] "v"(i0), [i1] "v"(i1), [i2] "v"(i2), [i3] "v"(i3)
+                         : "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
+#undef LUT_STEP
+    const __m512i s = _mm512_add_epi16(_mm512_add_epi16(_mm512_add_epi16(a0, a1), _mm512_add_epi16(a2, a3)),
+                                       _mm512_add_epi16(_mm512_add_epi16(a4, a5), _mm512_add_epi16(a6, a7)));
+    j->sink[ith * 8] = (uint64_t)_mm512_reduce_add_epi32(s);
+}
 #define HAVE_PEAK 1
 #endif
 
@@ -405,6 +433,20 @@ int main(int argc, char **argv) {
             printf("{\"cpu\": \"%s\", \"variant\": \"%s\", \"op\": \"peak\", \"n_threads\": %d, \"gops\": %.4g}\n",
                    cpu_name, BITNET_BENCH_VARIANT, nth, peak[ti]);
         else printf("vpdpbusd zmm peak t=%d: %.1f GOPS\n", nth, peak[ti]);
+        pool_start(nth);
+        pool_run(task_peak_lut, &j);
+        for (int r = 0; r < opt_reps; r++) {
+            const double t0 = now_s();
+            pool_run(task_peak_lut, &j);
+            t[r] = now_s() - t0;
+        }
+        pool_stop();
+        const double lut = 2.0 * 3 * 32 * 16 * (double)PEAK_ITERS * nth / median(t, opt_reps) / 1e9;
+        if (opt_jsonl)
+            printf("{\"cpu\": \"%s\", \"variant\": \"%s\", \"op\": \"peak_lut3\", \"n_threads\": %d, \"gops\": %.4g}\n",
+                   cpu_name, BITNET_BENCH_VARIANT, nth, lut);
+        else printf("LUT (vpermw+vpaddw, 3 weights per lookup) peak t=%d: %.1f GOPS (%.2fx vpdpbusd)\n", nth, lut,
+                    lut / peak[ti]);
     }
 #endif
 
