@@ -100,6 +100,19 @@ static double median(double *v, int n) {
 }
 
 static uint64_t rng_state = 0x243f6a8885a308d3ull;
+/* Median seconds of `reps` runs of fn on a fresh pool of nth threads (one warm-up run first). */
+static double time_task(int nth, task_fn fn, void *ctx, int reps, double *t) {
+    pool_start(nth);
+    pool_run(fn, ctx);
+    for (int r = 0; r < reps; r++) {
+        const double t0 = now_s();
+        pool_run(fn, ctx);
+        t[r] = now_s() - t0;
+    }
+    pool_stop();
+    return median(t, reps);
+}
+
 static uint64_t rnd(void) {
     rng_state ^= rng_state << 13;
     rng_state ^= rng_state >> 7;
@@ -399,15 +412,7 @@ int main(int argc, char **argv) {
         uint64_t *buf = xalloc(opt_pool);
         for (size_t i = 0; i < j.words; i++) buf[i] = i;
         j.buf = buf;
-        pool_start(nth);
-        pool_run(task_read, &j);
-        for (int r = 0; r < opt_reps; r++) {
-            const double t0 = now_s();
-            pool_run(task_read, &j);
-            t[r] = now_s() - t0;
-        }
-        pool_stop();
-        roof[ti] = (double)opt_pool / median(t, opt_reps) / 1e9;
+        roof[ti] = (double)opt_pool / time_task(nth, task_read, &j, opt_reps, t) / 1e9;
         if (opt_jsonl)
             printf("{\"cpu\": \"%s\", \"variant\": \"%s\", \"op\": \"read\", \"n_threads\": %d, \"gbps\": %.4g}\n",
                    cpu_name, BITNET_BENCH_VARIANT, nth, roof[ti]);
@@ -420,28 +425,13 @@ int main(int argc, char **argv) {
     for (int ti = 0; opt_gemm && !strcmp(info.isa, "avx512vnni") && ti < n_threads; ti++) {
         const int nth = opt_threads[ti];
         job j = {0};
-        pool_start(nth);
-        pool_run(task_peak, &j);
-        for (int r = 0; r < opt_reps; r++) {
-            const double t0 = now_s();
-            pool_run(task_peak, &j);
-            t[r] = now_s() - t0;
-        }
-        pool_stop();
-        peak[ti] = 2.0 * 64 * 16 * (double)PEAK_ITERS * nth / median(t, opt_reps) / 1e9;
+        peak[ti] = 2.0 * 64 * 16 * (double)PEAK_ITERS * nth / time_task(nth, task_peak, &j, opt_reps, t) / 1e9;
         if (opt_jsonl)
             printf("{\"cpu\": \"%s\", \"variant\": \"%s\", \"op\": \"peak\", \"n_threads\": %d, \"gops\": %.4g}\n",
                    cpu_name, BITNET_BENCH_VARIANT, nth, peak[ti]);
         else printf("vpdpbusd zmm peak t=%d: %.1f GOPS\n", nth, peak[ti]);
-        pool_start(nth);
-        pool_run(task_peak_lut, &j);
-        for (int r = 0; r < opt_reps; r++) {
-            const double t0 = now_s();
-            pool_run(task_peak_lut, &j);
-            t[r] = now_s() - t0;
-        }
-        pool_stop();
-        const double lut = 2.0 * 3 * 32 * 16 * (double)PEAK_ITERS * nth / median(t, opt_reps) / 1e9;
+        const double lut =
+            2.0 * 3 * 32 * 16 * (double)PEAK_ITERS * nth / time_task(nth, task_peak_lut, &j, opt_reps, t) / 1e9;
         if (opt_jsonl)
             printf("{\"cpu\": \"%s\", \"variant\": \"%s\", \"op\": \"peak_lut3\", \"n_threads\": %d, \"gops\": %.4g}\n",
                    cpu_name, BITNET_BENCH_VARIANT, nth, lut);
