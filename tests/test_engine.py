@@ -29,6 +29,20 @@ def test_pin_is_complete_and_has_variants_for_this_host():
     assert not any("NATIVE" in f for v in pin.variants for f in v.features)
 
 
+def test_the_per_token_tag_is_spelled_the_same_in_the_patch_and_the_kernel_header():
+    """Patch 0006 tags per-token matmuls in llama.cpp (which cannot include our header); the buffer type
+    reads the tag with the header's names. A mismatch would silently run every model per block."""
+    root = Path(engine.__file__).resolve().parent.parent
+    header = (root / "kernels/ternary/include/bitnet_kernels.h").read_text()
+    patch = (root / "kernels/patches/0006-bitnet-per-token-activation-quant.patch").read_text()
+    slot = re.search(r"#define BITNET_OP_PARAM_ACT_QUANT (\d+)", header)
+    tag = re.search(r"#define BITNET_ACT_PER_TOKEN_TAG (0x[0-9a-f]+)", header)
+    assert slot and tag
+    assert re.findall(r"^\+.*op_params\[(\d+)\] = (0x[0-9a-f]+);", patch, flags=re.M) == [
+        (slot.group(1), tag.group(1))
+    ]
+
+
 def test_checksum_mismatch_is_refused(tmp_path: Path):
     pin = engine.load_pin()
     fake = tmp_path / "llama.cpp" / pin.archive

@@ -1,11 +1,11 @@
-// ggml-cpu "extra buffer type" for BitNet b1.58 ternary weights (TQ2_0, TQ1_0) and the fp16 head.
+// ggml-cpu "extra buffer type" for BitNet b1.58 ternary weights (TQ2_0, TQ1_0) and the fp16/bf16 head.
 //
 // Like ggml-cpu/repack.cpp: weights placed in this buffer type are re-laid-out at load time
 // (set_tensor → bitnet_repack) and MUL_MAT with them runs our kernels on the CPU backend's own threads
 // (compute_forward). GGUF files stay in upstream types. BITNET_KERNELS=0 in the environment disables
 // the buffer type, so the same binary runs stock ggml (for A/B benchmarks and tests).
 //
-// The fp16 tied embedding/output head (token_embd.weight / output.weight) is placed here too, unchanged:
+// The fp16 (or bf16) tied embedding/output head (token_embd.weight / output.weight) is placed here too, unchanged:
 // GET_ROWS reads it through ggml as before, and a one-token MUL_MAT (decode) runs bitnet_gemv_f16, which
 // streams it faster than ggml's fp16 path (it was over half the bytes, and ~10% slower per byte).
 //
@@ -35,11 +35,13 @@ static bool shape_ok(const ggml_tensor * w) {
     return is_ternary(w->type) && ggml_n_dims(w) == 2 && w->ne[0] % BITNET_QK == 0 && ggml_is_contiguous(w);
 }
 
-// The fp16 tied embedding / output head (BitNet's lm_head is token_embd.weight itself): kept in ggml's
-// layout (GET_ROWS reads it as usual); single-token MUL_MAT with it runs bitnet_gemv_f16.
+// The fp16 or bf16 tied embedding / output head (BitNet's lm_head is token_embd.weight itself): kept in
+// ggml's layout (GET_ROWS reads it as usual); single-token MUL_MAT with it runs bitnet_gemv_f16 / _bf16
+// (f32 activations: exact products, where ggml's own path first rounds the activation to fp16 / bf16).
 static bool is_head(const ggml_tensor * w) {
     // only where our fp16 GEMV is vectorized; elsewhere (sse42/scalar builds) ggml's path is faster
-    return bitnet_gemv_f16_native() && w->type == GGML_TYPE_F16 && ggml_n_dims(w) == 2 && w->ne[0] % 64 == 0 && ggml_is_contiguous(w) &&
+    return bitnet_gemv_f16_native() && (w->type == GGML_TYPE_F16 || w->type == GGML_TYPE_BF16) && ggml_n_dims(w) == 2 &&
+           w->ne[0] % 64 == 0 && ggml_is_contiguous(w) &&
            (std::strcmp(w->name, "token_embd.weight") == 0 || std::strcmp(w->name, "output.weight") == 0);
 }
 
@@ -74,20 +76,38 @@ class tensor_traits : public ggml::cpu::tensor_traits {
         GGML_ASSERT(x->type == GGML_TYPE_F32 && x->ne[0] == K && x->ne[2] == 1 && x->ne[3] == 1);
         GGML_ASSERT(op->nb[0] == sizeof(float) && op->ne[0] == rows);
 
-        // 1. quantize the activation columns to int8 blocks: threads split the (column, 256-block) pairs,
-        //    so a single decode column is not left to one thread while the others wait at the barrier
+        // 1. quantize the activation columns to int8 blocks: per token (one scale per column, BitNet
+        //    b1.58's definition) when llama.cpp tagged the node (patch 0006), else per 256-block (q8_K).
+        //    Threads split the (column, 256-block) pairs when there are fewer columns than threads, so a
+        //    single decode column is not left to one thread while the others wait at the barrier; per
+        //    token, each of them first takes the whole column's amax (K floats, from L1/L2).
         auto * xq = static_cast<bitnet_act_block *>(params->wdata);
         GGML_ASSERT(params->wsize >= bitnet_act_size(K, ncols));
         const int64_t nblk = K / BITNET_QK;
+        const bool per_token = op->op_params[BITNET_OP_PARAM_ACT_QUANT] == BITNET_ACT_PER_TOKEN_TAG;
+        const auto column = [&](int64_t c) { return (const float *) ((const char *) x->data + c * x->nb[1]); };
         if (ncols >= params->nth) {
             for (int64_t c = params->ith; c < ncols; c += params->nth) {
-                bitnet_quantize_act((const float *) ((const char *) x->data + c * x->nb[1]), K, xq + c * nblk);
+                if (per_token) {
+                    bitnet_quantize_act_per_token(column(c), K, xq + c * nblk);
+                } else {
+                    bitnet_quantize_act(column(c), K, xq + c * nblk);
+                }
             }
         } else {
+            float amax = 0.0f;
+            int64_t amax_col = -1;
             for (int64_t i = params->ith; i < ncols * nblk; i += params->nth) {
                 const int64_t c = i / nblk, b = i % nblk;
-                const float * col = (const float *) ((const char *) x->data + c * x->nb[1]);
-                bitnet_quantize_act(col + b * BITNET_QK, BITNET_QK, xq + c * nblk + b);
+                if (per_token) {
+                    if (c != amax_col) {
+                        amax     = bitnet_act_amax(column(c), K);
+                        amax_col = c;
+                    }
+                    bitnet_quantize_act_scaled(column(c) + b * BITNET_QK, BITNET_QK, amax, xq + c * nblk + b);
+                } else {
+                    bitnet_quantize_act(column(c) + b * BITNET_QK, BITNET_QK, xq + c * nblk + b);
+                }
             }
         }
         ggml_barrier(params->threadpool);
@@ -111,7 +131,7 @@ class tensor_traits : public ggml::cpu::tensor_traits {
 static tensor_traits g_ours(true);
 static tensor_traits g_stock(false);
 
-// The fp16 head: decode (one column) runs our GEMV; anything else (prompt batches) returns false and
+// The fp16/bf16 head: decode (one column) runs our GEMV; anything else (prompt batches) returns false and
 // ggml's own MUL_MAT runs on the unchanged bytes, with the work buffer ggml sizes for it.
 class head_traits : public ggml::cpu::tensor_traits {
   public:
@@ -127,9 +147,9 @@ class head_traits : public ggml::cpu::tensor_traits {
         const int64_t rows = w->ne[1];
         const int64_t r0 = rows * params->ith / params->nth, r1 = rows * (params->ith + 1) / params->nth;
         if (r0 < r1) {
-            const int rc = bitnet_gemv_f16((const uint16_t *) w->data, w->ne[0],
-                                           (int64_t) (w->nb[1] / sizeof(uint16_t)), (const float *) x->data,
-                                           (float *) op->data, r0, r1);
+            const auto gemv = w->type == GGML_TYPE_BF16 ? bitnet_gemv_bf16 : bitnet_gemv_f16;
+            const int  rc   = gemv((const uint16_t *) w->data, w->ne[0], (int64_t) (w->nb[1] / sizeof(uint16_t)),
+                                   (const float *) x->data, (float *) op->data, r0, r1);
             GGML_ASSERT(rc == BITNET_OK);
         }
         return true;

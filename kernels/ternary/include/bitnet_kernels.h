@@ -172,8 +172,35 @@ BITNET_STATIC_ASSERT(sizeof(bitnet_act_block) == 8 + BITNET_QK, "bitnet_act_bloc
 /* Bytes of ncols quantized columns of k activations (what a caller's work buffer needs), 0 if invalid. */
 size_t bitnet_act_size(int64_t k, int64_t ncols);
 
-/* Quantize one column of k floats (k a multiple of 256) into k/256 blocks. */
+/* Quantize one column of k floats (k a multiple of 256) into k/256 blocks, one scale per block (q8_K). */
 void bitnet_quantize_act(const float *x, int64_t k, bitnet_act_block *y);
+
+/* ------------------------------------------------------------------------------------------------
+ * Activations per token: BitNet b1.58's definition (transformers `ActQuant` / `activation_quant`):
+ * ONE scale for the whole column of k values,
+ *   amax = max |x| over all k (NaN ignored), iscale = 127 / max(amax, 1e-5)   (float32)
+ *   qs[k] = clamp(round_half_even(iscale * x[k]), -128, 127),  d = 1/iscale in every block,
+ * sum per block as above. The blocks have the same struct, so every kernel runs either mode unchanged:
+ * y = sum over b of isum[b] * (d_w[b] * d) with the same d in every block.
+ * Error: |x[k] - d*qs[k]| <= amax/254 per element (the per-block mode's bound uses the block's amax).
+ * ---------------------------------------------------------------------------------------------- */
+#define BITNET_ACT_AMAX_MIN 1e-5f
+void bitnet_quantize_act_per_token(const float *x, int64_t k, bitnet_act_block *y);
+/* The two halves, for callers that split one column's blocks across threads: every thread computes
+ * amax of the whole column (k floats; 0 if k is invalid) and quantizes its own blocks with it.
+ * bitnet_quantize_act_scaled(x, k, bitnet_act_amax(x, k), y) == bitnet_quantize_act_per_token(x, k, y),
+ * and quantizing blocks [b0, b1) of the column with the whole column's amax gives those blocks exactly. */
+float bitnet_act_amax(const float *x, int64_t k);
+void bitnet_quantize_act_scaled(const float *x, int64_t k, float amax, bitnet_act_block *y);
+/* The portable C definition of the per-token mode, present in every build (tests compare with it). */
+void bitnet_ref_quantize_act_per_token(const float *x, int64_t k, bitnet_act_block *y);
+
+/* How the engine says which mode a matmul runs (kernels/patches/0006): llama.cpp tags each ternary
+ * MUL_MAT node of a per-token model with op_params[BITNET_OP_PARAM_ACT_QUANT] = BITNET_ACT_PER_TOKEN_TAG
+ * (ggml uses slots 0 and 1 of a MUL_MAT); untagged nodes run per block. The patch spells both numbers
+ * too: tests/test_engine.py checks that they agree. */
+#define BITNET_OP_PARAM_ACT_QUANT 7
+#define BITNET_ACT_PER_TOKEN_TAG 0x4b4f5442 /* "BTOK" */
 
 /* ------------------------------------------------------------------------------------------------
  * Kernels. Rows [r0, r1) of y are written, for every column c in [0, ncols):
@@ -204,7 +231,12 @@ int bitnet_ref_gemm(const bitnet_weights *w, const bitnet_act_block *x, int64_t 
 int bitnet_gemv_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0, int64_t r1);
 int bitnet_ref_gemv_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0,
                         int64_t r1);
-/* 1 if this build's bitnet_gemv_f16 is vectorized (AVX2/AVX-512 with F16C + FMA, NEON); 0 if it is the
+/* The same for a bf16 matrix (bfloat16 bit patterns): bf16 -> f32 is exact (a shift), same fixed order. */
+int bitnet_gemv_bf16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0,
+                     int64_t r1);
+int bitnet_ref_gemv_bf16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0,
+                         int64_t r1);
+/* 1 if this build's bitnet_gemv_f16 and bitnet_gemv_bf16 are vectorized (AVX2/AVX-512 with F16C + FMA, NEON); 0 if it is the
  * reference (scalar, SSSE3: no hardware fused multiply-add, so fmaf() in software is far slower than
  * ggml's own fp16 path; the engine then leaves the head to ggml). */
 int bitnet_gemv_f16_native(void);

@@ -1,6 +1,8 @@
 /*
- * f16.c - GEMV of an fp16 matrix with an f32 vector: the tied embedding / output head of BitNet models
- * (128256 x 2560 fp16 in 2B4T = 657 MB, more than half of the bytes one decoded token reads).
+ * f16.c - GEMV of an fp16 or bf16 matrix with an f32 vector: the tied embedding / output head of BitNet
+ * models (128256 x 2560 fp16 in 2B4T = 657 MB, more than half of the bytes one decoded token reads).
+ * bf16 (the released 2B4T embedding's own type, stored bit for bit) runs the same code with the exact
+ * bf16 -> f32 widening (a 16-bit shift) in place of vcvtph2ps.
  *
  * Stock ggml rounds the activation to fp16 first; here it stays f32. One row at a time with 64 lanes of
  * accumulators: on the 2-core Zen 4 VM four interleaved row streams ran ~30% slower than one, and
@@ -11,7 +13,9 @@
  *   64 lanes j = 0..63:  s_j = 0; for k = j, j+64, ... (in order): s_j = fma(f32(w[k]), x[k], s_j)
  *   t_j = (s_j + s_{j+16}) + (s_{j+32} + s_{j+48})  (j < 16),  u_j = t_j + t_{j+8}  (j < 8),
  *   v_j = u_j + u_{j+4}  (j < 4),  z_j = v_j + v_{j+2}  (j < 2),  y = z_0 + z_1.
- * fp16 -> f32 is exact everywhere (vcvtph2ps, fcvtl, bitnet__fp16_to_fp32). k: a multiple of 64.
+ * fp16 -> f32 is exact everywhere (vcvtph2ps, fcvtl, bitnet__fp16_to_fp32), bf16 -> f32 too (shift).
+ * k: a multiple of 64. Not AVX-512 BF16's vdpbf16ps: it rounds the activation to bf16, a different
+ * function from the model's f32 head (and the GEMV is bound by memory, not by the conversion).
  */
 #include <math.h>
 
@@ -31,10 +35,18 @@ static int check_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, 
     return BITNET_OK;
 }
 
-static float ref_row(const uint16_t *w, int64_t k, const float *x) {
+static inline float bf16_to_fp32(uint16_t h) {
+    const uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static float ref_row(const uint16_t *w, int64_t k, const float *x, int bf16) {
     float s[64] = {0}, t[16];
     for (int64_t i = 0; i < k; i += 64)
-        for (int j = 0; j < 64; j++) s[j] = fmaf(bitnet__fp16_to_fp32(w[i + j]), x[i + j], s[j]);
+        for (int j = 0; j < 64; j++)
+            s[j] = fmaf(bf16 ? bf16_to_fp32(w[i + j]) : bitnet__fp16_to_fp32(w[i + j]), x[i + j], s[j]);
     for (int j = 0; j < 16; j++) t[j] = (s[j] + s[j + 16]) + (s[j + 32] + s[j + 48]);
     for (int j = 0; j < 8; j++) t[j] = t[j] + t[j + 8];
     for (int j = 0; j < 4; j++) t[j] = t[j] + t[j + 4];
@@ -46,7 +58,15 @@ int bitnet_ref_gemv_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *
                         int64_t r1) {
     const int rc = check_f16(w, k, ldw, x, y, r0, r1);
     if (rc != BITNET_OK) return rc;
-    for (int64_t r = r0; r < r1; r++) y[r] = ref_row(w + r * ldw, k, x);
+    for (int64_t r = r0; r < r1; r++) y[r] = ref_row(w + r * ldw, k, x, 0);
+    return BITNET_OK;
+}
+
+int bitnet_ref_gemv_bf16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0,
+                         int64_t r1) {
+    const int rc = check_f16(w, k, ldw, x, y, r0, r1);
+    if (rc != BITNET_OK) return rc;
+    for (int64_t r = r0; r < r1; r++) y[r] = ref_row(w + r * ldw, k, x, 1);
     return BITNET_OK;
 }
 
@@ -55,19 +75,20 @@ int bitnet_ref_gemv_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *
  * GEMV to 38 GB/s of fp16, the ymm one reaches the read bandwidth (55 GB/s, same run). */
 #include <immintrin.h>
 
-BITNET_INLINE __m256 mac8(__m256 acc, const uint16_t *w, const float *x) {
-    return _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w)), _mm256_loadu_ps(x), acc);
+BITNET_INLINE __m256 mac8(__m256 acc, const uint16_t *w, const float *x, int bf16) {
+    const __m128i h = _mm_loadu_si128((const __m128i *)w);
+    const __m256 wf = bf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)) : _mm256_cvtph_ps(h);
+    return _mm256_fmadd_ps(wf, _mm256_loadu_ps(x), acc);
 }
 
-int bitnet_gemv_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0, int64_t r1) {
-    const int rc = check_f16(w, k, ldw, x, y, r0, r1);
-    if (rc != BITNET_OK) return rc;
+BITNET_INLINE void gemv_rows(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0,
+                             int64_t r1, int bf16) {
     for (int64_t r = r0; r < r1; r++) {
         const uint16_t *wr = w + r * ldw;
         __m256 a[8]; /* a[m]: lanes 8m .. 8m+7 */
         for (int m = 0; m < 8; m++) a[m] = _mm256_setzero_ps();
         for (int64_t i = 0; i < k; i += 64)
-            for (int m = 0; m < 8; m++) a[m] = mac8(a[m], wr + i + 8 * m, x + i + 8 * m);
+            for (int m = 0; m < 8; m++) a[m] = mac8(a[m], wr + i + 8 * m, x + i + 8 * m, bf16);
         /* t lanes 0-7 and 8-15 */
         const __m256 tlo = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[4], a[6]));
         const __m256 thi = _mm256_add_ps(_mm256_add_ps(a[1], a[3]), _mm256_add_ps(a[5], a[7]));
@@ -76,24 +97,31 @@ int bitnet_gemv_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, f
         const __m128 z = _mm_add_ps(v, _mm_movehl_ps(v, v));
         y[r] = _mm_cvtss_f32(_mm_add_ss(z, _mm_shuffle_ps(z, z, 1)));
     }
-    return BITNET_OK;
 }
 
 #elif defined(BITNET_ISA_NEON)
 #include <arm_neon.h>
 
-int bitnet_gemv_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0, int64_t r1) {
-    const int rc = check_f16(w, k, ldw, x, y, r0, r1);
-    if (rc != BITNET_OK) return rc;
+BITNET_INLINE void gemv_rows(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0,
+                             int64_t r1, int bf16) {
     for (int64_t r = r0; r < r1; r++) {
         const uint16_t *wr = w + r * ldw;
         float32x4_t a[16]; /* a[m]: lanes 4m .. 4m+3 */
         for (int m = 0; m < 16; m++) a[m] = vdupq_n_f32(0);
         for (int64_t i = 0; i < k; i += 64)
             for (int m = 0; m < 16; m += 2) {
-                const float16x8_t h = vreinterpretq_f16_u16(vld1q_u16(wr + i + 4 * m));
-                a[m] = vfmaq_f32(a[m], vcvt_f32_f16(vget_low_f16(h)), vld1q_f32(x + i + 4 * m));
-                a[m + 1] = vfmaq_f32(a[m + 1], vcvt_high_f32_f16(h), vld1q_f32(x + i + 4 * m + 4));
+                const uint16x8_t h = vld1q_u16(wr + i + 4 * m);
+                float32x4_t lo, hi;
+                if (bf16) {
+                    lo = vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(h), 16));
+                    hi = vreinterpretq_f32_u32(vshll_n_u16(vget_high_u16(h), 16));
+                } else {
+                    const float16x8_t hf = vreinterpretq_f16_u16(h);
+                    lo = vcvt_f32_f16(vget_low_f16(hf));
+                    hi = vcvt_high_f32_f16(hf);
+                }
+                a[m] = vfmaq_f32(a[m], lo, vld1q_f32(x + i + 4 * m));
+                a[m + 1] = vfmaq_f32(a[m + 1], hi, vld1q_f32(x + i + 4 * m + 4));
             }
         float32x4_t t[4]; /* t lanes 4q .. 4q+3 */
         for (int q = 0; q < 4; q++) t[q] = vaddq_f32(vaddq_f32(a[q], a[q + 4]), vaddq_f32(a[q + 8], a[q + 12]));
@@ -102,11 +130,32 @@ int bitnet_gemv_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, f
         const float32x2_t z = vadd_f32(vget_low_f32(v), vget_high_f32(v));
         y[r] = vget_lane_f32(z, 0) + vget_lane_f32(z, 1);
     }
+}
+
+#endif
+
+#if defined(BITNET_ISA_AVX512VNNI) || defined(BITNET_ISA_AVX2) || defined(BITNET_ISA_NEON)
+int bitnet_gemv_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0, int64_t r1) {
+    const int rc = check_f16(w, k, ldw, x, y, r0, r1);
+    if (rc != BITNET_OK) return rc;
+    gemv_rows(w, k, ldw, x, y, r0, r1, 0);
     return BITNET_OK;
 }
 
+int bitnet_gemv_bf16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0,
+                     int64_t r1) {
+    const int rc = check_f16(w, k, ldw, x, y, r0, r1);
+    if (rc != BITNET_OK) return rc;
+    gemv_rows(w, k, ldw, x, y, r0, r1, 1);
+    return BITNET_OK;
+}
 #else
 int bitnet_gemv_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0, int64_t r1) {
     return bitnet_ref_gemv_f16(w, k, ldw, x, y, r0, r1);
+}
+
+int bitnet_gemv_bf16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0,
+                     int64_t r1) {
+    return bitnet_ref_gemv_bf16(w, k, ldw, x, y, r0, r1);
 }
 #endif

@@ -94,7 +94,33 @@ static inline int nearest_int(float f) {
     return (i & 0x007fffff) - 0x00400000;
 }
 
-/* One block, portable C: the definition the SIMD versions below reproduce bit for bit. */
+/*
+ * One block with a given iscale, portable C: qs = clamp(round_half_even(iscale * x), -128, 127),
+ * sum = sum(qs), d = 1/iscale. Both modes end here (q8_K's iscale = -127/max never goes below -127,
+ * so its values are unchanged by the -128 bound). The SIMD versions below reproduce it bit for bit.
+ */
+static void quantize_block_scaled_c(const float *x, float iscale, bitnet_act_block *y) {
+    int32_t sum = 0;
+    for (int j = 0; j < BITNET_QK; j++) {
+        const int v = nearest_int(iscale * x[j]);
+        y->qs[j] = (int8_t)(v < -128 ? -128 : v > 127 ? 127 : v);
+        sum += y->qs[j];
+    }
+    y->sum = sum;
+    y->d = 1.0f / iscale;
+}
+
+/* max |x[j]| over n floats, NaN ignored (the scalar `>` and the SIMD max both skip it). */
+static float amax_c(const float *x, int64_t n) {
+    float amax = 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+        const float ax = fabsf(x[j]);
+        if (ax > amax) amax = ax;
+    }
+    return amax;
+}
+
+/* q8_K: the definition the SIMD versions reproduce bit for bit. */
 static void quantize_block_c(const float *x, bitnet_act_block *y) {
     float max = 0.0f, amax = 0.0f;
     for (int j = 0; j < BITNET_QK; j++) {
@@ -110,31 +136,47 @@ static void quantize_block_c(const float *x, bitnet_act_block *y) {
         memset(y->qs, 0, sizeof y->qs);
         return;
     }
-    const float iscale = -127.f / max;
-    int32_t sum = 0;
-    for (int j = 0; j < BITNET_QK; j++) {
-        const int v = nearest_int(iscale * x[j]);
-        y->qs[j] = (int8_t)(v < 127 ? v : 127);
-        sum += y->qs[j];
-    }
-    y->sum = sum;
-    y->d = 1.0f / iscale;
+    quantize_block_scaled_c(x, -127.f / max, y);
 }
 
 /*
  * SIMD versions: the same operations per element in the same order (|x| max ignoring NaN like the
- * scalar `>`, the first x of largest |x|, iscale * x rounded with ggml's 1.5*2^23 trick, min 127), so
- * the blocks are identical (tests/test_main.c group quant compares them with ggml's q8_K). They matter
- * in prefill: the scalar loop was ~4% of a 512-token prompt (perf, 2B4T shape).
+ * scalar `>`, the first x of largest |x|, iscale * x rounded with ggml's 1.5*2^23 trick, clamp to
+ * [-128, 127]), so the blocks are identical (tests/test_main.c group quant compares them with ggml's
+ * q8_K and with the C per-token definition). They matter in prefill: the scalar loop was ~4% of a
+ * 512-token prompt (perf, 2B4T shape).
  */
 #if defined(BITNET_ISA_AVX512VNNI)
 #include <immintrin.h>
+static float amax_simd(const float *x, int64_t n) { /* n a multiple of 256 */
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    __m512 m0 = _mm512_setzero_ps(), m1 = _mm512_setzero_ps();
+    for (int64_t j = 0; j < n; j += 32) { /* max(a, m) returns m when a is NaN: NaN ignored */
+        m0 = _mm512_max_ps(_mm512_andnot_ps(sign, _mm512_loadu_ps(x + j)), m0);
+        m1 = _mm512_max_ps(_mm512_andnot_ps(sign, _mm512_loadu_ps(x + j + 16)), m1);
+    }
+    return _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+}
+
+static void quantize_block_scaled(const float *x, float iscale, bitnet_act_block *y) {
+    const __m512 is = _mm512_set1_ps(iscale), magic = _mm512_set1_ps(12582912.f);
+    const __m512i mant = _mm512_set1_epi32(0x007fffff), off = _mm512_set1_epi32(0x00400000),
+                  hi = _mm512_set1_epi32(127), lo = _mm512_set1_epi32(-128);
+    __m512i sum = _mm512_setzero_si512();
+    for (int j = 0; j < BITNET_QK; j += 16) {
+        const __m512 v = _mm512_add_ps(_mm512_mul_ps(is, _mm512_loadu_ps(x + j)), magic);
+        __m512i q = _mm512_sub_epi32(_mm512_and_si512(_mm512_castps_si512(v), mant), off);
+        q = _mm512_max_epi32(_mm512_min_epi32(q, hi), lo);
+        sum = _mm512_add_epi32(sum, q);
+        _mm_storeu_si128((__m128i *)(y->qs + j), _mm512_cvtepi32_epi8(q));
+    }
+    y->sum = _mm512_reduce_add_epi32(sum);
+    y->d = 1.0f / iscale;
+}
+
 static void quantize_block(const float *x, bitnet_act_block *y) {
     const __m512 sign = _mm512_set1_ps(-0.0f);
-    __m512 m = _mm512_setzero_ps();
-    for (int j = 0; j < BITNET_QK; j += 16) /* max(a, m) returns m when a is NaN: NaN ignored */
-        m = _mm512_max_ps(_mm512_andnot_ps(sign, _mm512_loadu_ps(x + j)), m);
-    const float amax = _mm512_reduce_max_ps(m);
+    const float amax = amax_simd(x, BITNET_QK);
     if (!(amax > 0.0f)) {
         quantize_block_c(x, y); /* all zero (or NaN): the rare case keeps the reference code */
         return;
@@ -148,32 +190,52 @@ static void quantize_block(const float *x, bitnet_act_block *y) {
             break;
         }
     }
-    const float iscale = -127.f / max;
-    const __m512 is = _mm512_set1_ps(iscale), magic = _mm512_set1_ps(12582912.f);
-    const __m512i mant = _mm512_set1_epi32(0x007fffff), off = _mm512_set1_epi32(0x00400000),
-                  hi = _mm512_set1_epi32(127);
-    __m512i sum = _mm512_setzero_si512();
-    for (int j = 0; j < BITNET_QK; j += 16) {
-        const __m512 v = _mm512_add_ps(_mm512_mul_ps(is, _mm512_loadu_ps(x + j)), magic);
-        __m512i q = _mm512_sub_epi32(_mm512_and_si512(_mm512_castps_si512(v), mant), off);
-        q = _mm512_min_epi32(q, hi);
-        sum = _mm512_add_epi32(sum, q);
-        _mm_storeu_si128((__m128i *)(y->qs + j), _mm512_cvtepi32_epi8(q));
-    }
-    y->sum = _mm512_reduce_add_epi32(sum);
-    y->d = 1.0f / iscale;
+    quantize_block_scaled(x, -127.f / max, y);
 }
 #elif defined(BITNET_ISA_AVX2)
 #include <immintrin.h>
-static void quantize_block(const float *x, bitnet_act_block *y) {
+static float amax_simd(const float *x, int64_t n) { /* n a multiple of 256 */
     const __m256 sign = _mm256_set1_ps(-0.0f);
-    __m256 m = _mm256_setzero_ps();
-    for (int j = 0; j < BITNET_QK; j += 8) /* max(a, m) returns m when a is NaN: NaN ignored */
-        m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)), m);
+    __m256 m0 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps();
+    for (int64_t j = 0; j < n; j += 16) { /* max(a, m) returns m when a is NaN: NaN ignored */
+        m0 = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)), m0);
+        m1 = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + j + 8)), m1);
+    }
+    const __m256 m = _mm256_max_ps(m0, m1);
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
-    const float amax = _mm_cvtss_f32(m4);
+    return _mm_cvtss_f32(m4);
+}
+
+static void quantize_block_scaled(const float *x, float iscale, bitnet_act_block *y) {
+    const __m256 is = _mm256_set1_ps(iscale), magic = _mm256_set1_ps(12582912.f);
+    const __m256i mant = _mm256_set1_epi32(0x007fffff), off = _mm256_set1_epi32(0x00400000),
+                  hi = _mm256_set1_epi32(127), lo = _mm256_set1_epi32(-128),
+                  order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256i sum = _mm256_setzero_si256();
+    for (int j = 0; j < BITNET_QK; j += 32) {
+        __m256i q[4];
+        for (int i = 0; i < 4; i++) {
+            const __m256 v = _mm256_add_ps(_mm256_mul_ps(is, _mm256_loadu_ps(x + j + 8 * i)), magic);
+            q[i] = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(v), mant), off);
+            q[i] = _mm256_max_epi32(_mm256_min_epi32(q[i], hi), lo);
+            sum = _mm256_add_epi32(sum, q[i]);
+        }
+        /* values are in [-128, 127]: the saturating packs are exact; the permute undoes their lane order */
+        const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        _mm256_storeu_si256((__m256i *)(y->qs + j), _mm256_permutevar8x32_epi32(b, order));
+    }
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+    y->sum = _mm_cvtsi128_si32(s4);
+    y->d = 1.0f / iscale;
+}
+
+static void quantize_block(const float *x, bitnet_act_block *y) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const float amax = amax_simd(x, BITNET_QK);
     if (!(amax > 0.0f)) {
         quantize_block_c(x, y);
         return;
@@ -187,34 +249,37 @@ static void quantize_block(const float *x, bitnet_act_block *y) {
             break;
         }
     }
-    const float iscale = -127.f / max;
-    const __m256 is = _mm256_set1_ps(iscale), magic = _mm256_set1_ps(12582912.f);
-    const __m256i mant = _mm256_set1_epi32(0x007fffff), off = _mm256_set1_epi32(0x00400000),
-                  hi = _mm256_set1_epi32(127), order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    __m256i sum = _mm256_setzero_si256();
-    for (int j = 0; j < BITNET_QK; j += 32) {
-        __m256i q[4];
-        for (int i = 0; i < 4; i++) {
-            const __m256 v = _mm256_add_ps(_mm256_mul_ps(is, _mm256_loadu_ps(x + j + 8 * i)), magic);
-            q[i] = _mm256_min_epi32(_mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(v), mant), off), hi);
-            sum = _mm256_add_epi32(sum, q[i]);
-        }
-        /* values are in [-128, 127]: the saturating packs are exact; the permute undoes their lane order */
-        const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-        _mm256_storeu_si256((__m256i *)(y->qs + j), _mm256_permutevar8x32_epi32(b, order));
-    }
-    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
-    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
-    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
-    y->sum = _mm_cvtsi128_si32(s4);
-    y->d = 1.0f / iscale;
+    quantize_block_scaled(x, -127.f / max, y);
 }
 #else
 #define quantize_block quantize_block_c
+#define quantize_block_scaled quantize_block_scaled_c
+#define amax_simd amax_c
 #endif
 
 void bitnet_quantize_act(const float *x, int64_t k, bitnet_act_block *y) {
     for (int64_t b = 0; b < k / BITNET_QK; b++) quantize_block(x + b * BITNET_QK, y + b);
+}
+
+float bitnet_act_amax(const float *x, int64_t k) {
+    if (!x || k <= 0 || k % BITNET_QK) return 0.0f;
+    return amax_simd(x, k);
+}
+
+void bitnet_quantize_act_scaled(const float *x, int64_t k, float amax, bitnet_act_block *y) {
+    /* transformers' activation_quant: scale = 127 / amax.clamp(min=1e-5), in float32 */
+    const float iscale = 127.f / (amax > BITNET_ACT_AMAX_MIN ? amax : BITNET_ACT_AMAX_MIN);
+    for (int64_t b = 0; b < k / BITNET_QK; b++) quantize_block_scaled(x + b * BITNET_QK, iscale, y + b);
+}
+
+void bitnet_quantize_act_per_token(const float *x, int64_t k, bitnet_act_block *y) {
+    bitnet_quantize_act_scaled(x, k, bitnet_act_amax(x, k), y);
+}
+
+void bitnet_ref_quantize_act_per_token(const float *x, int64_t k, bitnet_act_block *y) {
+    const float amax = k > 0 ? amax_c(x, k) : 0.0f;
+    const float iscale = 127.f / (amax > BITNET_ACT_AMAX_MIN ? amax : BITNET_ACT_AMAX_MIN);
+    for (int64_t b = 0; b < k / BITNET_QK; b++) quantize_block_scaled_c(x + b * BITNET_QK, iscale, y + b);
 }
 
 void bitnet_split_rows(int64_t rows, int ith, int nth, int64_t *r0, int64_t *r1) {

@@ -126,7 +126,7 @@ static void *repack(const t_matrix *m, bitnet_layout layout, bitnet_weights *w) 
     return data;
 }
 
-enum { A_QUANT, A_POS127, A_NEG127, A_NEG128, A_RANDOM_INT8, A_RANDOM_INT8_SCALED, A_ALTERNATE };
+enum { A_QUANT, A_POS127, A_NEG127, A_NEG128, A_RANDOM_INT8, A_RANDOM_INT8_SCALED, A_ALTERNATE, A_PER_TOKEN };
 
 /* ncols columns of k/256 blocks, column c at x + c*x_stride. Unit d except A_QUANT/_SCALED. */
 static bitnet_act_block *make_acts(int64_t k, int64_t ncols, int64_t x_stride, int amode, t_rng *r) {
@@ -136,10 +136,11 @@ static bitnet_act_block *make_acts(int64_t k, int64_t ncols, int64_t x_stride, i
     float *f = xalloc(sizeof(float) * (size_t)k);
     for (int64_t c = 0; c < ncols; c++) {
         bitnet_act_block *col = x + c * x_stride;
-        if (amode == A_QUANT) {
+        if (amode == A_QUANT || amode == A_PER_TOKEN) {
             const float scale = t_uniform_f(r, 0.01f, 10.0f);
             for (int64_t i = 0; i < k; i++) f[i] = scale * t_uniform_f(r, -1.0f, 1.0f);
-            bitnet_quantize_act(f, k, col);
+            if (amode == A_QUANT) bitnet_quantize_act(f, k, col);
+            else bitnet_quantize_act_per_token(f, k, col);
             continue;
         }
         for (int64_t b = 0; b < nb; b++) {
@@ -352,7 +353,7 @@ static void run_case(t_rng *r, int64_t rows, int64_t k, int64_t ncols, bitnet_sr
     bitnet_act_block *x = make_acts(k, ncols, x_stride, amode, r);
     check_vs_ref(&w, x, ncols, x_stride, what);
 
-    if (dmode == D_UNIT && amode != A_QUANT && amode != A_RANDOM_INT8_SCALED) {
+    if (dmode == D_UNIT && amode != A_QUANT && amode != A_PER_TOKEN && amode != A_RANDOM_INT8_SCALED) {
         /* unit scales: y = sum of exact int32 block sums, computed here without the library */
         float *y = xalloc(sizeof(float) * (size_t)(rows * ncols));
         CHECK(bitnet_matmul(&w, x, ncols, x_stride, y, rows, 0, rows) == BITNET_OK, "%s", what);
@@ -396,6 +397,77 @@ static void group_kernels(t_rng *r) {
                      D_RANDOM, A_QUANT);
         }
     if (!g_quick) run_case(r, 2560, 2560, 128, BITNET_SRC_TQ2_0, BITNET_LAYOUT_TK2, W_RANDOM, D_RANDOM, A_QUANT);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* group: pertoken - bitnet_quantize_act_per_token is BitNet b1.58's ActQuant (one scale per column), */
+/* bit for bit in every ISA; the split halves give the same blocks; the kernels run it exactly.      */
+static void group_pertoken(t_rng *r) {
+    const int64_t ks[] = {256, 1280, 2560, 6912};
+    for (int ki = 0; ki < 4; ki++) {
+        const int64_t k = ks[ki], nb = k / 256;
+        float *x = xalloc(sizeof(float) * (size_t)k);
+        bitnet_act_block *ours = xalloc(sizeof *ours * (size_t)nb), *ref = xalloc(sizeof *ref * (size_t)nb),
+                         *split = xalloc(sizeof *split * (size_t)nb);
+        for (int trial = 0; trial < 24; trial++) {
+            const float scale = trial % 8 == 7 ? 1e-7f : powf(10.0f, t_uniform_f(r, -6.0f, 6.0f));
+            for (int64_t i = 0; i < k; i++) x[i] = scale * t_uniform_f(r, -1.0f, 1.0f);
+            if (trial % 8 == 1) memset(x + (k > 256 ? 256 : 0), 0, 256 * sizeof(float)); /* an all-zero block */
+            if (trial % 8 == 2) x[k - 3] = -40.0f * scale;                                /* a big outlier */
+            if (trial % 8 == 3) for (int64_t i = 0; i < k; i++) x[i] = (float)(t_uniform(r, 7) - 3) * scale;
+            if (trial % 8 == 4) for (int64_t i = 0; i < k; i++) x[i] = (float)(t_uniform(r, 255) - 127) + 0.5f; /* ties */
+            if (trial % 8 == 5) memset(x, 0, sizeof(float) * (size_t)k);                 /* all zero */
+            if (trial % 8 == 6) x[5] = NAN;                                                /* NaN: ignored by amax */
+            bitnet_quantize_act_per_token(x, k, ours);
+            bitnet_ref_quantize_act_per_token(x, k, ref);
+            CHECK(!memcmp(ours, ref, sizeof *ours * (size_t)nb), "k %lld trial %d: ISA blocks differ from the C "
+                  "definition", (long long)k, trial);
+            /* the split halves, as the engine calls them for one decode column over threads */
+            const float amax = bitnet_act_amax(x, k);
+            for (int64_t b = 0; b < nb; b++) bitnet_quantize_act_scaled(x + b * 256, 256, amax, split + b);
+            CHECK(!memcmp(split, ref, sizeof *ours * (size_t)nb), "k %lld trial %d: split blocks differ",
+                  (long long)k, trial);
+            /* the definition, computed here independently: transformers' activation_quant in float32 */
+            float m = 0.0f;
+            for (int64_t i = 0; i < k; i++)
+                if (fabsf(x[i]) > m) m = fabsf(x[i]);
+            CHECK(amax == m, "amax %g != %g", (double)amax, (double)m);
+            const float s = 127.0f / (m > 1e-5f ? m : 1e-5f);
+            long bad = 0;
+            for (int64_t b = 0; b < nb; b++) {
+                int32_t sum = 0;
+                for (int j = 0; j < 256; j++) {
+                    const float v = x[b * 256 + j];
+                    if (v != v) continue; /* NaN input: no defined value */
+                    float q = nearbyintf(s * v); /* default rounding: half to even, like torch.round */
+                    q = q < -128.0f ? -128.0f : q > 127.0f ? 127.0f : q;
+                    bad += ref[b].qs[j] != (int8_t)q;
+                    sum += ref[b].qs[j];
+                    /* stated bound: |x - d q| <= max(amax, 1e-5)/254, plus float rounding */
+                    const float mm = m > 1e-5f ? m : 1e-5f;
+                    if (fabsf(v - ref[b].d * ref[b].qs[j]) > mm / 254.0f * (1.0f + 1e-5f) + 1e-6f * mm) bad++;
+                }
+                if (trial % 8 != 6) bad += ref[b].sum != sum;
+                bad += memcmp(&ref[b].d, &ref[0].d, 4) != 0; /* one scale for the whole column */
+                const float d = 1.0f / s;
+                bad += memcmp(&ref[b].d, &d, 4) != 0;
+            }
+            CHECK(bad == 0, "k %lld trial %d: %ld values differ from activation_quant", (long long)k, trial, bad);
+        }
+        free(x);
+        free(ours);
+        free(ref);
+        free(split);
+    }
+    /* the kernels take per-token columns like any others: bit for bit vs the reference */
+    const int64_t cols[] = {1, 2, 5, 17};
+    for (int ci = 0; ci < 4; ci++) {
+        run_case(r, 33, 1280, cols[ci], BITNET_SRC_TQ2_0, BITNET_LAYOUT_TK2, W_RANDOM, D_RANDOM, A_PER_TOKEN);
+        run_case(r, 33, 1280, cols[ci], BITNET_SRC_TQ1_0, BITNET_LAYOUT_TK1, W_RANDOM, D_RANDOM, A_PER_TOKEN);
+        run_case(r, 17, 2560, cols[ci], BITNET_SRC_TQ1_0, BITNET_LAYOUT_TK2, W_RANDOM, D_RANDOM, A_PER_TOKEN);
+    }
+    static const float ones[256] = {1.0f};
+    CHECK(bitnet_act_amax(NULL, 256) == 0.0f && bitnet_act_amax(ones, 100) == 0.0f, "amax checks its arguments");
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -589,7 +661,27 @@ static uint16_t random_finite_fp16(t_rng *r) {
     }
 }
 
+/* bf16 has float32's range: keep |w| in 2^-30 .. 2^31 (plus zeros and subnormals) so that dot products of
+ * up to 6912 terms stay finite, like fp16's whole range does. */
+static uint16_t random_finite_bf16(t_rng *r) {
+    const uint16_t h = (uint16_t)t_next(r);
+    const uint16_t e = (uint16_t)(t_uniform(r, 16) == 0 ? 0 : 97 + t_uniform(r, 61)); /* 0: zero/subnormal */
+    return (uint16_t)((h & 0x807f) | (e << 7));
+}
+
+static float bf16_bits_to_float(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+typedef int (*gemv16_fn)(const uint16_t *, int64_t, int64_t, const float *, float *, int64_t, int64_t);
+
 static void group_f16(t_rng *r) {
+  for (int bf = 0; bf <= 1; bf++) { /* fp16, then bf16: the same code and checks */
+    const gemv16_fn gemv = bf ? bitnet_gemv_bf16 : bitnet_gemv_f16, ref = bf ? bitnet_ref_gemv_bf16 : bitnet_ref_gemv_f16;
+    const char *tname = bf ? "bf16" : "f16";
     static const int64_t ks[] = {64, 192, 256, 2560, 6912};
     static const int64_t rowss[] = {1, 3, 4, 5, 17, 100};
     const int nk = g_quick ? 4 : 5;
@@ -602,13 +694,13 @@ static void group_f16(t_rng *r) {
                 float *y = xalloc(sizeof(float) * (size_t)(rows + 2));
                 float *yref = xalloc(sizeof(float) * (size_t)(rows + 2));
                 const uint16_t *wu = w + (pad ? 1 : 0); /* unaligned rows too */
-                for (int64_t i = 0; i < rows * ldw + 1; i++) w[i] = random_finite_fp16(r);
+                for (int64_t i = 0; i < rows * ldw + 1; i++) w[i] = bf ? random_finite_bf16(r) : random_finite_fp16(r);
                 for (int64_t i = 0; i < k; i++) x[i] = t_uniform_f(r, -4.0f, 4.0f);
-                CHECK(bitnet_ref_gemv_f16(wu, k, ldw, x, yref, 0, rows) == BITNET_OK, "ref rc");
+                CHECK(ref(wu, k, ldw, x, yref, 0, rows) == BITNET_OK, "ref rc");
                 for (int64_t row = 0; row < rows; row++) { /* the reference vs the exact dot product */
                     double exact = 0, mag = 0;
                     for (int64_t i = 0; i < k; i++) {
-                        const double p = (double)t_fp16_to_float(wu[row * ldw + i]) * x[i];
+                        const double p = (double)(bf ? bf16_bits_to_float(wu[row * ldw + i]) : t_fp16_to_float(wu[row * ldw + i])) * x[i];
                         exact += p;
                         mag += fabs(p);
                     }
@@ -620,10 +712,10 @@ static void group_f16(t_rng *r) {
                     for (int64_t i = 0; i < rows + 2; i++) y[i] = -12345.0f;
                     for (int p = 0; p < parts; p++) {
                         const int64_t a = rows * p / parts, b = rows * (p + 1) / parts;
-                        CHECK(bitnet_gemv_f16(wu, k, ldw, x, y + 1, a, b) == BITNET_OK, "rc");
+                        CHECK(gemv(wu, k, ldw, x, y + 1, a, b) == BITNET_OK, "rc");
                     }
-                    CHECK(!memcmp(y + 1, yref, sizeof(float) * (size_t)rows), "%s f16 gemv != reference: k %lld "
-                          "rows %lld ldw %lld parts %d", bitnet_isa(), (long long)k, (long long)rows, (long long)ldw,
+                    CHECK(!memcmp(y + 1, yref, sizeof(float) * (size_t)rows), "%s %s gemv != reference: k %lld "
+                          "rows %lld ldw %lld parts %d", bitnet_isa(), tname, (long long)k, (long long)rows, (long long)ldw,
                           parts);
                     CHECK(y[0] == -12345.0f && y[rows + 1] == -12345.0f, "wrote outside [r0, r1)");
                 }
@@ -632,6 +724,7 @@ static void group_f16(t_rng *r) {
                 free(y);
                 free(yref);
             }
+  }
     uint16_t w[128] = {0};
     float x[128] = {0}, y[2];
     CHECK(bitnet_gemv_f16(w, 32, 32, x, y, 0, 1) == BITNET_EINVAL, "k not a multiple of 64");
@@ -639,6 +732,8 @@ static void group_f16(t_rng *r) {
     CHECK(bitnet_gemv_f16(NULL, 64, 64, x, y, 0, 1) == BITNET_EINVAL, "NULL w");
     CHECK(bitnet_gemv_f16(w, 64, 64, x, y, 1, 0) == BITNET_EINVAL, "r1 < r0");
     CHECK(bitnet_ref_gemv_f16(w, 0, 64, x, y, 0, 1) == BITNET_EINVAL, "ref checks too");
+    CHECK(bitnet_gemv_bf16(w, 32, 32, x, y, 0, 1) == BITNET_EINVAL && bitnet_ref_gemv_bf16(w, 64, 32, x, y, 0, 1) ==
+          BITNET_EINVAL, "bf16 checks its arguments");
     /* the engine hands the head to these kernels only where they are vectorized */
     const int simd = strcmp(bitnet_isa(), "scalar") != 0 && strcmp(bitnet_isa(), "ssse3") != 0;
     CHECK(bitnet_gemv_f16_native() == simd, "bitnet_gemv_f16_native() = %d on isa %s", bitnet_gemv_f16_native(),
@@ -669,8 +764,9 @@ int main(int argc, char **argv) {
     else if (!strcmp(group, "tq1")) group_ggml(&rng, BITNET_SRC_TQ1_0);
     else if (!strcmp(group, "errors")) group_errors(&rng);
     else if (!strcmp(group, "f16")) group_f16(&rng);
+    else if (!strcmp(group, "pertoken")) group_pertoken(&rng);
     else {
-        fprintf(stderr, "usage: %s layout|quant|kernels|edges|ggml|tq1|errors|f16 [--quick]\n", argv[0]);
+        fprintf(stderr, "usage: %s layout|quant|kernels|edges|ggml|tq1|errors|f16|pertoken [--quick]\n", argv[0]);
         return 2;
     }
     const bitnet_kernel_info info = bitnet_get_kernel_info();
