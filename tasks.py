@@ -155,6 +155,9 @@ def doctor(c, build_dir="build", model="", json_out=False):
         print(f"kernels:  {engine.get('kernels', '-')}" + (f" ({isa})" if isa else ""))
         if model:
             print(f"model:    {model} gguf={report['model_is_gguf']}")
+            act = report.get("activation_quant")
+            if act:
+                print(f"numerics: activations {act['mode']} ({act['source']})")
     if not diag.usable:
         for problem in diag.problems:
             print(f"problem: {problem}", file=sys.stderr)
@@ -200,7 +203,8 @@ def download(c, model="2B", revision="", local_dir=""):
     help={
         "model_dir": "checkpoint dir (config.json + safetensors + tokenizer) or an official I2_S .gguf",
         "outtype": "ternary weight type: tq2_0 (default), tq1_0; f16/f32 for reference files",
-        "head_type": "tied embedding/output head: f16 (default), f32, q8_0, q4_0, q6_k (via llama-quantize)",
+        "head_type": "tied embedding/output head: f16 (default), bf16 (lossless for bf16 checkpoints), f32, "
+        "q8_0, q4_0, q6_k (via llama-quantize)",
         "build_dir": "engine build dir (its llama-quantize makes q6_k heads; default: build)",
         "outfile": "GGUF to write (default: <model-dir>/ggml-model-<outtype>.gguf)",
         "dry_run": "print the tensor plan (name, shape, type, bytes) and write nothing",
@@ -231,9 +235,68 @@ def convert(c, model_dir="", outtype="tq2_0", head_type="f16", outfile="", dry_r
 @task(
     auto_shortflags=False,
     help={
+        "model_dir": "Hugging Face BitNet checkpoint dir (config.json + safetensors + tokenizer)",
+        "gguf": "our GGUF of it (default: convert one per --head-type into a temporary dir)",
+        "head_type": "head(s) of the temporary GGUFs, comma-separated: f32 (default, lossless), bf16, f16",
+        "outtype": "ternary type of the temporary GGUFs: tq2_0 (default) or tq1_0",
+        "modes": "comma-separated: per_token (default: the model's definition), per_block, stock",
+        "n_new": "positions compared per prompt (default 16)",
+        "prompt": "a prompt to use instead of the built-in three (repeatable)",
+        "max_kl": "pass threshold: mean KL(transformers || engine) per position, nats (default 0.002)",
+        "defaults": "run the engine with its default settings (f16 KV cache) instead of exact ones",
+        "table": "print only the summary table, not every position",
+        "threads": "engine threads (default: all cores)",
+        "build_dir": "engine build dir (default: build)",
+    },
+    iterable=["prompt"],
+)
+def check(
+    c, model_dir="", gguf="", head_type="f32", outtype="tq2_0", modes="per_token", n_new=16, prompt=None,
+    max_kl=0.002, defaults=False, table=False, threads=0, build_dir="build",
+):
+    """Check the engine against transformers on a checkpoint: per-position top tokens, KL, max |dlog p|.
+
+    Exits 1 when a per_token run's mean KL is above --max-kl or a decisive top token differs (gap >= 0.3
+    nats); per_block and stock runs are reported for comparison only."""
+    from bitnet.numerics import DEFAULT_PROMPTS, check_reference, format_report, format_summary
+
+    if not model_dir:
+        raise Exit("error: --model-dir is required (a Hugging Face BitNet checkpoint directory)", code=2)
+    with _user_errors():
+        reports = check_reference(
+            model_dir,
+            gguf or None,
+            prompts=list(prompt) if prompt else DEFAULT_PROMPTS,
+            n_new=int(n_new),
+            head_types=[h.strip() for h in head_type.split(",") if h.strip()],
+            modes=[m.strip() for m in modes.split(",") if m.strip()],
+            outtype=outtype,
+            exact=not defaults,
+            max_mean_kl=float(max_kl),
+            build_dir=build_dir,
+            threads=int(threads) or None,
+        )
+        try:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        except (OSError, ValueError):
+            tokenizer = None
+    if not table:
+        for report in reports:
+            print(format_report(report, tokenizer))
+            print()
+    print(format_summary(reports))
+    if any(r.mode == "per_token" and not r.passed for r in reports):
+        raise Exit("reference check FAILED (see the table above)", code=1)
+
+
+@task(
+    auto_shortflags=False,
+    help={
         "size": "tiny (few MB, real tokenizer), 125M, 350M, 700M, 1.3B, 2B (exact 2B4T shape), 3B, 7B, 13B",
         "outtype": "tq2_0 (default) or tq1_0",
-        "head_type": "tied embedding/head type: f16 (default), q8_0, q4_0, q6_k (via llama-quantize)",
+        "head_type": "tied embedding/head: f16 (default), bf16, f32, q8_0, q4_0, q6_k (via llama-quantize)",
         "outfile": "GGUF to write (default: models/dummy/<size>-<outtype>.gguf)",
         "seed": "random seed (default 0)",
     },
@@ -258,7 +321,7 @@ def dummy(c, size="tiny", outtype="tq2_0", head_type="f16", outfile="", seed=0):
         "model": "catalogue name (default: tiny, synthetic and offline) or Hugging Face repo id",
         "model_dir": "use this local checkpoint dir / .gguf instead of downloading",
         "outtype": "ternary weight type: tq2_0 (default) or tq1_0",
-        "head_type": "tied embedding/head type: f16 (default), q8_0, q4_0, q6_k (via llama-quantize)",
+        "head_type": "tied embedding/head: f16 (default), bf16, f32, q8_0, q4_0, q6_k (via llama-quantize)",
         "build_dir": "engine build dir (default: build)",
         "list": "list the catalogue and exit",
     },
@@ -365,7 +428,7 @@ def serve(
         "model": "GGUF file to benchmark (default: the tiny synthetic model, made in models/dummy/)",
         "size": "synthetic model instead of --model: tiny 125M 350M 700M 1.3B 2B 3B 7B 13B",
         "outtype": "ternary format of a --size model: tq2_0 (default) or tq1_0",
-        "head_type": "embedding/head format of a --size model: f16 (default), q8_0, q4_0",
+        "head_type": "embedding/head format of a --size model: f16 (default), bf16, q8_0, q4_0",
         "threads": "thread counts: 8, 1,2,4 or 1..all (default: all cores; above the cores is clamped)",
         "prompt_tokens": "prefill test ppN, llama-bench -p (default 512; 0 skips prefill)",
         "gen_tokens": "decode test tgN, llama-bench -n (default 128; 0 skips decode)",

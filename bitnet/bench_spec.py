@@ -43,7 +43,7 @@ from typing import Any
 
 from gguf import GGMLQuantizationType
 
-from bitnet.diagnostics import KERNELS_ENV
+from bitnet.diagnostics import ACT_QUANT_ENV, KERNELS_ENV
 from bitnet.errors import BitNetError
 
 if sys.version_info >= (3, 11):
@@ -73,7 +73,9 @@ __all__ = [
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPEC_DIR = REPO_ROOT / "bench" / "specs"
 VARIANT_ENV = "GGML_CPU_VARIANT"  # our engine patch 0002: force libggml-cpu-<name>
-KERNELS = ("ours", "stock")  # BITNET_KERNELS=1 / =0
+# ours: BITNET_KERNELS=1 (the file's activation mode); stock: =0; perblock: our kernels forced to ggml's
+# per-256-block activations (BITNET_ACT_QUANT=per_block), to price the per-token definition (issue 12)
+KERNELS = ("ours", "stock", "perblock")
 # bitnet.dummy's sizes (kept here so a spec is checked without importing the generator).
 DUMMY_SIZES = ("tiny", "125M", "350M", "700M", "1.3B", "2B", "3B", "7B", "13B")
 DEFAULT_N_PROMPT, DEFAULT_N_GEN, DEFAULT_REPS = 512, 128, 5
@@ -141,8 +143,13 @@ class Config:
         return self.kernels if self.variant is None else f"{self.kernels}+{self.variant}"
 
     def env(self) -> dict[str, str | None]:
-        """Environment overrides for the engine; None means "remove the variable" (auto variant)."""
-        return {KERNELS_ENV: "1" if self.kernels == "ours" else "0", VARIANT_ENV: self.variant}
+        """Environment overrides for the engine; None means "remove the variable" (auto variant, the
+        file's own activation mode)."""
+        return {
+            KERNELS_ENV: "0" if self.kernels == "stock" else "1",
+            ACT_QUANT_ENV: "per_block" if self.kernels == "perblock" else None,
+            VARIANT_ENV: self.variant,
+        }
 
 
 def parse_config(text: str) -> tuple[str | None, str | None, bool]:

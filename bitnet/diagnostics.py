@@ -72,6 +72,7 @@ class RuntimeDiagnostics:
     cpu_count: int
     cpu: Mapping[str, object]
     engine: Mapping[str, object] | None
+    activation_quant: Mapping[str, object] | None = None  # activation_quant_mode() of the model, if any
 
     def is_usable(self, binary: str = INFERENCE_BINARY) -> bool:
         """True when `binary` was found and, if a model was given, the model is a GGUF file."""
@@ -121,6 +122,7 @@ class RuntimeDiagnostics:
             "cpu_count": self.cpu_count,
             "cpu": dict(self.cpu),
             "engine": None if self.engine is None else dict(self.engine),
+            "activation_quant": None if self.activation_quant is None else dict(self.activation_quant),
             "usable": self.usable,
             "problems": self.problems,
         }
@@ -165,6 +167,36 @@ def probe_engine(binary: str, env: Mapping[str, str], timeout: float | None = No
             info["kernels"] = "ours" if kernels.group(1) == "on" else "off"
             info["kernels_isa"] = kernels.group(2)
     return info
+
+
+ACT_QUANT_ENV = "BITNET_ACT_QUANT"  # per_token | per_block: overrides the file's key (patch 0006)
+
+
+def activation_quant_mode(model: str | os.PathLike[str], env: Mapping[str, str]) -> dict[str, object]:
+    """How the engine will quantize the input of the model's ternary matmuls, decided as patch 0006
+    decides it: ``$BITNET_ACT_QUANT`` if set, else the file's ``<arch>.activation_quant`` key, else
+    per_block. "mode" is what runs ("per_block" whenever our kernels are off: stock ggml has no
+    per-token path), "requested" what the file or variable asks for, "source" where that came from.
+    Never raises: an unreadable file gives mode None and the reason in "source"."""
+    from bitnet.convert.i2s import read_gguf_header
+
+    try:
+        metadata, _ = read_gguf_header(model)
+    except Exception as exc:  # noqa: BLE001 - a report, not a validator
+        return {"mode": None, "requested": None, "source": f"unreadable GGUF ({exc})"}
+    arch_value = metadata.get("general.architecture")
+    arch = str(arch_value.value) if arch_value is not None else "?"
+    key = f"{arch}.activation_quant"
+    requested, source = None, f"no {key} key"
+    if key in metadata:
+        requested, source = str(metadata[key].value), f"GGUF key {key}"
+    if env.get(ACT_QUANT_ENV):
+        requested, source = env[ACT_QUANT_ENV], ACT_QUANT_ENV
+    stock = env.get(KERNELS_ENV) == "0"
+    mode = "per_block" if stock or requested is None else requested
+    if stock and requested == "per_token":
+        source += "; stock kernels (BITNET_KERNELS=0) run per_block"
+    return {"mode": mode, "requested": requested or "per_block", "source": source}
 
 
 def _probe(argv: list[str], env: Mapping[str, str], limit: float) -> tuple[str, str | None]:

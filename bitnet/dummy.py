@@ -185,6 +185,15 @@ def _embedding_spec(
                 out[start:stop] = rng.standard_normal((stop - start, cols), dtype=np.float32) * std
             out[quiet] *= 0.05
             return out
+        if head == Q.BF16:  # random normal rounded to bf16, handed to the writer as raw bytes
+            bits = np.empty((rows, cols), dtype="<u2")
+            for start in range(0, rows, 8192):
+                stop = min(rows, start + 8192)
+                bits[start:stop] = packing.f32_to_bf16(
+                    rng.standard_normal((stop - start, cols), dtype=np.float32) * std
+                )
+            bits[quiet] = packing.f32_to_bf16(packing.bf16_to_f32(bits[quiet]) * np.float32(0.05))
+            return bits.view(np.uint8)
         # random blocks directly: Q8_0 = fp16 d + 32 int8; Q4_0 = fp16 d + 16 bytes of nibbles
         nb = cols // 32
         block_bytes = 34 if head == Q.Q8_0 else 18
@@ -220,7 +229,7 @@ def write_dummy_model(
         size: one of `SIZES` ("tiny", "125M", "350M", "700M", "1.3B", "2B", "3B", "7B", "13B").
         outfile: destination, written atomically.
         outtype: "tq2_0" (default), "tq1_0", "f16" or "f32" for the ternary linear weights.
-        head_type: tied embedding type: "f16" (default), "f32", "q8_0", "q4_0".
+        head_type: tied embedding type: "f16" (default), "bf16", "f32", "q8_0", "q4_0".
         seed: the file is a deterministic function of (size, outtype, head_type, seed).
         progress: progress bar over tensor bytes (on a terminal).
     """

@@ -50,7 +50,9 @@ Packed = npt.NDArray[np.uint8]
 __all__ = [
     "QK_K",
     "QK8_0",
+    "bf16_to_f32",
     "check_ternary",
+    "f32_to_bf16",
     "pack_hf",
     "pack_q8_0_ternary",
     "pack_tq1_0",
@@ -258,3 +260,20 @@ def random_tq1_0(rng: np.random.Generator, rows: int, n: int) -> Packed:
     out[:, :, 48:52] = _TQ1_QH_BYTES[rng.integers(0, 81, size=(rows, nb, 4), dtype=np.uint8)]
     out[:, :, 52:] = _FP16_ONE
     return out.reshape(rows, nb * TQ1_0_BLOCK_BYTES)
+
+
+def f32_to_bf16(values: npt.ArrayLike) -> npt.NDArray[np.uint16]:
+    """float32 -> bfloat16 bit patterns, rounded to nearest even (what torch's `.to(torch.bfloat16)`
+    does); NaN stays a quiet NaN. Exact for values that are bfloat16 already, e.g. a bf16 checkpoint's
+    embedding widened to float32 by the reader: such a head is stored bit for bit."""
+    u = np.ascontiguousarray(values, dtype="<f4").view("<u4")
+    rounded = ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype("<u2")
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    if nan.any():
+        rounded[nan] = ((u[nan] >> np.uint32(16)) | np.uint32(0x0040)).astype("<u2")
+    return rounded
+
+
+def bf16_to_f32(bits: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """bfloat16 bit patterns -> float32, exactly (a bfloat16 is the top half of a float32)."""
+    return (np.asarray(bits, dtype="<u2").astype("<u4") << np.uint32(16)).view("<f4")

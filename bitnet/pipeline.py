@@ -57,6 +57,8 @@ def verify_gguf(path: Path) -> str | None:
         return f"architecture {arch!r} is not one this toolkit writes"
     if arch == "bitnet" and reader.get_field("bitnet.hidden_activation") is None:
         return "no bitnet.hidden_activation key (made by another converter)"
+    if reader.get_field(f"{arch}.activation_quant") is None:
+        return f"no {arch}.activation_quant key (made before per-token activations: runs per block)"
     return None
 
 

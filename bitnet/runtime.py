@@ -41,6 +41,7 @@ from bitnet.diagnostics import (
     KERNELS_ENV,
     SERVER_BINARY,
     RuntimeDiagnostics,
+    activation_quant_mode,
     is_gguf_file,
     probe_engine,
 )
@@ -252,6 +253,11 @@ class BitNetRuntime:
             cpu_count=self._cpu_count,
             cpu=MappingProxyType(detect_cpu().as_dict()),
             engine=None if completion is None else MappingProxyType(probe_engine(completion, env)),
+            activation_quant=(
+                MappingProxyType(activation_quant_mode(model_path, env))
+                if model_path is not None and model_present and is_gguf_file(model_path)
+                else None
+            ),
         )
 
     # ------------------------------------------------------------------ command builders

@@ -109,8 +109,12 @@ def make_checkpoint(
     architecture: str = "BitNetForCausalLM",
     seed: int = 0,
     tokenizer: bool = True,
+    embedding: str = "f16-exact",
 ) -> TinyCheckpoint:
-    """Write a tiny BitNet checkpoint directory (see the module docstring for the recipes)."""
+    """Write a tiny BitNet checkpoint directory (see the module docstring for the recipes).
+
+    `embedding`: "f16-exact" (float32 values an F16 head holds exactly) or "bf16" (a bf16 tensor, as in
+    microsoft/bitnet-b1.58-2B-4T: a BF16 head holds it exactly, an F16 one rounds its smallest values)."""
     from safetensors.torch import save_file
     from transformers import BitNetConfig, BitNetForCausalLM
 
@@ -146,8 +150,10 @@ def make_checkpoint(
             # Rows ~0 for BOS/EOS (greedy never stops early) and for tokens that are not complete UTF-8
             # (llama-server withholds those tokens' probabilities until the character completes).
             emb[quiet] *= 0.05
-            emb = emb.astype(np.float16).astype(np.float32)  # fp16-exact: the F16 GGUF embedding is lossless
-            tensors[name] = torch.from_numpy(emb)
+            if embedding == "bf16":  # stored as bf16, like the released 2B4T embedding
+                tensors[name] = torch.from_numpy(emb.astype(np.float32)).to(torch.bfloat16)
+            else:  # fp16-exact float32: the F16 GGUF embedding is lossless
+                tensors[name] = torch.from_numpy(emb.astype(np.float16).astype(np.float32))
         elif name == "model.norm.weight":
             tensors[name] = torch.from_numpy(rng.uniform(6.0, 10.0, shp).astype(np.float32))
         elif name.endswith("norm.weight"):
@@ -191,52 +197,18 @@ def make_checkpoint(
 
 
 def reference_model(model_dir: Path, activation: str | None = None) -> Any:
-    """Load a tiny checkpoint into transformers' BitNetForCausalLM with its BitNet linear layers.
+    """transformers' model for a tiny checkpoint with its BitNet linear layers (the package's loader,
+    bitnet.numerics.reference_model: what `invoke check` runs). `activation` overrides hidden_act."""
+    from bitnet.numerics import reference_model as load
 
-    Uses `replace_with_bitnet_linear` with the checkpoint's quantization_config (AutoBitLinear offline:
-    weights unpacked by transformers' `unpack_weights`, output * weight_scale; AutoBitLinear online:
-    `WeightQuant` ternarizes the master weights; BitLinear: packed buffer, output / weight_scale).
-    Activations are int8-quantized per token in every case. `activation` overrides hidden_act.
-    """
-    from safetensors.torch import load_file
-    from transformers import BitNetConfig, BitNetForCausalLM
-    from transformers.integrations.bitnet import replace_with_bitnet_linear, unpack_weights
-    from transformers.utils.quantization_config import BitNetQuantConfig
-
-    disable_torch_compile()
-    raw = json.loads((model_dir / "config.json").read_text())
-    qc = raw.pop("quantization_config")
-    raw.pop("architectures", None)
-    if activation is not None:
-        raw["hidden_act"] = activation
-    cfg = BitNetConfig(**{k: v for k, v in raw.items() if k not in ("transformers_version", "model_type")})
-    model = BitNetForCausalLM(cfg)
-    quant = BitNetQuantConfig(linear_class=qc["linear_class"], quantization_mode=qc["quantization_mode"])
-    replace_with_bitnet_linear(model, modules_to_not_convert=["lm_head"], quantization_config=quant)
-    state = load_file(str(model_dir / "model.safetensors"))
-    for name, tensor in list(state.items()):
-        if tensor.dtype == torch.uint8 and qc["linear_class"] == "autobitlinear":
-            state[name] = unpack_weights(tensor, dtype=torch.float32)  # what BitNetDeserialize does
-        elif tensor.dtype == torch.bfloat16:
-            state[name] = tensor.float()
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    assert not unexpected, unexpected
-    assert set(missing) <= {"lm_head.weight"}, missing
-    model.tie_weights()
-    model.eval()
-    return model
+    return load(model_dir, activation=activation)
 
 
-@torch.no_grad()
 def greedy(model: Any, prompt_ids: list[int], n_new: int) -> tuple[list[int], np.ndarray]:
     """Greedy continuation (full recompute per step, no KV cache) and each step's logits (n_new, vocab)."""
-    ids = list(prompt_ids)
-    logits = []
-    for _ in range(n_new):
-        out = model(torch.tensor([ids])).logits[0, -1].float()
-        logits.append(out.numpy().copy())
-        ids.append(int(out.argmax()))
-    return ids[len(prompt_ids) :], np.stack(logits)
+    from bitnet.numerics import reference_greedy
+
+    return reference_greedy(model, prompt_ids, n_new)
 
 
 def save_sentencepiece_tokenizer(model_dir: Path, vocab_size: int = 500) -> Any:
@@ -359,29 +331,37 @@ def make_llama_checkpoint(
 
 def llama_reference_model(model_dir: Path) -> Any:
     """transformers' LlamaForCausalLM with its BitNet linear layers (as the BitNet quantizer builds it)."""
-    from safetensors.torch import load_file
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from transformers.integrations.bitnet import replace_with_bitnet_linear, unpack_weights
-    from transformers.utils.quantization_config import BitNetQuantConfig
+    return reference_model(model_dir)
 
-    disable_torch_compile()
-    raw = json.loads((model_dir / "config.json").read_text())
-    qc = raw.pop("quantization_config")
-    for k in ("architectures", "transformers_version", "model_type"):
-        raw.pop(k, None)
-    model = LlamaForCausalLM(LlamaConfig(**raw))
-    quant = BitNetQuantConfig(linear_class=qc["linear_class"], quantization_mode=qc["quantization_mode"])
-    replace_with_bitnet_linear(model, modules_to_not_convert=["lm_head"], quantization_config=quant)
-    state = load_file(str(model_dir / "model.safetensors"))
-    if qc["linear_class"] == "autobitlinear":
-        state = {
-            k: unpack_weights(v, dtype=torch.float32) if v.dtype == torch.uint8 else v
-            for k, v in state.items()
-        }
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    assert not unexpected, unexpected
-    assert set(missing) <= {"lm_head.weight"}, missing
-    if raw.get("tie_word_embeddings"):
-        model.tie_weights()
-    model.eval()
-    return model
+
+# The checkpoints of tests/test_numerics.py, for `invoke check` by hand (the README's numerics table):
+#     python tests/tinymodels.py /tmp/tiny-ckpts        # writes one directory per recipe
+NUMERICS_SHAPE = TinyShape(hidden=512, n_ff=1280, layers=2, heads=4, kv_heads=2, vocab=512, ctx=512)
+NUMERICS_RECIPES: dict[str, dict[str, str]] = {
+    # the 2B4T recipe: packed AutoBitLinear, relu², bf16 embedding
+    "relu2-packed-autobitlinear": {
+        "activation": "relu2",
+        "weights": "packed",
+        "linear_class": "autobitlinear",
+        "embedding": "bf16",
+    },
+    "silu-master-online": {"activation": "silu", "weights": "master", "linear_class": "autobitlinear"},
+    "relu2-packed-bitlinear": {"activation": "relu2", "weights": "packed", "linear_class": "bitlinear"},
+    "silu-packed-bitlinear": {"activation": "silu", "weights": "packed", "linear_class": "bitlinear"},
+}
+
+
+def write_numerics_checkpoints(root: Path) -> list[Path]:
+    """The four test_numerics checkpoints (same seeds) under `root`, one directory per recipe."""
+    out = []
+    for i, (name, recipe) in enumerate(NUMERICS_RECIPES.items()):
+        make_checkpoint(root / name, shape=NUMERICS_SHAPE, seed=100 + i, **recipe)  # type: ignore[arg-type]
+        out.append(root / name)
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    for path in write_numerics_checkpoints(Path(sys.argv[1] if len(sys.argv) > 1 else "tiny-checkpoints")):
+        print(path)

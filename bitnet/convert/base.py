@@ -39,6 +39,8 @@ from bitnet.gguf_writer import Metadata, TensorSpec, tensor_nbytes
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ACTIVATION_QUANT",
+    "ACTIVATION_QUANT_MODES",
     "HEAD_TYPES",
     "OUT_TYPES",
     "ArchConverter",
@@ -62,7 +64,8 @@ FILE_TYPES: dict[Q, LlamaFileType] = {
 }
 # --head-type: the (tied) token embedding / output head. gguf-py 0.19 has no Q6_K quantizer, so q6_k is
 # not offered; `llama-quantize --token-embedding-type q6_k` can requantize a converted file.
-HEAD_TYPES: dict[str, Q] = {"f16": Q.F16, "f32": Q.F32, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}
+# bf16 stores a bf16 checkpoint's embedding bit for bit (f16 rounds it, and overflows past 65504).
+HEAD_TYPES: dict[str, Q] = {"f16": Q.F16, "bf16": Q.BF16, "f32": Q.F32, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}
 
 # ternary codes -> bytes of each type that holds them exactly (bitnet.packing declares the layouts)
 _TERNARY_PACKERS: dict[Q, Callable[[npt.NDArray[np.int8]], npt.NDArray[Any]]] = {
@@ -72,6 +75,10 @@ _TERNARY_PACKERS: dict[Q, Callable[[npt.NDArray[np.int8]], npt.NDArray[Any]]] = 
     Q.F16: lambda c: c.astype("<f2"),
     Q.F32: lambda c: c.astype("<f4"),
 }
+# `{arch}.activation_quant`: how the engine quantizes the input of a ternary matmul. "per_token" is BitNet
+# b1.58's definition; "per_block" (ggml's q8_K, what stock ggml computes) is the engine's fallback.
+ACTIVATION_QUANT = "per_token"
+ACTIVATION_QUANT_MODES = ("per_token", "per_block")
 _EMBED_CHUNK_ROWS = 8192  # rows of the embedding converted per step (bounds the f32 temporary)
 
 _REGISTRY: dict[str, type[ArchConverter]] = {}
@@ -137,13 +144,20 @@ def head_spec(
     def produce() -> npt.NDArray[Any]:
         if qtype in (Q.F16, Q.F32):
             out = np.empty((rows, cols), dtype=_np_dtype(qtype))
+        elif qtype == Q.BF16:
+            out = np.empty((rows, cols), dtype="<u2")
         else:
             out = np.empty((rows, tensor_nbytes((cols,), qtype)), dtype=np.uint8)
         for start in range(0, rows, _EMBED_CHUNK_ROWS):  # fill in place: one f32 chunk at a time
             stop = min(rows, start + _EMBED_CHUNK_ROWS)
             chunk = read_rows(start, stop)
-            out[start:stop] = chunk if qtype in (Q.F16, Q.F32) else quantize(chunk, qtype)
-        return out
+            if qtype in (Q.F16, Q.F32):
+                out[start:stop] = chunk
+            elif qtype == Q.BF16:
+                out[start:stop] = packing.f32_to_bf16(chunk)
+            else:
+                out[start:stop] = quantize(chunk, qtype)
+        return out.view(np.uint8) if qtype == Q.BF16 else out
 
     return TensorSpec(name, (rows, cols), qtype, produce), note
 
@@ -173,6 +187,9 @@ def add_model_metadata(md: Metadata, arch: str, hp: HParams, name: str, outtype:
     md.f32(f"{arch}.attention.layer_norm_rms_epsilon", hp.rms_eps)
     if arch == "bitnet":  # read by our engine patch (src/models/bitnet.cpp); absent -> SiLU
         md.string("bitnet.hidden_activation", hp.activation)
+    # BitNet b1.58 quantizes each linear layer's input to int8 per token (transformers' ActQuant); our
+    # engine patch 0006 reads this key (absent -> ggml's per-256-block q8_K, with a warning).
+    md.string(f"{arch}.activation_quant", ACTIVATION_QUANT)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ import numpy.typing as npt
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from bitnet import packing
-from bitnet.convert.base import FILE_TYPES, HEAD_TYPES, OUT_TYPES, head_spec, ternary_qtype
+from bitnet.convert.base import ACTIVATION_QUANT, FILE_TYPES, HEAD_TYPES, OUT_TYPES, head_spec, ternary_qtype
 from bitnet.convert.errors import (
     ConversionError,
     CorruptCheckpointError,
@@ -494,7 +494,8 @@ class I2SModel:
 
     def bitnet_metadata(self) -> dict[str, GGUFValue]:
         """The metadata for a ``bitnet`` GGUF: ``bitnet-b1.58.*`` renamed ``bitnet.*``; file type, alignment
-        and architecture left for the writer; ``bitnet.hidden_activation`` = relu2 added; and
+        and architecture left for the writer; ``bitnet.hidden_activation`` = relu2 and
+        ``bitnet.activation_quant`` = per_token added; and
         ``tokenizer.ggml.pre`` = llama-bpe added when a Llama-3 vocabulary lacks it (the official file
         omits it, and llama.cpp then splits text with the wrong regex)."""
         out: dict[str, GGUFValue] = {}
@@ -512,6 +513,7 @@ class I2SModel:
             if f"{TARGET_ARCH}.{required}" not in out:
                 raise CorruptCheckpointError(f"{self.path}: metadata key {prefix}{required} is missing")
         out.setdefault(f"{TARGET_ARCH}.hidden_activation", GGUFValue(HIDDEN_ACTIVATION, GGUFValueType.STRING))
+        out.setdefault(f"{TARGET_ARCH}.activation_quant", GGUFValue(ACTIVATION_QUANT, GGUFValueType.STRING))
         tokens = out.get("tokenizer.ggml.tokens")
         model = out.get("tokenizer.ggml.model")
         if (
