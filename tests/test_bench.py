@@ -128,8 +128,18 @@ def test_thread_ranges_walk_powers_of_two_up_to_the_cores():
 def test_configs_cross_isa_unless_an_item_names_its_own():
     configs = expand_configs(["stock", "stock+sse42"], ["auto", "avx2"])
     assert [c.label for c in configs] == ["ours", "ours+avx2", "stock", "stock+avx2", "stock+sse42"]
-    assert Config("stock", "avx2").env() == {"BITNET_KERNELS": "0", "GGML_CPU_VARIANT": "avx2"}
-    assert Config().env() == {"BITNET_KERNELS": "1", "GGML_CPU_VARIANT": None}  # None: unset it
+    # None removes the variable: a BITNET_ACT_QUANT in the user's shell never leaks into ours/stock runs
+    assert Config("stock", "avx2").env() == {
+        "BITNET_KERNELS": "0",
+        "BITNET_ACT_QUANT": None,
+        "GGML_CPU_VARIANT": "avx2",
+    }
+    assert Config("perblock").env() == {
+        "BITNET_KERNELS": "1",
+        "BITNET_ACT_QUANT": "per_block",
+        "GGML_CPU_VARIANT": None,
+    }
+    assert Config().env() == {"BITNET_KERNELS": "1", "BITNET_ACT_QUANT": None, "GGML_CPU_VARIANT": None}
     with pytest.raises(BenchSpecError, match="two kernel"):
         expand_configs(["ours+stock"])
 
