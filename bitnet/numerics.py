@@ -404,12 +404,10 @@ def check_reference(
     if gguf is not None and not Path(gguf).is_file():
         raise NumericsCheckError(f"GGUF {gguf} does not exist: pass an existing file or leave --gguf out")
     model = reference_model(model_dir)
-    token_prompts: list[list[int]] = []
-    for p in prompts:
-        if isinstance(p, str):
-            token_prompts.append(list(_tokenizer(model_dir)(p)["input_ids"]))
-        else:
-            token_prompts.append([int(t) for t in p])
+    tokenizer: Any = _tokenizer(model_dir) if any(isinstance(p, str) for p in prompts) else None
+    token_prompts = [
+        list(tokenizer(p)["input_ids"]) if isinstance(p, str) else [int(t) for t in p] for p in prompts
+    ]
     vocab = int(model.config.vocab_size)
     n_ctx = int(getattr(model.config, "max_position_embeddings", 0) or 4096)
     if n_new >= n_ctx:

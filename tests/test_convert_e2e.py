@@ -53,6 +53,7 @@ from tinymodels import (
     make_checkpoint,
     make_llama_checkpoint,
     reference_model,
+    runnable_variants,
 )
 
 from bitnet.convert import convert_checkpoint
@@ -298,18 +299,9 @@ def test_llama_completion_cli_tokenizes_and_generates_the_same(
     assert stdout.startswith(expected), f"engine: {stdout!r}\nexpected: {expected!r}..."
 
 
-def _runnable_variants() -> list[str]:
-    """The engine's CPU variants this host can run (each carries our kernels for its ISA)."""
-    from bitnet.cpu import detect_cpu
-    from bitnet.engine import load_pin
-
-    cpu = detect_cpu()
-    return [v.name for v in load_pin().variants_for(cpu.arch) if cpu.has(*v.requires)]
-
-
 # The ISA x weight-format matrix of issue 6: every variant the host runs (sse42 runs the kernels' SSSE3
 # bodies, avx2 and avx512 theirs) with both ternary formats, ours and stock.
-@pytest.mark.parametrize("variant", _runnable_variants())
+@pytest.mark.parametrize("variant", runnable_variants())
 @pytest.mark.parametrize("outtype", ["tq2_0", "tq1_0"])
 def test_our_kernels_and_stock_ggml_both_match_transformers(
     engine_bin: Path, relu2: dict[str, Any], tmp_path: Path, outtype: str, variant: str

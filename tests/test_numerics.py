@@ -30,7 +30,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tinymodels import NUMERICS_RECIPES, NUMERICS_SHAPE, incomplete_utf8_ids, make_checkpoint
+from tinymodels import (
+    NUMERICS_RECIPES,
+    NUMERICS_SHAPE,
+    incomplete_utf8_ids,
+    make_checkpoint,
+    runnable_variants,
+)
 
 from bitnet.convert import convert_checkpoint
 from bitnet.numerics import (
@@ -140,15 +146,7 @@ def test_per_token_matches_unmodified_transformers(
     assert_matches_reference(positions, f"{recipe} {outtype}")
 
 
-def _runnable_variants() -> list[str]:
-    from bitnet.cpu import detect_cpu
-    from bitnet.engine import load_pin
-
-    cpu = detect_cpu()
-    return [v.name for v in load_pin().variants_for(cpu.arch) if cpu.has(*v.requires)]
-
-
-@pytest.mark.parametrize("variant", _runnable_variants())
+@pytest.mark.parametrize("variant", runnable_variants())
 @pytest.mark.parametrize("outtype", ["tq2_0", "tq1_0"])
 def test_every_cpu_variant_matches_transformers_and_per_block_does_not(
     engine_dir: Path, cases: dict[str, Case], tmp_path: Path, outtype: str, variant: str

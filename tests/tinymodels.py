@@ -334,6 +334,15 @@ def llama_reference_model(model_dir: Path) -> Any:
     return reference_model(model_dir)
 
 
+def runnable_variants() -> list[str]:
+    """The engine's CPU variants this host can run (each carries our kernels for its ISA)."""
+    from bitnet.cpu import detect_cpu
+    from bitnet.engine import load_pin
+
+    cpu = detect_cpu()
+    return [v.name for v in load_pin().variants_for(cpu.arch) if cpu.has(*v.requires)]
+
+
 # The checkpoints of tests/test_numerics.py, for `invoke check` by hand (the README's numerics table):
 #     python tests/tinymodels.py /tmp/tiny-ckpts        # writes one directory per recipe
 NUMERICS_SHAPE = TinyShape(hidden=512, n_ff=1280, layers=2, heads=4, kv_heads=2, vocab=512, ctx=512)
