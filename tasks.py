@@ -23,16 +23,24 @@ ROOT = Path(__file__).resolve().parent
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn the toolkit's typed errors into a clean message and exit code, not a traceback."""
+    """Turn the toolkit's typed errors into a clean message and exit code, not a traceback; and
+    SIGTERM/SIGHUP (a closed terminal) into the same unwinding as Ctrl-C: children stopped, temp
+    files removed, exit 143/129."""
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from bitnet._process import StopRequested, stop_signals
     from bitnet.errors import BitNetError
 
     try:
-        yield
+        with stop_signals():
+            yield
     except KeyboardInterrupt:
         raise Exit("interrupted", code=130) from None
+    except StopRequested as stop:
+        raise Exit(
+            "interrupted" if stop.exit_code == 130 else f"stopped by {stop.name}", code=stop.exit_code
+        ) from None
     except (BitNetError, ValueError, FileNotFoundError) as exc:
         raise Exit(f"error: {exc}", code=1) from None
 
@@ -251,8 +259,19 @@ def convert(c, model_dir="", outtype="tq2_0", head_type="f16", outfile="", dry_r
     iterable=["prompt"],
 )
 def check(
-    c, model_dir="", gguf="", head_type="f32", outtype="tq2_0", modes="per_token", n_new=16, prompt=None,
-    max_kl=0.002, defaults=False, table=False, threads=0, build_dir="build",
+    c,
+    model_dir="",
+    gguf="",
+    head_type="f32",
+    outtype="tq2_0",
+    modes="per_token",
+    n_new=16,
+    prompt=None,
+    max_kl=0.002,
+    defaults=False,
+    table=False,
+    threads=0,
+    build_dir="build",
 ):
     """Check the engine against transformers on a checkpoint: per-position top tokens, KL, max |dlog p|.
 
@@ -419,7 +438,8 @@ def serve(
             api_key=api_key or None,
             ready_timeout=float(ready_timeout),
         )
-    raise Exit(f"stopped ({signal.Signals(signum).name})", code=128 + signum)
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    raise Exit(f"{what}; server stopped", code=128 + signum)
 
 
 @task(

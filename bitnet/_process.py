@@ -1,27 +1,120 @@
 """Process plumbing shared by `bitnet.runtime` and `bitnet.supervisor` (private to the package).
 
 Children are started in their own session (``start_new_session=True``), so their pid is also their
-process-group id and one ``killpg`` reaches everything they spawned.
+process-group id and one ``killpg`` reaches everything they spawned. On Linux they also get
+``PR_SET_PDEATHSIG``: if we die, even by SIGKILL, the kernel kills them, so an engine never outlives us.
+The CLIs turn SIGINT, SIGTERM and SIGHUP into `StopRequested` (`stop_signals`), so closing a terminal
+or ``kill`` unwinds through the same clean-up as Ctrl-C.
 """
 
 from __future__ import annotations
 
 import codecs
 import contextlib
+import ctypes
+import ctypes.util
+import math
 import os
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import IO, TextIO
 
 from bitnet.errors import RuntimeConfigurationError, tail_lines
 
 SIGKILL = getattr(signal, "SIGKILL", signal.SIGTERM)
 _TAIL_BYTES = 64 * 1024  # raw stderr kept to cut the last lines from
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+STOP_SIGNALS = tuple(
+    sig for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if sig
+)
+
+
+class StopRequested(BaseException):
+    """SIGINT, SIGTERM or SIGHUP arrived (see `stop_signals`): unwind, stop children, exit 128 + signum.
+
+    A BaseException like KeyboardInterrupt, so ``except Exception`` clean-up code does not swallow it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """What shells report for death by this signal: 130 (INT), 143 (TERM), 129 (HUP)."""
+        return 128 + self.signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """Turn the first SIGINT/SIGTERM/SIGHUP into `StopRequested`; ignore repeats while we clean up.
+
+    Only the main thread can set signal handlers; elsewhere this does nothing (Ctrl-C still raises
+    KeyboardInterrupt in the main thread). The previous handlers come back on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
+        raise StopRequested(signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        prctl: Callable[..., int] = libc.prctl
+    except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+        return None
+    return prctl
+
+
+_PRCTL = _load_prctl()
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGKILL when this process dies, however it dies.
+
+    Linux only (None elsewhere: children are still stopped by our handlers, but not after SIGKILL).
+    The kernel sends the signal when the *thread* that started the child ends, so call this from a
+    thread that outlives the child: the main thread, or one that waits for the child (as
+    `BitNetRuntime.run_inference` and the supervisor's event loop do). If we died between fork and
+    prctl, the child exits at once instead of running on unparented.
+    """
+    if _PRCTL is None:
+        return None
+    prctl, parent = _PRCTL, os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(128 + signal.SIGKILL)
+
+    return preexec
 
 
 def check_command(command: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -50,6 +143,22 @@ def check_env(env: Mapping[str, str]) -> dict[str, str]:
                 f"env must map variable names to string values. Got {key!r}: {value!r}."
             )
     return dict(env)
+
+
+def check_timeout(timeout: object, field: str = "timeout") -> float | None:
+    """Return `timeout` as float seconds (None = no limit) after checking it is finite and > 0."""
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise RuntimeConfigurationError(
+            f"{field} must be a finite number of seconds > 0, or None for no limit. Got {timeout!r}."
+        )
+    return float(timeout)
 
 
 def exit_message(argv: Sequence[str], returncode: int) -> str:

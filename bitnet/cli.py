@@ -5,8 +5,9 @@
     python -m bitnet infer ... / python -m bitnet serve ...   (same options)
 
 Argument values are checked by argparse (exit 2); setup problems (missing model or binary) and launch
-failures print the message and exit 1, without a traceback; Ctrl-C exits 130. Only this module
-configures logging.
+failures print the message and exit 1, without a traceback; Ctrl-C exits 130, SIGTERM 143 and SIGHUP
+(a closed terminal) 129, always after stopping the engine; run_inference.py's --timeout exits 124.
+Only this module configures logging.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ try:
 except ImportError:  # pragma: no cover - Windows
     termios = None  # type: ignore[assignment]
 
+from bitnet._process import StopRequested, stop_signals
 from bitnet.diagnostics import INFERENCE_BINARY, SERVER_BINARY
-from bitnet.errors import RuntimeConfigurationError, RuntimeLaunchError
+from bitnet.errors import RuntimeConfigurationError, RuntimeLaunchError, RuntimeTimeoutError
 from bitnet.runtime import BitNetRuntime
 from bitnet.server import API_KEY_ENV, require_api_key, serve_forever
 
@@ -36,6 +38,7 @@ __all__ = ["build_inference_parser", "build_server_parser", "inference_main", "m
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_TIMEOUT = 124  # what timeout(1) exits with
 
 
 # ---------------------------------------------------------------------- argparse value types
@@ -190,6 +193,13 @@ def _base_parser(prog: str | None, description: str, *, server: bool) -> argpars
             action="store_true",
             help="chat interactively (the prompt is the system prompt)",
         )
+        parser.add_argument(
+            "--timeout",
+            type=_positive_float,
+            default=None,
+            metavar="SECONDS",
+            help="stop the engine and exit 124 if it runs longer (default: no limit)",
+        )
     parser.add_argument("--build-dir", default="build", help="engine build dir (default: %(default)s)")
     parser.add_argument(
         "--log-level",
@@ -295,17 +305,24 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, *, server: b
                 return _serve(parser.prog, runtime, args, common)
             result = runtime.run_server(host=args.host, port=args.port, **common)
         else:
-            with _terminal_restored(args.conversation and not args.dry_run):
-                result = runtime.run_inference(conversation=args.conversation, **common)
+            with stop_signals(), _terminal_restored(args.conversation and not args.dry_run):
+                result = runtime.run_inference(conversation=args.conversation, timeout=args.timeout, **common)
         if isinstance(result, list):
             print(shlex.join(result))
         return 0
+    except RuntimeTimeoutError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_TIMEOUT
     except (RuntimeConfigurationError, RuntimeLaunchError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except StopRequested as stop:  # SIGTERM, SIGHUP (or SIGINT) under stop_signals: engine stopped
+        what = "interrupted" if stop.signum == signal.SIGINT else f"stopped by {stop.name}"
+        print(f"{parser.prog}: {what}; engine stopped", file=sys.stderr)
+        return stop.exit_code
 
 
 @contextlib.contextmanager
@@ -330,7 +347,7 @@ def _slot_args(parallel: int | None) -> list[str]:
 
 
 def _serve(prog: str, runtime: BitNetRuntime, args: argparse.Namespace, common: dict[str, Any]) -> int:
-    """Serve until Ctrl-C (exit 130) or SIGTERM (exit 143); the server is stopped either way."""
+    """Serve until Ctrl-C (exit 130), SIGTERM (143) or SIGHUP (129); the server is stopped either way."""
     settings = {key: value for key, value in common.items() if key != "dry_run"}
     signum = serve_forever(
         runtime=runtime,
@@ -343,7 +360,7 @@ def _serve(prog: str, runtime: BitNetRuntime, args: argparse.Namespace, common: 
     )
     what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
     print(f"{prog}: {what}; server stopped", file=sys.stderr)
-    return 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM, as shells report them
+    return 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP, as shells report them
 
 
 def _print_diagnostics(runtime: BitNetRuntime, model: str | None, binary: str) -> int:

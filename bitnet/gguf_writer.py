@@ -6,7 +6,8 @@ must all be known before the first data byte, but the data need not be: we decla
 append them (`GGUFWriter.write_tensor_data`). Peak memory is one tensor, whatever the model size.
 
 Atomic: everything goes to a temporary file in the output's directory (same filesystem, so the final
-`os.replace` is atomic); the temporary file is removed on any exception, including KeyboardInterrupt.
+`os.replace` is atomic); the temporary file is removed on any exception, including KeyboardInterrupt
+(and SIGTERM/SIGHUP under the CLIs), and by the next write of the same file if its writer was killed.
 A file at `outfile` is therefore either absent, the previous version, or complete.
 """
 
@@ -25,6 +26,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, GGUFWriter
+
+from bitnet._tempfiles import new_temp
 
 logger = logging.getLogger(__name__)
 
@@ -197,10 +200,9 @@ def write_gguf(
         raise ValueError("duplicate tensor names in the write plan")
 
     start = time.perf_counter()
-    # ".model-x1y2.gguf.tmp": hidden, and matched by the repo's "*.gguf.tmp" ignore rule
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}-", suffix=f"{out.suffix}.tmp", dir=out.parent or ".")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # ".model.<pid>-x1y2.gguf.tmp": hidden, matched by the repo's "*.gguf.tmp" ignore rule, and removed
+    # by a later write of `out` if this process dies without cleaning up (SIGKILL)
+    tmp = new_temp(out)
     writer = GGUFWriter(tmp, arch)
     try:
         _apply_metadata(writer, metadata)

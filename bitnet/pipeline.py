@@ -136,13 +136,14 @@ def write_synthetic(
     build_dir: str | os.PathLike[str] = "build",
 ) -> Path:
     """bitnet.dummy's model; a head type only the engine can write (q6_k) is requantized by it."""
+    from bitnet._tempfiles import new_temp
     from bitnet.convert.requantize import ENGINE_HEAD_TYPES, requantize_head
     from bitnet.dummy import write_dummy_model
 
     if head_type.lower() not in ENGINE_HEAD_TYPES:
         write_dummy_model(size, out, outtype=outtype, head_type=head_type, seed=seed)
         return out
-    tmp = out.with_name(f".{out.stem}-f16head.gguf.tmp")
+    tmp = new_temp(out, "-f16head")
     try:
         write_dummy_model(size, tmp, outtype=outtype, head_type="f16", seed=seed)
         requantize_head(tmp, out, head_type=head_type.lower(), outtype=outtype.lower(), build_dir=build_dir)

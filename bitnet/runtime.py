@@ -28,6 +28,8 @@ from bitnet._process import (
     StderrTee,
     check_command,
     check_env,
+    check_timeout,
+    die_with_parent,
     exit_message,
     start_failure_message,
     terminate_sync,
@@ -45,7 +47,7 @@ from bitnet.diagnostics import (
     is_gguf_file,
     probe_engine,
 )
-from bitnet.errors import RuntimeConfigurationError, RuntimeLaunchError
+from bitnet.errors import RuntimeConfigurationError, RuntimeLaunchError, RuntimeTimeoutError
 
 __all__ = [
     "BIN_DIR_ENV",
@@ -148,6 +150,7 @@ class BitNetRuntime:
         conversation: bool = False,
         dry_run: bool = False,
         extra_args: Sequence[str] | None = None,
+        timeout: float | None = None,
     ) -> list[str] | int:
         """Generate text from `prompt` with ``llama-completion``.
 
@@ -159,14 +162,17 @@ class BitNetRuntime:
         With ``dry_run=True`` the arguments are validated and the argv is returned as a list; neither
         the binary nor the model has to exist (a missing binary shows as ``<build_dir>/bin/<name>``).
         Otherwise the model and binary are checked, the command runs with its output streamed
-        through, and 0 is returned.
+        through, and 0 is returned. `timeout` (seconds, None = no limit) bounds the whole run: past
+        it the engine and its process group are stopped and `RuntimeTimeoutError` is raised.
 
         Raises:
             RuntimeConfigurationError: an invalid argument, a missing/non-GGUF model or a missing binary.
             RuntimeLaunchError: the binary could not start or exited non-zero.
+            RuntimeTimeoutError: it ran past `timeout` (a `RuntimeLaunchError`).
         """
         if not isinstance(dry_run, bool):
             raise RuntimeConfigurationError(f"dry_run must be True or False. Got {dry_run!r}.")
+        limit = check_timeout(timeout)
         command = self._build_inference_command(
             model=model,
             prompt=prompt,
@@ -183,7 +189,7 @@ class BitNetRuntime:
             return command
         self._require_model(model)
         command[0] = str(self._require_binary(INFERENCE_BINARY))
-        return self._execute(command)
+        return self._execute(command, timeout=limit)
 
     def run_server(
         self,
@@ -511,22 +517,28 @@ class BitNetRuntime:
 
     # ------------------------------------------------------------------ running
 
-    def _execute(self, command: Sequence[str]) -> int:
+    def _execute(self, command: Sequence[str], *, timeout: float | None = None) -> int:
         """Run `command` (an argv, no shell) in the launch environment, return 0 when it exits 0.
 
         The child's stdout goes straight to ours; its stderr is copied through to ``sys.stderr`` while
         the last lines are kept for the error. The child runs in its own process group so that on
-        Ctrl-C (or any other exception while waiting) the whole group is terminated, then killed
-        after a short grace period, before the exception propagates.
+        Ctrl-C, SIGTERM/SIGHUP under `stop_signals`, a timeout (or any other exception while waiting)
+        the whole group is terminated, then killed after a short grace period, before the exception
+        propagates; and it dies with us if we are killed (`die_with_parent`; this thread waits for it).
 
         Raises:
             RuntimeLaunchError: the command could not start, or exited non-zero (with the stderr tail).
+            RuntimeTimeoutError: it ran longer than `timeout` seconds.
         """
         argv = check_command(command)
         log.info("running: %s", shlex.join(argv))
         try:
             proc = subprocess.Popen(
-                argv, env=dict(self.environment), stderr=subprocess.PIPE, start_new_session=True
+                argv,
+                env=dict(self.environment),
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
         except OSError as exc:
             message = start_failure_message(argv, exc, self._build_dir)
@@ -535,8 +547,21 @@ class BitNetRuntime:
         tee = StderrTee(proc.stderr, sys.stderr)
         tee.start()
         try:
-            returncode = proc.wait()
-        except BaseException:  # KeyboardInterrupt above all: never leave the engine running
+            returncode = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            assert timeout is not None
+            log.warning("%s timed out after %g s: stopping it", Path(argv[0]).name, timeout)
+            terminate_sync(proc, _TERMINATE_GRACE_SECONDS)
+            tee.finish(_PIPE_DRAIN_SECONDS)
+            raise RuntimeTimeoutError(
+                f"{Path(argv[0]).name} ran longer than the timeout of {timeout:g} s and was stopped.\n"
+                f"Command: {shlex.join(argv)}\nPass a larger timeout (or None) if it needs longer.",
+                timeout=timeout,
+                command=argv,
+                returncode=proc.returncode,
+                stderr_tail=tee.tail(),
+            ) from None
+        except BaseException:  # KeyboardInterrupt, StopRequested: never leave the engine running
             log.warning("interrupted: stopping %s (pid %d)", Path(argv[0]).name, proc.pid)
             terminate_sync(proc, _TERMINATE_GRACE_SECONDS)
             raise

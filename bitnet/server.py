@@ -34,10 +34,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from bitnet._process import SIGKILL, exit_message, group_alive, signal_group, start_failure_message
+from bitnet._process import (
+    SIGKILL,
+    StopRequested,
+    die_with_parent,
+    exit_message,
+    group_alive,
+    signal_group,
+    start_failure_message,
+    stop_signals,
+)
 from bitnet.diagnostics import SERVER_BINARY
 from bitnet.errors import (
     RuntimeConfigurationError,
@@ -371,6 +379,9 @@ def _launch(
     else:
         path = Path(log_path)
     log.info("starting: %s (log: %s)", shlex.join(command), path)
+    # The kernel kills the server if we die (even by SIGKILL), but only from the main thread: it fires
+    # when the starting *thread* ends, and a server outlives the call that starts it.
+    on_main_thread = threading.current_thread() is threading.main_thread()
     try:
         with path.open("ab") as out:
             proc = subprocess.Popen(
@@ -380,6 +391,7 @@ def _launch(
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,  # its own process group: one killpg stops it and its children
+                preexec_fn=die_with_parent() if on_main_thread else None,
             )
     except OSError as exc:
         raise RuntimeLaunchError(start_failure_message(command, exc, build_dir), command=command) from exc
@@ -465,37 +477,6 @@ def serve(model: StrPath, **kwargs: Any) -> Iterator[ServerHandle]:
 # ---------------------------------------------------------------------- serving until stopped
 
 
-class _StopRequested(BaseException):
-    """Raised from our SIGINT/SIGTERM handler to unwind `serve_forever` (not an error)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def _stop_signals() -> Iterator[None]:
-    """Turn the first SIGINT/SIGTERM into `_StopRequested`; ignore repeats while we clean up."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread; Ctrl-C still raises there
-        return
-    handled = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.getsignal(sig) for sig in handled}
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        for sig in handled:
-            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
-        raise _StopRequested(signum)
-
-    for sig in handled:
-        signal.signal(sig, on_signal)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _announce(line: str) -> None:
     print(line, flush=True)  # flushed: whoever started us may be waiting for this line on a pipe
 
@@ -507,7 +488,7 @@ def serve_forever(
     poll_interval: float = 0.5,
     **kwargs: Any,
 ) -> int:
-    """Serve `model` until SIGINT (Ctrl-C) or SIGTERM, then stop the server; return that signal's number.
+    """Serve `model` until SIGINT (Ctrl-C), SIGTERM or SIGHUP, then stop the server; return the signal.
 
     Prints (via `announce`) ``ready: URL`` once the server answers, with the OpenAI base URL, the pid and
     the log file. Takes `start_server`'s keyword arguments and raises its errors; raises
@@ -516,7 +497,7 @@ def serve_forever(
     KeyboardInterrupt in the main thread, and the server is still stopped.
     """
     try:
-        with _stop_signals(), serve(model, **kwargs) as server:
+        with stop_signals(), serve(model, **kwargs) as server:
             key_note = "; clients must send the API key" if server.api_key else ""
             announce(
                 f"ready: {server.url}  (OpenAI base_url {server.base_url}; pid {server.pid}; "
@@ -525,6 +506,6 @@ def serve_forever(
             while True:
                 time.sleep(poll_interval)
                 server.check()
-    except _StopRequested as stop:
+    except StopRequested as stop:
         log.info("stopped by %s", signal.Signals(stop.signum).name)
         return stop.signum

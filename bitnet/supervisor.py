@@ -1,7 +1,9 @@
 """`RuntimeSupervisor`: async orchestrator for launching llama.cpp binaries.
 
 Runs the commands `BitNetRuntime` builds (or any argv) under asyncio with a concurrency limit, an
-optional timeout and captured output. Each child runs in its own process group; on timeout or when the
+optional timeout and captured output. `timeout` bounds the whole call, the time spent queued for a
+free slot included (a caller asking for 1 s gets an answer in about 1 s); `queue_timeout` bounds just
+the wait for a slot. Each child runs in its own process group; on timeout or when the
 awaiting task is cancelled the whole group is terminated (SIGTERM, then SIGKILL after a short grace)
 and reaped before the exception propagates, so no process outlives the call. When a command exits,
 whatever it left running in its process group is killed too.
@@ -16,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import shlex
 import signal
@@ -31,6 +32,8 @@ from bitnet._process import (
     SIGKILL,
     check_command,
     check_env,
+    check_timeout,
+    die_with_parent,
     exit_message,
     group_alive,
     signal_group,
@@ -165,21 +168,34 @@ class RuntimeSupervisor:
         self._closed = True
         self._closed_event.set()
 
-    async def run_inference(self, *, timeout: float | None = None, **kwargs: Any) -> RuntimeResult:
-        """Run llama-completion with `BitNetRuntime.run_inference`'s arguments (validated the same way)."""
-        command = self._prepare(self._runtime.run_inference, INFERENCE_BINARY, kwargs)
-        return await self._launch(command, timeout=timeout)
+    async def run_inference(
+        self, *, timeout: float | None = None, queue_timeout: float | None = None, **kwargs: Any
+    ) -> RuntimeResult:
+        """Run llama-completion with `BitNetRuntime.run_inference`'s arguments (validated the same way).
 
-    async def run_server(self, *, timeout: float | None = None, **kwargs: Any) -> RuntimeResult:
+        `timeout`: seconds for the whole call, queueing included (None: no limit); `queue_timeout`:
+        seconds to wait for a free slot (None: up to `timeout`). Either raises `RuntimeTimeoutError`;
+        a command that never got a slot was never started.
+        """
+        command = self._prepare(self._runtime.run_inference, INFERENCE_BINARY, kwargs)
+        return await self._launch(command, timeout=timeout, queue_timeout=queue_timeout)
+
+    async def run_server(
+        self, *, timeout: float | None = None, queue_timeout: float | None = None, **kwargs: Any
+    ) -> RuntimeResult:
         """Run llama-server with `BitNetRuntime.run_server`'s arguments; returns when it exits."""
         command = self._prepare(self._runtime.run_server, SERVER_BINARY, kwargs)
-        return await self._launch(command, timeout=timeout)
+        return await self._launch(command, timeout=timeout, queue_timeout=queue_timeout)
 
     async def run_custom(
-        self, command: Sequence[str | os.PathLike[str]], *, timeout: float | None = None
+        self,
+        command: Sequence[str | os.PathLike[str]],
+        *,
+        timeout: float | None = None,
+        queue_timeout: float | None = None,
     ) -> RuntimeResult:
         """Execute a fully specified argv (no shell; items may be paths) under supervision."""
-        return await self._launch(command, timeout=timeout)
+        return await self._launch(command, timeout=timeout, queue_timeout=queue_timeout)
 
     # ------------------------------------------------------------------ internals
 
@@ -204,27 +220,45 @@ class RuntimeSupervisor:
             )
 
     async def _launch(
-        self, command: Sequence[str | os.PathLike[str]], *, timeout: float | None
+        self,
+        command: Sequence[str | os.PathLike[str]],
+        *,
+        timeout: float | None,
+        queue_timeout: float | None,
     ) -> RuntimeResult:
         argv = check_command(command)
-        limit = _check_timeout(timeout)
-        await self._acquire_slot()
+        limit = check_timeout(timeout)
+        queue_limit = check_timeout(queue_timeout, "queue_timeout")
+        started = time.monotonic()
+        wait_limit = min((x for x in (limit, queue_limit) if x is not None), default=None)
+        if not await self._acquire_slot(wait_limit):
+            assert wait_limit is not None
+            which = "queue_timeout" if wait_limit == queue_limit and wait_limit != limit else "timeout"
+            raise RuntimeTimeoutError(
+                f"no free slot within the {which} of {wait_limit:g} s: all {self._concurrency} slots "
+                f"stayed busy, so {shlex.join(argv)} was not started. Raise the {which}, the "
+                "supervisor's concurrency, or wait for running commands to finish.",
+                timeout=wait_limit,
+                command=argv,
+            )
         try:
-            return await self._run(argv, limit)
+            remaining = None if limit is None else max(limit - (time.monotonic() - started), 1e-3)
+            return await self._run(argv, remaining, limit)
         finally:
             self._semaphore.release()
 
-    async def _acquire_slot(self) -> None:
-        """Take a concurrency slot, or raise as soon as the supervisor is closed while queued."""
+    async def _acquire_slot(self, limit: float | None) -> bool:
+        """Take a concurrency slot (True), or False when `limit` seconds pass first; raise as soon as
+        the supervisor is closed while queued."""
         self._raise_if_closed()
         if not self._semaphore.locked():
             await self._semaphore.acquire()  # free slot: returns at once
-            return
+            return True
         acquire = asyncio.ensure_future(self._semaphore.acquire())
         closed = asyncio.ensure_future(self._closed_event.wait())
         got_slot = False
         try:
-            await asyncio.wait({acquire, closed}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({acquire, closed}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
             got_slot = acquire.done() and not acquire.cancelled() and acquire.exception() is None
         finally:
             closed.cancel()
@@ -232,17 +266,17 @@ class RuntimeSupervisor:
                 acquire.add_done_callback(self._release_if_acquired)
                 acquire.cancel()
         if not self._closed:
-            assert got_slot  # wait() returned and the supervisor is open: the slot is ours
-            return
+            return got_slot  # False: the limit passed first
         if got_slot:
             self._semaphore.release()
         self._raise_if_closed()
+        return False  # pragma: no cover - _raise_if_closed raised
 
     def _release_if_acquired(self, task: asyncio.Future[Any]) -> None:
         if not task.cancelled() and task.exception() is None:
             self._semaphore.release()
 
-    async def _run(self, argv: list[str], limit: float | None) -> RuntimeResult:
+    async def _run(self, argv: list[str], limit: float | None, whole: float | None) -> RuntimeResult:
         loop = asyncio.get_running_loop()
         env = dict(self._runtime.environment if self._env is None else self._env)
         pipe = subprocess.PIPE if self._capture_output else None
@@ -257,6 +291,7 @@ class RuntimeSupervisor:
                 stderr=pipe,
                 env=env,
                 start_new_session=True,  # pid == process-group id: one killpg reaches its children
+                preexec_fn=die_with_parent(),  # the loop's thread waits for it, so it outlives the child
             )
         except OSError as exc:
             message = start_failure_message(argv, exc, self._runtime.build_dir)
@@ -266,14 +301,15 @@ class RuntimeSupervisor:
             done, _ = await asyncio.wait({protocol.exited}, timeout=limit)
             if not done:
                 assert limit is not None  # without a limit, wait() returns only when the child exited
-                log.warning("%s timed out after %g s: killing process group %d", argv[0], limit, pid)
+                assert whole is not None
+                log.warning("%s timed out after %g s: killing process group %d", argv[0], whole, pid)
                 await _stop_group(pid, protocol)
                 stdout, stderr = protocol.text()
                 raise RuntimeTimeoutError(
-                    f"Command timed out after {limit:g} seconds: {shlex.join(argv)}\n"
+                    f"Command timed out after {whole:g} seconds (queueing included): {shlex.join(argv)}\n"
                     "It was killed with its process group; what it printed so far is in the error's "
                     "stdout/stderr. Pass a larger timeout if it needs longer.",
-                    timeout=limit,
+                    timeout=whole,
                     command=argv,
                     returncode=transport.get_returncode(),
                     stdout=stdout,
@@ -307,21 +343,6 @@ class RuntimeSupervisor:
             completed_at=completed,
             started_wall=started_wall,
         )
-
-
-def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not math.isfinite(timeout)
-        or timeout <= 0
-    ):
-        raise RuntimeConfigurationError(
-            f"timeout must be a finite number of seconds > 0, or None for no limit. Got {timeout!r}."
-        )
-    return float(timeout)
 
 
 async def _stop_group(pid: int, protocol: _Collector) -> None:

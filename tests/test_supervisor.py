@@ -300,6 +300,44 @@ def test_cancelling_a_queued_launch_frees_its_place(fakes: FakeBinaries, rt: Bit
     assert len(fakes.calls("fast")) == 1
 
 
+@pytest.mark.parametrize("which", ["timeout", "queue_timeout"])
+def test_time_queued_for_a_slot_counts(fakes: FakeBinaries, rt: BitNetRuntime, which: str) -> None:
+    """A call queued behind a long one fails at its limit, while the long one still runs; the queued
+    command is never started (it used to wait for the slot, then start its own clock: 14 s for 1 s)."""
+    slow = fakes.write("slow", sleep=60)
+    fast = fakes.write("fast")
+
+    async def scenario() -> RuntimeTimeoutError:
+        supervisor = RuntimeSupervisor(rt, concurrency=1)
+        running = asyncio.create_task(supervisor.run_custom([slow], timeout=120))
+        await fakes.await_call("slow")
+        with pytest.raises(RuntimeTimeoutError) as info:
+            await supervisor.run_custom([fast], **{which: 0.5})
+        assert not running.done()  # failed at its own limit, not when the slot came free
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        return info.value
+
+    error = asyncio.run(scenario())
+    assert f"no free slot within the {which} of 0.5 s" in str(error) and error.timeout == 0.5
+    assert fakes.calls("fast") == []
+
+
+def test_queue_timeout_does_not_limit_the_run(fakes: FakeBinaries, rt: BitNetRuntime) -> None:
+    slow = fakes.write("slow", sleep=1.5, stdout="done\n")
+    result = asyncio.run(RuntimeSupervisor(rt, concurrency=1).run_custom([slow], queue_timeout=0.1))
+    assert result.stdout == "done\n"
+
+
+@pytest.mark.parametrize("value", [0, -1, math.nan, True])
+def test_bad_queue_timeout_is_rejected(fakes: FakeBinaries, rt: BitNetRuntime, value: Any) -> None:
+    binary = fakes.write("tool")
+    with pytest.raises(RuntimeConfigurationError, match="queue_timeout"):
+        asyncio.run(RuntimeSupervisor(rt).run_custom([binary], queue_timeout=value))
+    assert fakes.calls("tool") == []
+
+
 # ---------------------------------------------------------------------- close()
 
 

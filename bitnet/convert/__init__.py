@@ -206,7 +206,7 @@ def _convert_with_engine_head(
     build_dir: str | os.PathLike[str],
 ) -> ConversionReport:
     """Convert with an f16 head into a temp file, then let llama-quantize requantize just the head."""
-    import tempfile
+    from bitnet._tempfiles import new_temp
 
     if dry_run:
         report = convert_checkpoint(model_dir, out, outtype=outtype, head_type="f16", dry_run=True)
@@ -215,9 +215,7 @@ def _convert_with_engine_head(
         ]
     else:
         check_output_writable(out)
-        fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}-f16head-", suffix=".gguf.tmp")
-        os.close(fd)
-        tmp = Path(tmp_name)
+        tmp = new_temp(out, "-f16head")
         try:
             report = convert_checkpoint(model_dir, tmp, outtype=outtype, head_type="f16", progress=progress)
             requantize_head(tmp, out, head_type=head_type, outtype=outtype, build_dir=build_dir)

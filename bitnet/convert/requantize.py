@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from bitnet._tempfiles import new_temp
 from bitnet.convert.errors import ConversionError
 
 # --head-type values done by llama-quantize -> its type name
@@ -33,9 +33,7 @@ def requantize_head(
 
     binary = BitNetRuntime(build_dir=str(build_dir))._require_binary("llama-quantize")
     qtype = ENGINE_HEAD_TYPES[head_type]
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}-", suffix=".gguf.tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = new_temp(out)
     try:
         argv = [
             str(binary), "--allow-requantize", "--token-embedding-type", qtype, "--output-tensor-type", qtype,
