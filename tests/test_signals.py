@@ -298,3 +298,33 @@ def test_stale_temp_rules(tmp_path: Path) -> None:
     assert mine.exists() and legacy_new.exists() and all(p.exists() for p in unrelated)
     with pytest.raises(ValueError, match="tag"):
         new_temp(out, "../x")
+
+
+# ---------------------------------------------------------------------- run_inference's timeout
+
+
+def test_run_inference_timeout_stops_the_engine(fakes: FakeBinaries, model: Path) -> None:
+    from bitnet import RuntimeTimeoutError
+
+    fakes.write("llama-completion", sleep=60, grandchild=True, stderr="loading\n")
+    runtime = BitNetRuntime(build_dir=fakes.build_dir)
+    with pytest.raises(RuntimeTimeoutError, match="ran longer than the timeout of 0.5 s") as info:
+        runtime.run_inference(model=model, prompt="hi", timeout=0.5)
+    record = fakes.calls("llama-completion")[0]
+    assert_gone(record["pid"], timeout=0)
+    assert_gone(record["grandchild_pid"], ours=False)
+    assert info.value.timeout == 0.5 and "loading" in info.value.stderr_tail
+    for bad in (0, -1, float("nan"), True, "5"):
+        with pytest.raises(ValueError, match="timeout"):
+            runtime.run_inference(model=model, prompt="hi", timeout=bad)  # type: ignore[arg-type]
+
+
+def test_run_inference_cli_timeout_exits_124(fakes: FakeBinaries, model: Path) -> None:
+    fakes.write("llama-completion", sleep=60)
+    argv, _ = entry_argv("run_inference.py", model, fakes.build_dir)
+    done = subprocess.run(
+        [*argv, "--timeout", "0.5"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 124, done.stderr
+    assert "ran longer than the timeout" in done.stderr and "Traceback" not in done.stderr
+    assert_gone(fakes.calls("llama-completion")[0]["pid"], ours=False, timeout=0)
