@@ -235,9 +235,10 @@ def terminate_sync(proc: subprocess.Popen[bytes], grace: float) -> None:
 
 
 class StderrTee(threading.Thread):
-    """Copy a child's stderr pipe to `sink` as it arrives, keeping the last bytes for error messages."""
+    """Copy a child's stderr pipe to `sink` (None: nowhere) as it arrives, keeping the last bytes for
+    error messages."""
 
-    def __init__(self, source: IO[bytes], sink: TextIO) -> None:
+    def __init__(self, source: IO[bytes], sink: TextIO | None) -> None:
         super().__init__(name="bitnet-stderr-tee", daemon=True)
         self._source = source
         self._sink = sink
@@ -257,6 +258,8 @@ class StderrTee(threading.Thread):
             with self._lock:
                 self._tail += chunk
                 del self._tail[:-_TAIL_BYTES]
+            if self._sink is None:
+                continue
             try:
                 self._sink.write(decoder.decode(chunk))
                 self._sink.flush()

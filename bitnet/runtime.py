@@ -13,14 +13,16 @@ Environment variables (read from the runtime's launch environment first, then fr
 
 from __future__ import annotations
 
+import codecs
 import logging
 import math
 import os
+import select
 import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 
@@ -61,6 +63,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+STREAM_FLAG = "--no-display-prompt"  # stream(): only the new text on stdout
 _TERMINATE_GRACE_SECONDS = 3.0  # SIGTERM -> this long -> SIGKILL
 _PIPE_DRAIN_SECONDS = 2.0  # how long to wait for a pipe to close once the child has exited
 _LOG_LEVELS = {
@@ -74,6 +77,10 @@ _LOG_LEVELS = {
     "NOTSET": logging.NOTSET,
 }
 StrPath = str | os.PathLike[str]
+
+
+class _StreamTimeout(Exception):
+    """stream()'s deadline passed (internal)."""
 
 
 class BitNetRuntime:
@@ -190,6 +197,113 @@ class BitNetRuntime:
         self._require_model(model)
         command[0] = str(self._require_binary(INFERENCE_BINARY))
         return self._execute(command, timeout=limit)
+
+    def stream(
+        self,
+        *,
+        model: StrPath,
+        prompt: str,
+        n_predict: int = 128,
+        ctx_size: int = 2048,
+        temperature: float = 0.8,
+        threads: int | None = None,
+        batch_size: int = 512,
+        gpu_layers: int | None = 0,
+        extra_args: Sequence[str] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[str]:
+        """Generate from `prompt` with ``llama-completion`` and yield the new text as it is produced.
+
+        The prompt is not repeated; the pieces joined are the whole continuation. The engine's log is
+        kept for errors, not printed. Leaving the loop early (``break``, an exception, closing the
+        generator) stops the engine and its process group before control returns. Arguments as for
+        `run_inference` (`batch_size` defaults to 512: prompts are read in big batches).
+
+        Raises:
+            RuntimeConfigurationError: bad arguments, a missing/bad model or binary (at the call, before
+                anything runs; the engine starts at the first ``next()``).
+            RuntimeLaunchError: (while iterating) the engine could not start or exited non-zero.
+            RuntimeTimeoutError: (while iterating) it ran longer than `timeout` seconds.
+        """
+        limit = check_timeout(timeout)
+        command = self._build_inference_command(
+            model=model,
+            prompt=prompt,
+            n_predict=n_predict,
+            ctx_size=ctx_size,
+            temperature=temperature,
+            threads=threads,
+            batch_size=batch_size,
+            gpu_layers=gpu_layers,
+            conversation=False,
+            extra_args=[STREAM_FLAG, *_check_extra_args(extra_args)],
+        )
+        self._require_model(model)
+        command[0] = str(self._require_binary(INFERENCE_BINARY))
+        return self._stream(command, limit)
+
+    def _stream(self, argv: list[str], timeout: float | None) -> Iterator[str]:
+        log.info("streaming: %s", shlex.join(argv))
+        try:
+            proc = subprocess.Popen(
+                argv,
+                env=dict(self.environment),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=die_with_parent(),
+            )
+        except OSError as exc:
+            raise RuntimeLaunchError(start_failure_message(argv, exc, self._build_dir), command=argv) from exc
+        assert proc.stdout is not None and proc.stderr is not None
+        tee = StderrTee(proc.stderr, None)
+        tee.start()
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fd = proc.stdout.fileno()
+        finished = False
+        try:
+            while True:
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0:
+                    raise _StreamTimeout
+                ready, _, _ = select.select([fd], [], [], wait)
+                if not ready:
+                    continue
+                chunk = os.read(fd, 65536)
+                text = decoder.decode(chunk, final=not chunk)
+                if text:
+                    yield text
+                if not chunk:
+                    break
+            returncode = proc.wait(
+                timeout=None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            )
+            finished = True
+        except (_StreamTimeout, subprocess.TimeoutExpired):
+            terminate_sync(proc, _TERMINATE_GRACE_SECONDS)
+            finished = True
+            tee.finish(_PIPE_DRAIN_SECONDS)
+            assert timeout is not None
+            raise RuntimeTimeoutError(
+                f"{Path(argv[0]).name} ran longer than the timeout of {timeout:g} s and was stopped.\n"
+                f"Command: {shlex.join(argv)}\nPass a larger timeout (or None) if it needs longer.",
+                timeout=timeout,
+                command=argv,
+                returncode=proc.returncode,
+                stderr_tail=tee.tail(),
+            ) from None
+        finally:
+            if not finished:  # the consumer left early (GeneratorExit), Ctrl-C, StopRequested
+                terminate_sync(proc, _TERMINATE_GRACE_SECONDS)
+            proc.stdout.close()
+            tee.finish(_PIPE_DRAIN_SECONDS)
+        if returncode != 0:
+            raise RuntimeLaunchError(
+                exit_message(argv, returncode), command=argv, returncode=returncode, stderr_tail=tee.tail()
+            )
+        self._last_execution_timestamp = time.time()
 
     def run_server(
         self,

@@ -16,6 +16,7 @@ whatever it left running in its process group is killed too.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import logging
 import os
@@ -23,7 +24,7 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -41,7 +42,7 @@ from bitnet._process import (
 )
 from bitnet.diagnostics import INFERENCE_BINARY, SERVER_BINARY
 from bitnet.errors import RuntimeConfigurationError, RuntimeLaunchError, RuntimeTimeoutError
-from bitnet.runtime import BitNetRuntime
+from bitnet.runtime import STREAM_FLAG, BitNetRuntime
 
 __all__ = ["RuntimeResult", "RuntimeSupervisor"]
 
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 _TERMINATE_GRACE_SECONDS = 2.0  # SIGTERM -> this long -> SIGKILL
 _PIPE_DRAIN_SECONDS = 2.0  # how long to wait for the output pipes to close once the child is gone
 _POLL_SECONDS = 0.05
+_STREAM_STDERR_BYTES = 64 * 1024  # the engine log kept by a stream, for its errors
 
 
 @dataclass(frozen=True)
@@ -77,15 +79,29 @@ class RuntimeResult:
 class _Collector(asyncio.SubprocessProtocol):
     """Buffers a child's output as it arrives (so a timeout keeps what was printed) and signals exit."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_stdout: Callable[[bytes | None], None] | None = None,
+    ) -> None:
         self.stdout = bytearray()
         self.stderr = bytearray()
         self.exited: asyncio.Future[None] = loop.create_future()  # the child was reaped
         self.closed: asyncio.Future[None] = loop.create_future()  # ... and all its pipes closed
+        self._on_stdout = on_stdout  # streaming: stdout chunks go here (None at EOF), not to .stdout
 
     def pipe_data_received(self, fd: int, data: bytes | str) -> None:
         chunk = data.encode() if isinstance(data, str) else data
+        if fd == 1 and self._on_stdout is not None:
+            self._on_stdout(chunk)
+            return
         (self.stdout if fd == 1 else self.stderr).extend(chunk)
+        if fd == 2 and self._on_stdout is not None:  # a stream may run long: keep its log's tail only
+            del self.stderr[:-_STREAM_STDERR_BYTES]
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1 and self._on_stdout is not None:
+            self._on_stdout(None)
 
     def process_exited(self) -> None:
         if not self.exited.done():
@@ -180,6 +196,21 @@ class RuntimeSupervisor:
         command = self._prepare(self._runtime.run_inference, INFERENCE_BINARY, kwargs)
         return await self._launch(command, timeout=timeout, queue_timeout=queue_timeout)
 
+    def stream(
+        self, *, timeout: float | None = None, queue_timeout: float | None = None, **kwargs: Any
+    ) -> AsyncIterator[str]:
+        """Async iterator of the text llama-completion generates, as it is produced (prompt excluded).
+
+        Takes `BitNetRuntime.stream`'s arguments (validated here, at the call). Waits for a slot like the
+        other launches; `timeout` covers queueing and the whole generation. Leaving early (``break``
+        inside ``async with contextlib.aclosing(...)``, cancelling the consuming task, a timeout)
+        stops the engine and its process group before control returns.
+        """
+        kwargs = {"batch_size": 512, **kwargs}
+        kwargs["extra_args"] = [STREAM_FLAG, *(kwargs.get("extra_args") or ())]
+        command = self._prepare(self._runtime.run_inference, INFERENCE_BINARY, kwargs)
+        return self._stream(command, check_timeout(timeout), check_timeout(queue_timeout, "queue_timeout"))
+
     async def run_server(
         self, *, timeout: float | None = None, queue_timeout: float | None = None, **kwargs: Any
     ) -> RuntimeResult:
@@ -219,17 +250,75 @@ class RuntimeSupervisor:
                 "Create a new RuntimeSupervisor to run further commands."
             )
 
-    async def _launch(
-        self,
-        command: Sequence[str | os.PathLike[str]],
-        *,
-        timeout: float | None,
-        queue_timeout: float | None,
-    ) -> RuntimeResult:
-        argv = check_command(command)
-        limit = check_timeout(timeout)
-        queue_limit = check_timeout(queue_timeout, "queue_timeout")
+    async def _stream(
+        self, argv: list[str], limit: float | None, queue_limit: float | None
+    ) -> AsyncIterator[str]:
         started = time.monotonic()
+        await self._take_slot(argv, limit, queue_limit)
+        try:
+            loop = asyncio.get_running_loop()
+            chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+            log.info("streaming: %s", shlex.join(argv))
+            try:
+                transport, protocol = await loop.subprocess_exec(
+                    lambda: _Collector(loop, on_stdout=chunks.put_nowait),
+                    *argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=dict(self._runtime.environment if self._env is None else self._env),
+                    start_new_session=True,
+                    preexec_fn=die_with_parent(),
+                )
+            except OSError as exc:
+                message = start_failure_message(argv, exc, self._runtime.build_dir)
+                raise RuntimeLaunchError(message, command=argv) from exc
+            pid = transport.get_pid()
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            finished = False
+            try:
+                while True:
+                    remaining = None if limit is None else limit - (time.monotonic() - started)
+                    try:
+                        chunk = await asyncio.wait_for(chunks.get(), remaining)
+                    except asyncio.TimeoutError:
+                        assert limit is not None
+                        await _stop_group(pid, protocol)
+                        finished = True
+                        raise RuntimeTimeoutError(
+                            f"stream timed out after {limit:g} seconds (queueing included): "
+                            f"{shlex.join(argv)}\nThe engine was stopped. Pass a larger timeout.",
+                            timeout=limit,
+                            command=argv,
+                            returncode=transport.get_returncode(),
+                            stderr=protocol.text()[1],
+                        ) from None
+                    text = decoder.decode(chunk or b"", final=chunk is None)
+                    if text:
+                        yield text
+                    if chunk is None:
+                        break
+                await asyncio.wait({protocol.exited})  # stdout closed: the engine is exiting
+                await _reap_leftovers(pid, protocol)
+                finished = True
+            finally:
+                if not finished:  # the consumer left or was cancelled: stop the engine first
+                    await _stop_group(pid, protocol)
+                transport.close()
+            returncode = transport.get_returncode()
+            if returncode != 0:
+                assert returncode is not None
+                raise RuntimeLaunchError(
+                    exit_message(argv, returncode),
+                    command=argv,
+                    returncode=returncode,
+                    stderr=protocol.text()[1],
+                )
+        finally:
+            self._semaphore.release()
+
+    async def _take_slot(self, argv: list[str], limit: float | None, queue_limit: float | None) -> None:
+        """Acquire a slot within the smaller of the limits, or raise `RuntimeTimeoutError`."""
         wait_limit = min((x for x in (limit, queue_limit) if x is not None), default=None)
         if not await self._acquire_slot(wait_limit):
             assert wait_limit is not None
@@ -241,6 +330,19 @@ class RuntimeSupervisor:
                 timeout=wait_limit,
                 command=argv,
             )
+
+    async def _launch(
+        self,
+        command: Sequence[str | os.PathLike[str]],
+        *,
+        timeout: float | None,
+        queue_timeout: float | None,
+    ) -> RuntimeResult:
+        argv = check_command(command)
+        limit = check_timeout(timeout)
+        queue_limit = check_timeout(queue_timeout, "queue_timeout")
+        started = time.monotonic()
+        await self._take_slot(argv, limit, queue_limit)
         try:
             remaining = None if limit is None else max(limit - (time.monotonic() - started), 1e-3)
             return await self._run(argv, remaining, limit)
