@@ -333,7 +333,7 @@ def test_conversation_argv_is_exact(fakes: FakeBinaries, model: Path) -> None:
     )
     assert argv == [
         str(binary), "-m", str(model), "-sys", "Be brief.", "-n", "128", "-c", "2048", "-t", "1",
-        "--temp", "0.8", "-b", "1", "-ngl", "3", "-cnv",
+        "--temp", "0.8", "-b", "512", "-ngl", "3", "-cnv",
     ]  # fmt: skip
 
 
@@ -344,7 +344,7 @@ def test_server_argv_is_exact(fakes: FakeBinaries, model: Path) -> None:
     )
     assert argv == [
         str(binary), "-m", str(model), "-c", "2048", "-t", "1", "-n", "4096", "--temp", "0.8",
-        "--host", "0.0.0.0", "--port", "9000", "-cb", "-b", "512", "-ngl", "0", "--api-key", "k",
+        "--host", "0.0.0.0", "--port", "9000", "-cb", "-b", "512", "--api-key", "k",
     ]  # fmt: skip
 
 
