@@ -343,9 +343,19 @@ def dummy(c, size="tiny", outtype="tq2_0", head_type="f16", outfile="", seed=0):
         "head_type": "tied embedding/head: f16 (default), bf16, f32, q8_0, q4_0, q6_k (via llama-quantize)",
         "build_dir": "engine build dir (default: build)",
         "list": "list the catalogue and exit",
+        "revision": "download this branch, tag or commit instead of the catalogue's pin",
     },
 )
-def setup(c, model="tiny", model_dir="", outtype="tq2_0", head_type="f16", build_dir="build", list=False):  # noqa: A002
+def setup(  # noqa: A002
+    c,
+    model="tiny",
+    model_dir="",
+    outtype="tq2_0",
+    head_type="f16",
+    build_dir="build",
+    list=False,
+    revision="",
+):
     """Build the engine if needed, get the model (make / download + convert) and smoke-run it."""
     if list:
         from bitnet.catalog import format_catalog
@@ -356,12 +366,50 @@ def setup(c, model="tiny", model_dir="", outtype="tq2_0", head_type="f16", build
 
     with _user_errors():
         report = setup_model(
-            model, model_dir=model_dir or None, build_dir=build_dir, outtype=outtype, head_type=head_type
+            model,
+            model_dir=model_dir or None,
+            build_dir=build_dir,
+            outtype=outtype,
+            head_type=head_type,
+            revision=revision or None,
         )
     for step in report.steps:
         print(step)
     print(f"ready: {report.gguf}")
     print(f"try:   python run_inference.py -m {report.gguf} -p 'Hello' -n 32 -temp 0")
+
+
+@task(
+    help={
+        "rm": "remove this installed model (its whole folder under the models dir)",
+        "yes": "do not ask before removing",
+        "json_out": "print the list as JSON",
+        "models_dir": "models directory (default: $BITNET_MODELS, else ./models)",
+    }
+)
+def models(c, rm="", yes=False, json_out=False, models_dir=""):
+    """List installed models (size, types, activation, numerics, source and revision) or remove one."""
+    from bitnet import models as installed
+
+    root = Path(models_dir) if models_dir else installed.models_dir()
+    with _user_errors():
+        if not rm:
+            found = installed.list_models(root)
+            if json_out:
+                print(json.dumps([m.as_dict() for m in found], indent=2, default=str))
+            else:
+                print(installed.format_models(found, root))
+            return
+        folder = installed.find_model(rm, root)
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        if not yes:
+            if not sys.stdin.isatty():
+                raise Exit(f"error: not removing {folder} without confirmation: pass --yes", code=2)
+            answer = input(f"remove {folder} ({size / 1e6:.1f} MB)? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                raise Exit("kept", code=1)
+        installed.remove_model(rm, root)
+        print(f"removed {folder} ({size / 1e6:.1f} MB)")
 
 
 @task(

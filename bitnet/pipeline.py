@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bitnet.errors import BitNetError, RuntimeLaunchError
+from bitnet.models import LOCK_NAME, ModelLock, resolved_revision, write_lock
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODELS_DIR = Path("models")
+DEFAULT_MODELS_DIR = Path("models")  # ./models; `bitnet.models.models_dir()` adds $BITNET_MODELS
 SMOKE_PROMPT = "The capital of France is"
 
 
@@ -67,21 +68,27 @@ def setup_model(
     *,
     model_dir: str | os.PathLike[str] | None = None,
     build_dir: str | os.PathLike[str] = "build",
-    models_dir: str | os.PathLike[str] = DEFAULT_MODELS_DIR,
+    models_dir: str | os.PathLike[str] | None = None,
     outtype: str = "tq2_0",
     head_type: str = "f16",
     smoke_tokens: int = 8,
     build: bool = True,
+    revision: str | None = None,
 ) -> SetupReport:
     """Build the engine if needed, get `model` as a GGUF, and generate a few tokens with it.
 
     `model` is a catalogue name (`invoke setup --list`), a repo id, or ignored when `model_dir` (a
     local Hugging Face checkpoint or official .gguf) is given. Synthetic catalogue models are made
-    locally and need no network.
+    locally and need no network. `revision` downloads that branch/tag/commit instead of the
+    catalogue's pin. The model's folder gets a ``model.lock.json`` saying where it came from (the commit
+    a download resolved to included). `models_dir` None: $BITNET_MODELS, else ./models.
     """
     from bitnet.catalog import get_model
+    from bitnet.models import models_dir as default_models_dir
 
     steps: list[str] = []
+    # the name first: a typo must not cost a 15-minute engine build before it is reported
+    entry = None if model_dir is not None or "/" in model else get_model(model)
     if build:
         from bitnet.engine import build_engine
 
@@ -90,13 +97,13 @@ def setup_model(
             f"engine: {'up to date' if res.skipped else 'built'} ({res.bin_dir}, variant {res.host_variant})"
         )
 
-    models = Path(models_dir)
+    models = Path(models_dir) if models_dir is not None else default_models_dir()
     if model_dir is not None:
         name = Path(model_dir).name or "local"
-        entry = None
-    else:
-        entry = get_model(model)
+    elif entry is not None:
         name = entry.name
+    else:
+        name = model.replace("/", "--")  # a repo id: owner--name, like the Hugging Face cache
     out = model_path(name, models, outtype, head_type)
     problem = verify_gguf(out)
     if problem is None:
@@ -106,15 +113,37 @@ def setup_model(
         out.parent.mkdir(parents=True, exist_ok=True)
         write_synthetic(entry.dummy_size, out, outtype=outtype, head_type=head_type, build_dir=build_dir)
         steps.append(f"model: wrote synthetic {entry.dummy_size} model {out}")
+        _lock(out, ModelLock(name=name, source="synthetic", outtype=outtype, head_type=head_type))
     else:
         from bitnet.convert import convert_checkpoint
         from bitnet.hub import resolve_checkpoint
 
-        source = resolve_checkpoint(model_dir if model_dir is not None else model)
+        source = resolve_checkpoint(model_dir if model_dir is not None else model, revision=revision)
         steps.append(f"checkpoint: {source}")
         out.parent.mkdir(parents=True, exist_ok=True)
         report = convert_checkpoint(source, out, outtype=outtype, head_type=head_type, build_dir=build_dir)
         steps.append(f"model: converted to {out} ({report.file_bytes / 1e6:.1f} MB, {report.seconds:.0f} s)")
+        commit = resolved_revision(source)
+        if model_dir is not None and commit is None:
+            lock = ModelLock(
+                name=name, source="local", checkpoint=str(source), outtype=outtype, head_type=head_type
+            )
+        else:
+            repo = entry.repo if entry is not None else (model if model_dir is None else None)
+            asked = revision if revision is not None else (entry.revision if entry is not None else None)
+            lock = ModelLock(
+                name=name,
+                source="hub",
+                repo=repo,
+                revision=asked,
+                resolved_revision=commit,
+                checkpoint=str(source),
+                outtype=outtype,
+                head_type=head_type,
+            )
+        _lock(out, lock)
+        if lock.source == "hub":
+            steps.append(f"lock: {out.parent / LOCK_NAME} ({repo}@{commit or asked or 'main'})")
     still = verify_gguf(out)
     if still is not None:
         raise SetupError(f"the model file {out} is not usable after setup: {still}. Delete it and rerun.")
@@ -124,6 +153,10 @@ def setup_model(
         output = smoke_generate(out, build_dir=build_dir, n_predict=smoke_tokens)
         steps.append(f"smoke: generated {smoke_tokens} tokens")
     return SetupReport(model_name=name, gguf=out, steps=steps, smoke_output=output)
+
+
+def _lock(out: Path, lock: ModelLock) -> None:
+    write_lock(out.parent, lock)
 
 
 def write_synthetic(
