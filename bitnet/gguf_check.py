@@ -21,7 +21,8 @@ Rules (``check_gguf(path)``; ``semantic=False`` keeps only the structural ones):
 - vocabulary: ``tokenizer.ggml.model`` one the engine can run (not ``none``); ``tokenizer.ggml.tokens``
   an array of strings as long as ``token_embd.weight`` has rows (and as ``A.vocab_size``, ``output``
   rows, the scores and token types); every ``tokenizer.ggml.*_token_id`` inside the vocabulary;
-  ``tokenizer.chat_template`` a string; ``token_embd.weight`` rows as long as the embedding.
+  ``tokenizer.chat_template`` a string; ``token_embd.weight`` rows as long as the embedding; token
+  types 0..6, finite scores, every merge a pair ``"A B"``.
 - values (``scan=True``): no NaN/inf in the float (F32/F16/BF16) tensors: norms, per-tensor scales,
   embeddings. Tensors up to `SCAN_FULL_BYTES` are read whole; larger ones (the embedding of a real
   model is hundreds of MB) in `SCAN_SAMPLES` evenly spaced windows, so the scan stays in the tens of
@@ -124,7 +125,10 @@ _FLOAT_TENSOR_MASKS: dict[int, tuple[np.dtype[Any], int]] = {
 
 # tokenizer.ggml.model values the engine has a tokenizer for (llama-vocab.cpp); "none"/"no_vocab" load a
 # model without one, which our generation tools cannot run.
-TOKENIZER_MODELS = frozenset({"llama", "gpt2", "bert", "t5", "rwkv", "plamo2", "gemma4", "hybriddna", "whitespace"})
+TOKENIZER_MODELS = frozenset(
+    {"llama", "gpt2", "bert", "t5", "rwkv", "plamo2", "gemma4", "hybriddna", "whitespace"}
+)
+MAX_TOKEN_TYPE = 6  # llama_token_type: undefined, normal, unknown, control, user-defined, unused, byte
 _SPECIAL_ID = re.compile(r"tokenizer\.ggml\.\w+_token_id")
 
 
@@ -457,6 +461,23 @@ def _check_vocab(h: GGUFHeader, a: str, n_embd: int) -> None:
     for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
         if key in h.metadata and (h.types[key][0] != _ARRAY or len(h.metadata[key]) != n_vocab):
             raise _BadMetadata(f"{key} is not an array of {n_vocab} values (one per token)")
+    types = h.metadata.get("tokenizer.ggml.token_type")
+    if (
+        isinstance(types, np.ndarray)
+        and types.size
+        and not (types.min() >= 0 and types.max() <= MAX_TOKEN_TYPE)
+    ):
+        raise _BadMetadata(f"tokenizer.ggml.token_type holds a type outside 0..{MAX_TOKEN_TYPE}")
+    scores = h.metadata.get("tokenizer.ggml.scores")
+    if isinstance(scores, np.ndarray) and scores.dtype.kind == "f" and not np.isfinite(scores).all():
+        raise _BadMetadata("tokenizer.ggml.scores holds NaN or infinity")
+    merges = h.metadata.get("tokenizer.ggml.merges")
+    if isinstance(merges, list):
+        bad_merge = next(
+            (i for i, m in enumerate(merges) if not isinstance(m, str) or " " not in m[1:]), None
+        )
+        if bad_merge is not None:
+            raise _BadMetadata(f"tokenizer.ggml.merges[{bad_merge}] is not a pair 'A B'")
     size = _int(h, f"{a}.vocab_size", required=False, low=0, high=1 << 32)
     if size is not None and size != n_vocab:
         raise _BadMetadata(f"{a}.vocab_size is {size} but tokenizer.ggml.tokens has {n_vocab} tokens")
