@@ -412,16 +412,18 @@ def _check_hparams(h: GGUFHeader) -> None:
     assert n_embd is not None
     _int(h, f"{a}.context_length", required=True, low=1, high=MAX_CONTEXT)
     _ints(h, f"{a}.feed_forward_length", required=True, low=0, high=MAX_WIDTH, n_layer=n_layer)
-    heads = _ints(h, f"{a}.attention.head_count", required=True, low=1, high=n_embd, n_layer=n_layer)
+    heads = _ints(h, f"{a}.attention.head_count", required=True, low=0, high=n_embd, n_layer=n_layer)
     assert heads is not None
+    if heads[0] == 0:  # a per-layer array may hold 0 for layers without attention; not all of them
+        raise _BadMetadata(f"{a}.attention.head_count is 0 (for the first layer)")
     for n_head in heads:
-        if n_embd % n_head:
+        if n_head and n_embd % n_head:
             raise _BadMetadata(f"{a}.attention.head_count {n_head} does not divide the embedding ({n_embd})")
-    kv_heads = _ints(h, f"{a}.attention.head_count_kv", required=False, low=1, high=n_embd, n_layer=n_layer)
+    kv_heads = _ints(h, f"{a}.attention.head_count_kv", required=False, low=0, high=n_embd, n_layer=n_layer)
     for layer in range(n_layer if kv_heads else 0):
         n_head = heads[layer if len(heads) > 1 else 0]
         n_kv = kv_heads[layer if len(kv_heads) > 1 else 0] if kv_heads else 1
-        if n_head % n_kv:
+        if n_head and (n_kv == 0 or n_head % n_kv):
             raise _BadMetadata(f"{a}.attention.head_count_kv {n_kv} does not divide head_count {n_head}")
     key_length = _int(h, f"{a}.attention.key_length", required=False, low=1, high=MAX_WIDTH)
     head_dim = key_length or n_embd // heads[0]
