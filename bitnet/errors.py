@@ -11,6 +11,7 @@ from collections.abc import Sequence
 __all__ = [
     "BitNetError",
     "EngineBuildError",
+    "ModelFileError",
     "PerplexityError",
     "PortInUseError",
     "RuntimeConfigurationError",
@@ -34,6 +35,20 @@ class EngineBuildError(BitNetError, RuntimeError):
 
 class RuntimeConfigurationError(BitNetError, ValueError):
     """Bad input or setup for the runtime: an invalid argument, a missing model or binary."""
+
+
+class ModelFileError(RuntimeConfigurationError):
+    """A model file is damaged or inconsistent (found by `bitnet.gguf_check` before the engine runs).
+
+    Attributes:
+        path: the file.
+        reason: what is wrong with it (the message adds the file and the fix).
+    """
+
+    def __init__(self, message: str, *, path: object = None, reason: str = "") -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(message)
 
 
 class PortInUseError(RuntimeConfigurationError):

@@ -116,18 +116,25 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelInfo:
     """Read shape, formats and bytes per token from a GGUF file's header (no tensor data is read).
 
     Raises:
-        BenchmarkError: the file cannot be read or is not a GGUF file.
+        BenchmarkError: the file cannot be read, is not a GGUF file or its header is damaged.
     """
     from gguf import GGUFReader
 
+    from bitnet.gguf_check import ModelFileError, check_gguf
+
     try:
+        # gguf-py's reader trusts the counts and lengths in the file (absurd ones exhausted memory) and
+        # decodes strings lazily (bad UTF-8 raised later): it only sees headers our bounded check passed.
+        check_gguf(path, semantic=False, scan=False)
         reader = GGUFReader(path)
-    except (OSError, ValueError, KeyError, IndexError) as exc:
+        fields = {key: f.contents() for key, f in reader.fields.items() if not key.startswith("tokenizer.")}
+        tokens = reader.fields.get("tokenizer.ggml.tokens")
+        n_tokens = None if tokens is None else len(tokens.data)
+    except (ModelFileError, OSError, ValueError, KeyError, IndexError) as exc:
         raise BenchmarkError(f"cannot read {path} as a GGUF file: {exc}") from exc
 
     def field(key: str) -> Any:
-        f = reader.fields.get(key)
-        return None if f is None else f.contents()
+        return fields.get(key)
 
     arch = str(field("general.architecture") or "unknown")
     tensors = {t.name: t for t in reader.tensors}
@@ -140,8 +147,7 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelInfo:
     head = output if output is not None else embd
     total = sum(int(t.n_bytes) for t in reader.tensors)
     skipped = int(embd.n_bytes) if embd is not None and output is not None else 0
-    tokens = field("tokenizer.ggml.tokens")
-    n_vocab = field(f"{arch}.vocab_size") or (len(tokens) if tokens else None)
+    n_vocab = field(f"{arch}.vocab_size") or n_tokens or None
     if n_vocab is None and embd is not None:
         n_vocab = int(embd.shape[-1])
     return ModelInfo(

@@ -49,7 +49,8 @@ from bitnet.diagnostics import (
     is_gguf_file,
     probe_engine,
 )
-from bitnet.errors import RuntimeConfigurationError, RuntimeLaunchError, RuntimeTimeoutError
+from bitnet.errors import ModelFileError, RuntimeConfigurationError, RuntimeLaunchError, RuntimeTimeoutError
+from bitnet.gguf_check import check_gguf
 
 __all__ = [
     "BIN_DIR_ENV",
@@ -175,7 +176,8 @@ class BitNetRuntime:
         it the engine and its process group are stopped and `RuntimeTimeoutError` is raised.
 
         Raises:
-            RuntimeConfigurationError: an invalid argument, a missing/non-GGUF model or a missing binary.
+            RuntimeConfigurationError: an invalid argument, a missing/non-GGUF model or a missing binary;
+                `ModelFileError` (a subclass) for a damaged model file (see `bitnet.gguf_check`).
             RuntimeLaunchError: the binary could not start or exited non-zero.
             RuntimeTimeoutError: it ran past `timeout` (a `RuntimeLaunchError`).
         """
@@ -550,7 +552,13 @@ class BitNetRuntime:
         return Path(model)
 
     def _require_model(self, model: StrPath) -> Path:
-        """Return the model path after checking it is an existing, readable GGUF file."""
+        """Return the model path after checking it is an existing, readable GGUF file that passes
+        `bitnet.gguf_check.check_gguf` (header, hyper-parameters, vocabulary, no NaN in float tensors).
+
+        Raises:
+            RuntimeConfigurationError: missing, not a file or unreadable; `ModelFileError` (a subclass)
+                when it is not a GGUF, or a damaged or inconsistent one.
+        """
         path = self._model_path(model)
         if not path.exists():
             raise RuntimeConfigurationError(
@@ -567,10 +575,14 @@ class BitNetRuntime:
                 f"model file {path} cannot be read ({exc.strerror or exc}). Check its permissions."
             ) from exc
         if magic != GGUF_MAGIC:
-            raise RuntimeConfigurationError(
+            raise ModelFileError(
                 f"model {path} is not a GGUF file: it starts with {magic!r}, not {GGUF_MAGIC!r}. "
-                "Convert the checkpoint with `invoke convert` and pass the .gguf it writes."
+                "Convert the checkpoint with `invoke convert` and pass the .gguf it writes.",
+                path=path,
+                reason="not a GGUF file",
             )
+        # The engine aborts, hangs or prints garbage on some damaged files: refuse them here (ModelFileError).
+        check_gguf(path)
         return path
 
     # ------------------------------------------------------------------ binaries

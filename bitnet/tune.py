@@ -93,7 +93,9 @@ class TuneResult:
 
 def model_shapes(model: Path) -> list[MatShape]:
     """The ternary 2-D weights of a GGUF: distinct (rows, K, type) with how many matrices have them."""
-    from gguf import GGMLQuantizationType, GGUFReader
+    from gguf import GGMLQuantizationType
+
+    from bitnet.gguf_check import check_gguf
 
     path = Path(model)
     if not path.is_file():
@@ -101,14 +103,14 @@ def model_shapes(model: Path) -> list[MatShape]:
             f"model {path} not found: give a GGUF file (e.g. models/dummy/bitnet-2B-tq2_0-f16.gguf)"
         )
     try:
-        reader = GGUFReader(str(path))
+        header = check_gguf(path, semantic=False, scan=False)  # bounded: a damaged header is refused
     except (ValueError, OSError) as exc:
         raise TuneError(f"{path} is not a readable GGUF file: {exc}") from exc
-    names = {GGMLQuantizationType.TQ2_0: "TQ2_0", GGMLQuantizationType.TQ1_0: "TQ1_0"}
+    names = {int(GGMLQuantizationType.TQ2_0): "TQ2_0", int(GGMLQuantizationType.TQ1_0): "TQ1_0"}
     counts: Counter[tuple[int, int, str]] = Counter()
-    for t in reader.tensors:
-        kind = names.get(t.tensor_type)
-        shape = [int(n) for n in t.shape]
+    for t in header.tensors:
+        kind = names.get(t.type_id)
+        shape = list(t.ne)
         if kind is None or len(shape) != 2 or shape[0] % 256:
             continue
         counts[(shape[1], shape[0], kind)] += 1  # ggml ne = (K, rows)

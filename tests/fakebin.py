@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import stat
+import struct
 import sys
 import time
 from collections.abc import Iterator
@@ -177,8 +178,26 @@ class FakeBinaries:
 
 
 def write_model(path: Path, magic: bytes = b"GGUF") -> Path:
-    """A file that looks like a GGUF model to our checks (the magic followed by a few bytes)."""
-    path.write_bytes(magic + b"\x03\x00\x00\x00" + bytes(16))
+    """A minimal GGUF that passes the runtime's checks (bitnet.gguf_check): the hyper-parameters, a
+    4-token vocabulary and a zero token_embd.weight; no layers, so a real engine would refuse it."""
+
+    def string(text: str) -> bytes:
+        return struct.pack("<Q", len(text.encode())) + text.encode()
+
+    def kv(key: str, vtype: int, payload: bytes) -> bytes:
+        return string(key) + struct.pack("<I", vtype) + payload
+
+    n_embd, tokens = 32, ["<s>", "</s>", "a", "b"]
+    hparams = {"block_count": 1, "embedding_length": n_embd, "context_length": 64, "feed_forward_length": 64,
+               "attention.head_count": 2, "attention.head_count_kv": 1}  # fmt: skip
+    kvs = [kv("general.architecture", 8, string("bitnet")), kv("tokenizer.ggml.model", 8, string("gpt2"))]
+    kvs += [kv(f"bitnet.{key}", 4, struct.pack("<I", value)) for key, value in hparams.items()]
+    kvs.append(
+        kv("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, len(tokens)) + b"".join(map(string, tokens)))
+    )
+    info = string("token_embd.weight") + struct.pack("<IQQIQ", 2, n_embd, len(tokens), 0, 0)  # F32, offset 0
+    header = magic + struct.pack("<IQQ", 3, 1, len(kvs)) + b"".join(kvs) + info
+    path.write_bytes(header + bytes(-len(header) % 32) + bytes(4 * n_embd * len(tokens)))
     return path
 
 

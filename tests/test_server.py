@@ -22,12 +22,12 @@ from typing import Any
 
 import openai
 import pytest
-from fakebin import FakeBinaries
+from fakebin import FakeBinaries, write_model
 from servertools import TINY_CHAT_TEMPLATE, FdReader, pid_gone
 
 from bitnet import BitNetRuntime, RuntimeConfigurationError, RuntimeLaunchError, RuntimeTimeoutError
 from bitnet import server as server_module
-from bitnet.errors import PortInUseError
+from bitnet.errors import ModelFileError, PortInUseError
 from bitnet.server import ServerHandle, is_loopback, require_api_key, serve
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -390,19 +390,17 @@ def test_bad_model_file_is_refused_before_starting(
 
 
 @pytest.mark.engine
-def test_truncated_gguf_fails_with_the_engines_reason(
-    tiny_model: Path, runtime: BitNetRuntime, tmp_path: Path
+def test_truncated_gguf_is_refused_before_starting(
+    tiny_model: Path, runtime: BitNetRuntime, tmp_path: Path, no_popen: None
 ) -> None:
     model = tmp_path / "truncated.gguf"
     model.write_bytes(tiny_model.read_bytes()[: 1 << 20])  # the GGUF magic, then cut short
     with (
-        pytest.raises(RuntimeLaunchError, match="exited with status 1 before it was ready") as info,
+        pytest.raises(ModelFileError, match="truncated") as info,
         serve(model, runtime=runtime, threads=1, log_path=tmp_path / "s.log"),
     ):
         pass
-    assert info.value.returncode == 1
-    assert "failed to load model" in info.value.stderr_tail
-    assert str(tmp_path / "s.log") in str(info.value)
+    assert str(model) in str(info.value) and "download it again" in str(info.value)
 
 
 # ---------------------------------------------------------------------- start-up failures (fake server)
@@ -417,8 +415,7 @@ def fakes(tmp_path: Path) -> Iterator[FakeBinaries]:
 
 def test_server_that_never_gets_ready_times_out_and_is_stopped(fakes: FakeBinaries, tmp_path: Path) -> None:
     fakes.write("llama-server", sleep=60, grandchild=True, stderr="loading forever\n")
-    model = tmp_path / "m.gguf"
-    model.write_bytes(b"GGUF" + bytes(20))
+    model = write_model(tmp_path / "m.gguf")
     rt = BitNetRuntime(build_dir=fakes.build_dir)
     with (
         pytest.raises(RuntimeTimeoutError, match="was not ready after 0.5 s") as info,
@@ -433,8 +430,7 @@ def test_server_that_never_gets_ready_times_out_and_is_stopped(fakes: FakeBinari
 
 def test_server_that_exits_at_start_reports_its_stderr(fakes: FakeBinaries, tmp_path: Path) -> None:
     fakes.write("llama-server", exit_code=3, stderr="error: no usable backend\n")
-    model = tmp_path / "m.gguf"
-    model.write_bytes(b"GGUF" + bytes(20))
+    model = write_model(tmp_path / "m.gguf")
     with (
         pytest.raises(RuntimeLaunchError, match="exited with status 3 before it was ready") as info,
         serve(
