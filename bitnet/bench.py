@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bitnet.bench_spec import (
+    DEFAULT_MODEL,
     REPO_ROOT,
     BenchmarkError,
     BenchSpec,
@@ -223,6 +224,7 @@ class BenchRun:
     failures: list[RunFailure] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     bandwidth: dict[int, Bandwidth] = field(default_factory=dict)
+    model_note: str | None = None  # which model was chosen by default, and why
     table: str = ""
     plots: list[Path] = field(default_factory=list)
 
@@ -235,6 +237,8 @@ class BenchRun:
         """Everything a user should read after a run, as text."""
         cells, reps = len(self.jobs), self.spec.reps
         parts = [f"spec {self.spec.name}: {cells} model/threads/config cell(s) × {reps} repetition(s)"]
+        if self.model_note:
+            parts.append(self.model_note)
         parts += [f"warning: {w}" for w in self.warnings]
         parts += [
             f"read bandwidth, {n} thread(s): {b.gbs:.1f} GB/s" for n, b in sorted(self.bandwidth.items())
@@ -414,6 +418,32 @@ def render_plots(
 # ---------------------------------------------------------------------------------------- entry point
 
 
+def default_model(models_root: Path | None = None) -> tuple[ModelRequest, str]:
+    """The model `invoke bench` measures when given none, and a line saying which and why.
+
+    The newest model `invoke setup` converted from a real checkpoint (it has a lock whose source is the
+    Hub or a local checkpoint), else the synthetic 2B4T shape. Never the tiny test model.
+    """
+    from bitnet.models import list_models, models_dir
+
+    real = [
+        m
+        for m in list_models(models_dir() if models_root is None else models_root)
+        if m.problem is None and m.lock is not None and m.lock.source in ("hub", "local")
+    ]
+    if real:
+        newest = max(real, key=lambda m: m.created)
+        return ModelRequest(file=newest.path), (
+            f"model: {newest.path} (the newest model `invoke setup` converted; --model F or --size S "
+            "picks another)"
+        )
+    return DEFAULT_MODEL, (
+        "model: the synthetic BitNet b1.58 2B4T shape (hidden 2560, ffn 6912, 30 layers, vocab 128256; "
+        "random ternary weights, made once into models/dummy/): no converted model is installed. "
+        "--model F benchmarks a file, --size tiny the test model"
+    )
+
+
 def run_bench(
     *,
     model: str | Path | None = None,
@@ -455,8 +485,14 @@ def run_bench(
         BenchmarkError: with `fail_fast`, the first failed run; or a synthetic model could not be made.
     """
     base = spec_from_flags() if spec is None else spec if isinstance(spec, BenchSpec) else load_spec(spec)
+    chosen = models_from_flags(model=model, size=size, outtype=outtype, head_type=head_type)
+    model_note = None
+    if spec is None and chosen is None:
+        default, model_note = default_model()
+        chosen = (default,)
+        log.info("%s", model_note)
     bench_spec = base.with_overrides(
-        models=models_from_flags(model=model, size=size, outtype=outtype, head_type=head_type),
+        models=chosen,
         threads=_as_list(threads),
         n_prompt=n_prompt,
         n_gen=n_gen,
@@ -498,6 +534,7 @@ def run_bench(
         results_path=results / f"{stamp}-{bench_spec.name}-{run_id[:8]}.jsonl",
         jobs=jobs,
         warnings=warnings,
+        model_note=model_note,
     )
     identity = run_identity(Path(build_dir), binary.parent, cpu)
     writer = ResultsWriter(run.results_path)

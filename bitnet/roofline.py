@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 _MIN_BUFFER = 256 * 1024**2  # bytes; never smaller than this, whatever the cache
 _MAX_BUFFER = 1024**3
+MEANINGFUL_LLC_MULTIPLE = 4  # roofline only for models reading >= 4 x the LLC per token
+_DEFAULT_LLC = 32 * 1024**2
 _LLC_MULTIPLE = 16  # buffer >= 16 × the last-level cache, so the cache holds < 7 % of it
 
 
@@ -128,12 +130,16 @@ def add_roofline(row: MutableMapping[str, Any], bandwidth: Bandwidth | None) -> 
     """Set ``bandwidth_gbs``, ``roofline_ts`` and ``roofline_frac`` on a decode (tg) row.
 
     Rows that are not pure decode (n_gen == 0 or a prompt in the same test), rows without
-    ``bytes_per_token``, or no bandwidth leave the fields None.
+    ``bytes_per_token``, no bandwidth, or a model whose bytes per token are under
+    `MEANINGFUL_LLC_MULTIPLE` × the last-level cache (the tiny test model: "3 % of roofline" meant
+    nothing) leave the fields None.
     """
     row["bandwidth_gbs"] = row["roofline_ts"] = row["roofline_frac"] = None
     bytes_per_token = row.get("bytes_per_token")
     if bandwidth is None or not bytes_per_token or not row.get("n_gen") or row.get("n_prompt"):
         return
+    if float(bytes_per_token) < MEANINGFUL_LLC_MULTIPLE * (llc_bytes() or _DEFAULT_LLC):
+        return  # a model that (nearly) fits in the cache is not bound by memory bandwidth at all
     bound = bandwidth.gbs * 1e9 / float(bytes_per_token)
     row["bandwidth_gbs"] = bandwidth.gbs
     row["roofline_ts"] = bound

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bitnet.bench_spec import DEFAULT_MODEL, REPO_ROOT, VARIANT_ENV, BenchmarkError, BenchSpecError
+from bitnet.bench_spec import REPO_ROOT, VARIANT_ENV, BenchmarkError, BenchSpecError
 from bitnet.cpu import detect_cpu
 from bitnet.diagnostics import _CPU_VARIANT_RE, _VARIANT_REPORT_ENV, KERNELS_ENV, SERVER_BINARY
 from bitnet.errors import RuntimeLaunchError
@@ -158,11 +158,15 @@ def _slot_ctx(prompt: str, max_tokens: int) -> int:
 
 
 def default_model(models_dir: StrPath = REPO_ROOT / "models") -> Path:
-    """The offline default model: bitnet.dummy's tiny model in ``<models_dir>/dummy/``, generated if
-    missing or made by an older generator (the same file and helper `invoke bench` uses)."""
+    """The model `invoke serve-bench` measures when given none: the same choice as `invoke bench`
+    (the newest converted model, else the synthetic 2B4T shape in ``<models_dir>/dummy/``, generated if
+    missing or made by an older generator). Logs which one and why."""
     from bitnet.bench import _prepare_model
+    from bitnet.bench import default_model as bench_default
 
-    return _prepare_model(DEFAULT_MODEL, Path(models_dir))
+    request, note = bench_default()
+    log.info("%s", note)
+    return _prepare_model(request, Path(models_dir))
 
 
 # ---------------------------------------------------------------------------------------- measuring

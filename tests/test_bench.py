@@ -234,7 +234,7 @@ def test_spec_files_by_path_and_errors_name_the_file(tmp_path: Path):
         load_spec("no-such-spec")
 
 
-def test_flags_defaults_are_the_tiny_model_pp512_tg128_all_cores():
+def test_flags_defaults_are_the_2b_shape_pp512_tg128_all_cores():
     spec = spec_from_flags()
     (sweep,) = spec.sweeps
     assert (sweep.models, sweep.n_prompt, sweep.n_gen, sweep.threads, spec.reps) == (
@@ -294,6 +294,7 @@ def test_rows_carry_identity_shape_and_roofline(tmp_path: Path, tiny_model: Path
     from bitnet.roofline import Bandwidth
 
     monkeypatch.setattr("bitnet.bench.probe_bandwidth", lambda n: Bandwidth(3.0, (3.0,), n, 1 << 20))
+    monkeypatch.setattr("bitnet.roofline.llc_bytes", lambda: 1 << 10)  # let the tiny model count as big
     write_fake_llama_bench(tmp_path / "build")
     run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=8, n_gen=4, reps=1, isa="sse42", roofline=True)
     df = load_results(run.results_path)
@@ -387,6 +388,7 @@ def test_pipeline_end_to_end_on_the_tiny_model(
     from bitnet.plots import make_figures
 
     monkeypatch.setattr("bitnet.roofline.default_buffer_bytes", lambda: 64 << 20)  # plumbing, not numbers
+    monkeypatch.setattr("bitnet.roofline.llc_bytes", lambda: 1 << 10)  # let the tiny model count as big
     run = run_bench(
         build_dir=engine_bin_dir.parent,
         model=tiny_model,
@@ -447,3 +449,26 @@ def test_real_engine_failure_is_reported_and_the_sweep_continues(
     assert {r["model_name"] for r in run.rows} == {"tiny"} and len(run.rows) == 4
     with pytest.raises(BenchmarkRunError, match="failed to load model"):
         run_bench(spec=spec, roofline=False, fail_fast=True, **common)
+
+
+def test_default_model_is_a_converted_model_else_the_2b_shape_never_tiny(tmp_path: Path, tiny_model: Path):
+    import shutil
+
+    from bitnet.bench import default_model
+    from bitnet.bench_spec import TINY_MODEL
+    from bitnet.models import ModelLock, write_lock
+
+    request, note = default_model(tmp_path)
+    assert request == DEFAULT_MODEL and request.size == "2B" and request != TINY_MODEL
+    assert "2B4T" in note and "--size tiny" in note
+    synthetic = tmp_path / "tiny"  # what `invoke setup --model tiny` leaves: still not a real model
+    synthetic.mkdir()
+    shutil.copy(tiny_model, synthetic / "ggml-model-tq2_0.gguf")
+    write_lock(synthetic, ModelLock(name="tiny", source="synthetic"))
+    assert default_model(tmp_path)[0] == DEFAULT_MODEL
+    real = tmp_path / "2B"
+    real.mkdir()
+    shutil.copy(tiny_model, real / "ggml-model-tq2_0.gguf")
+    write_lock(real, ModelLock(name="2B", source="hub", repo="microsoft/bitnet-b1.58-2B-4T"))
+    request, note = default_model(tmp_path)
+    assert request.file == real / "ggml-model-tq2_0.gguf" and str(real) in note

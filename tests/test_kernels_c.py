@@ -66,8 +66,11 @@ def _tool(name: str) -> str:
     """cmake/ninja/ctest from PATH or from the running interpreter's environment (a venv's bin/)."""
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if not found:
-        pytest.fail(f"{name} not found: install it with `pip install cmake ninja` (the dev extras) or your "
-                    f"package manager", pytrace=False)
+        pytest.fail(
+            f"{name} not found: install it with `pip install cmake ninja` (the dev extras) or your "
+            f"package manager",
+            pytrace=False,
+        )
     return found
 
 
@@ -80,20 +83,41 @@ def _run_logged(argv: list[str], log: Path, timeout: float) -> str:
     log's tail if the command fails."""
     env = dict(os.environ)
     env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", "1")
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                          timeout=timeout, check=False)
+    proc = subprocess.run(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
     with log.open("a") as fh:
         fh.write("$ " + " ".join(argv) + "\n" + proc.stdout + f"[exit {proc.returncode}]\n")
     if proc.returncode != 0 and Path(argv[0]).name != "ctest":
-        pytest.fail(f"{' '.join(argv)} failed with exit {proc.returncode}; log {log}:\n{_tail(log)}",
-                    pytrace=False)
+        pytest.fail(
+            f"{' '.join(argv)} failed with exit {proc.returncode}; log {log}:\n{_tail(log)}", pytrace=False
+        )
     return proc.stdout
 
 
 def _build(build_dir: Path, extra_args: list[str]) -> KernelBuild:
     log = build_dir.parent / f"{build_dir.name}.log"
-    _run_logged([_tool("cmake"), "-S", str(KERNELS_DIR), "-B", str(build_dir), "-G", "Ninja",
-                 f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}", *extra_args], log, BUILD_TIMEOUT_S)
+    _run_logged(
+        [
+            _tool("cmake"),
+            "-S",
+            str(KERNELS_DIR),
+            "-B",
+            str(build_dir),
+            "-G",
+            "Ninja",
+            f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}",
+            *extra_args,
+        ],
+        log,
+        BUILD_TIMEOUT_S,
+    )
     _run_logged([_tool("cmake"), "--build", str(build_dir)], log, BUILD_TIMEOUT_S)
     return KernelBuild(build_dir, log)
 
@@ -110,8 +134,9 @@ def aarch64_build(tmp_path_factory: pytest.TempPathFactory) -> KernelBuild:
     missing = [t for t in CROSS_TOOLS if not shutil.which(t)]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed (for the aarch64 cross build: {CROSS_INSTALL_HINT})")
-    return _build(tmp_path_factory.mktemp("kernels") / "aarch64",
-                  [f"-DCMAKE_TOOLCHAIN_FILE={TOOLCHAIN_AARCH64}"])
+    return _build(
+        tmp_path_factory.mktemp("kernels") / "aarch64", [f"-DCMAKE_TOOLCHAIN_FILE={TOOLCHAIN_AARCH64}"]
+    )
 
 
 @dataclass(frozen=True)
@@ -138,15 +163,29 @@ def parse_ctest(output: str) -> CtestSummary:
 
 
 def _run_variant(build: KernelBuild, variant: str) -> None:
-    output = _run_logged([_tool("ctest"), "--test-dir", str(build.build_dir), "-L", f"^{variant}$",
-                          "--output-on-failure", "--timeout", "600"], build.log, CTEST_TIMEOUT_S)
+    output = _run_logged(
+        [
+            _tool("ctest"),
+            "--test-dir",
+            str(build.build_dir),
+            "-L",
+            f"^{variant}$",
+            "--output-on-failure",
+            "--timeout",
+            "600",
+        ],
+        build.log,
+        CTEST_TIMEOUT_S,
+    )
     s = parse_ctest(output)
     assert s.total > 0, f"ctest ran no test for variant {variant} (log {build.log}):\n{output[-3000:]}"
-    assert s.failed == 0, (f"{s.failed} of {s.total} C tests failed for {variant} (log {build.log}):\n"
-                           f"{output[-6000:]}")
+    assert s.failed == 0, (
+        f"{s.failed} of {s.total} C tests failed for {variant} (log {build.log}):\n{output[-6000:]}"
+    )
     if s.skipped == s.total:
-        pytest.skip(f"this CPU cannot run the {variant} variant "
-                    f"(all {s.total} tests exited 77 after the CPU check)")
+        pytest.skip(
+            f"this CPU cannot run the {variant} variant (all {s.total} tests exited 77 after the CPU check)"
+        )
     assert s.skipped == 0, f"{s.skipped} of {s.total} {variant} tests skipped, the rest ran:\n{output}"
 
 
@@ -180,8 +219,9 @@ def test_parse_ctest_counts_skips_and_failures() -> None:
     """The summary parser sees failures, skips (which ctest counts as passed) and empty runs."""
     ok = parse_ctest("1/1 Test #1: a ....   Passed\n\n100% tests passed out of 1\n")
     assert (ok.total, ok.failed, ok.skipped) == (1, 0, 0)
-    skipped = parse_ctest("1/1 Test #1: a ....***Skipped   0.00 sec\n"
-                          "100% tests passed, 0 tests failed out of 1\n")
+    skipped = parse_ctest(
+        "1/1 Test #1: a ....***Skipped   0.00 sec\n100% tests passed, 0 tests failed out of 1\n"
+    )
     assert (skipped.total, skipped.failed, skipped.skipped) == (1, 0, 1)
     failed = parse_ctest("67% tests passed, 1 tests failed out of 3\n")
     assert (failed.total, failed.failed) == (3, 1)

@@ -183,6 +183,9 @@ def test_roofline_fields_on_decode_rows_only():
     unknown = {"n_prompt": 0, "n_gen": 128, "avg_ts": 10.0, "bytes_per_token": None}
     add_roofline(unknown, bw)
     assert unknown["roofline_frac"] is None
+    in_cache = {"n_prompt": 0, "n_gen": 128, "avg_ts": 900.0, "bytes_per_token": 3_500_000}  # tiny model
+    add_roofline(in_cache, bw)
+    assert in_cache["roofline_frac"] is None  # cache-resident: no memory-bandwidth bound to compare with
     assert bw.as_row()["kind"] == "bandwidth" and bw.as_row()["samples_gbs"] == [19.0, 20.0, 21.0]
 
 

@@ -555,6 +555,7 @@ def test_server_cli_dry_run_with_a_key_keeps_it_out_of_the_command(tiny_model: P
 
 # ---------------------------------------------------------------------- the README's client snippet
 
+
 def readme_snippet() -> str:
     """The README's client snippet, read from README.md itself so the two cannot drift apart."""
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
