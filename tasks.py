@@ -365,14 +365,19 @@ def setup(  # noqa: A002
     from bitnet.pipeline import setup_model
 
     with _user_errors():
-        report = setup_model(
-            model,
-            model_dir=model_dir or None,
-            build_dir=build_dir,
-            outtype=outtype,
-            head_type=head_type,
-            revision=revision or None,
-        )
+        update, close = _progress_bar()
+        try:
+            report = setup_model(
+                model,
+                model_dir=model_dir or None,
+                build_dir=build_dir,
+                outtype=outtype,
+                head_type=head_type,
+                revision=revision or None,
+                progress=update,
+            )
+        finally:
+            close()
     for step in report.steps:
         print(step)
     print(f"ready: {report.gguf}")

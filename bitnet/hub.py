@@ -15,13 +15,14 @@ what went wrong and how to go on without the Hub (ref: huggingface_hub ``errors.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import hashlib
 import importlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,43 @@ from bitnet.catalog import ModelEntry, UnknownModelError, get_model, load_catalo
 from bitnet.errors import BitNetError
 
 log = logging.getLogger(__name__)
+_HF_HTTP_LOGGER = "huggingface_hub.utils._http"
+
+
+class _OneLinePerRetry(logging.Filter):
+    """huggingface_hub logs two warnings per failed attempt (the error, then "Retrying in Ns"), and with
+    a root handler configured each shows twice: 24 lines for one offline download. Keep one line per
+    attempt, saying why it failed and when the next one starts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if " thrown while requesting " in text:
+            self.reason = text.split(" thrown while requesting ")[0].strip("'\"")
+            return False
+        if text.startswith("Retrying in "):
+            record.msg, record.args = f"download attempt failed ({self.reason or 'no answer'}); {text}", ()
+        return True
+
+
+@contextlib.contextmanager
+def _quiet_retries() -> Iterator[None]:
+    http_log = logging.getLogger(_HF_HTTP_LOGGER)
+    library = logging.getLogger("huggingface_hub")
+    one_line = _OneLinePerRetry()
+    http_log.addFilter(one_line)
+    # the library prints through its own handler; propagating too would print every line twice
+    propagate = library.propagate
+    library.propagate = not library.handlers
+    try:
+        yield
+    finally:
+        http_log.removeFilter(one_line)
+        library.propagate = propagate
+
 
 LIBRARY_NAME = "bitnet-toolkit"  # sent in the Hub's user agent
 
@@ -292,15 +330,16 @@ def download_model(
         where,
     )
     try:
-        path = snapshot_download(
-            target.repo_id,
-            revision=target.revision,
-            cache_dir=Path(cache_dir) if cache_dir is not None else None,
-            local_dir=Path(local_dir) if local_dir is not None else None,
-            token=token,
-            allow_patterns=list(target.allow_patterns) if target.allow_patterns else None,
-            library_name=LIBRARY_NAME,
-        )
+        with _quiet_retries():
+            path = snapshot_download(
+                target.repo_id,
+                revision=target.revision,
+                cache_dir=Path(cache_dir) if cache_dir is not None else None,
+                local_dir=Path(local_dir) if local_dir is not None else None,
+                token=token,
+                allow_patterns=list(target.allow_patterns) if target.allow_patterns else None,
+                library_name=LIBRARY_NAME,
+            )
     except KeyboardInterrupt:
         raise
     except Exception as exc:

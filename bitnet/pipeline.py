@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bitnet.engine import ProgressFn
 from bitnet.errors import BitNetError, RuntimeLaunchError
 from bitnet.models import LOCK_NAME, ModelLock, resolved_revision, write_lock
 
@@ -74,14 +75,16 @@ def setup_model(
     smoke_tokens: int = 8,
     build: bool = True,
     revision: str | None = None,
+    progress: ProgressFn | None = None,
 ) -> SetupReport:
     """Build the engine if needed, get `model` as a GGUF, and generate a few tokens with it.
 
     `model` is a catalogue name (`invoke setup --list`), a repo id, or ignored when `model_dir` (a
     local Hugging Face checkpoint or official .gguf) is given. Synthetic catalogue models are made
     locally and need no network. `revision` downloads that branch/tag/commit instead of the
-    catalogue's pin. The model's folder gets a ``model.lock.json`` saying where it came from (the commit
-    a download resolved to included). `models_dir` None: $BITNET_MODELS, else ./models.
+    catalogue's pin. `progress(phase, done, total)` is told how the engine build goes (as for
+    `bitnet.engine.build_engine`). The model's folder gets a ``model.lock.json`` saying where it came
+    from (the commit a download resolved to included). `models_dir` None: $BITNET_MODELS, else ./models.
     """
     from bitnet.catalog import get_model
     from bitnet.models import models_dir as default_models_dir
@@ -92,7 +95,11 @@ def setup_model(
     if build:
         from bitnet.engine import build_engine
 
-        res = build_engine(build_dir=Path(build_dir))
+        if progress is not None:
+            log.info(
+                "engine: building or checking %s (log: %s)", build_dir, Path(build_dir) / "logs" / "build.log"
+            )
+        res = build_engine(build_dir=Path(build_dir), progress=progress)
         steps.append(
             f"engine: {'up to date' if res.skipped else 'built'} ({res.bin_dir}, variant {res.host_variant})"
         )

@@ -540,3 +540,29 @@ def test_resolve_unknown_name_suggests(hf_env: Callable[..., Path]) -> None:
     assert "not an existing directory" in str(info.value)
     with pytest.raises(ModelDownloadError, match="synthetic"):
         resolve_checkpoint("tiny")
+
+
+def test_a_failing_download_logs_one_line_per_attempt(
+    hf_env: Callable[..., Path], no_backoff: _NoSleepTime
+) -> None:
+    import logging
+
+    class Collect(logging.Handler):
+        lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    library = logging.getLogger("huggingface_hub")  # the library prints through its own handler
+    collect = Collect()
+    library.addHandler(collect)
+    hf_env(HF_ENDPOINT="http://no-such-host.invalid")  # a name that never resolves: the client retries
+    try:
+        with pytest.raises(ModelDownloadError, match="Cannot reach the Hugging Face Hub"):
+            download_model(_entry())
+    finally:
+        library.removeHandler(collect)
+    lines = [line for line in Collect.lines if "Retry" in line or "thrown while" in line]
+    assert len(no_backoff.sleeps) >= 2
+    assert len(lines) == len(set(lines)) == len(no_backoff.sleeps)  # one line per retried attempt
+    assert all(line.startswith("download attempt failed (") and "Retrying in" in line for line in lines)
