@@ -426,9 +426,22 @@ def models(c, rm="", yes=False, json_out=False, models_dir=""):
         "threads": "CPU threads (default: all cores)",
         "ctx_size": "context size in tokens (default 2048)",
         "build_dir": "engine build dir (default: build)",
+        "verbose": "show the engine's log (loading, timings) on stderr",
+        "timeout": "stop the engine after this many seconds (default: no limit)",
     }
 )
-def infer(c, model="", prompt="", n=128, temp=0.8, threads=0, ctx_size=2048, build_dir="build"):
+def infer(
+    c,
+    model="",
+    prompt="",
+    n=128,
+    temp=0.8,
+    threads=0,
+    ctx_size=2048,
+    build_dir="build",
+    verbose=False,
+    timeout=0.0,
+):
     """One-shot generation through BitNetRuntime.run_inference: prints the prompt and its continuation."""
     from bitnet.runtime import BitNetRuntime
 
@@ -443,6 +456,8 @@ def infer(c, model="", prompt="", n=128, temp=0.8, threads=0, ctx_size=2048, bui
             threads=threads or None,
             ctx_size=ctx_size,
             batch_size=512,
+            engine_log=verbose,
+            timeout=float(timeout) or None,
         )
 
 

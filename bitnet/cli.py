@@ -195,6 +195,13 @@ def _base_parser(prog: str | None, description: str, *, server: bool) -> argpars
             help="chat interactively (the prompt is the system prompt)",
         )
         parser.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            help="show the engine's log (loading, timings) on stderr; always shown with -cnv, and its "
+            "last lines are part of any error",
+        )
+        parser.add_argument(
             "--timeout",
             type=_positive_float,
             default=None,
@@ -307,7 +314,12 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, *, server: b
             result = runtime.run_server(host=args.host, port=args.port, **common)
         else:
             with stop_signals(), _terminal_restored(args.conversation and not args.dry_run):
-                result = runtime.run_inference(conversation=args.conversation, timeout=args.timeout, **common)
+                result = runtime.run_inference(
+                    conversation=args.conversation,
+                    timeout=args.timeout,
+                    engine_log=args.verbose or args.conversation,
+                    **common,
+                )
         if isinstance(result, list):
             print(shlex.join(result))
         return 0

@@ -159,6 +159,7 @@ class BitNetRuntime:
         dry_run: bool = False,
         extra_args: Sequence[str] | None = None,
         timeout: float | None = None,
+        engine_log: bool = True,
     ) -> list[str] | int:
         """Generate text from `prompt` with ``llama-completion``.
 
@@ -174,6 +175,8 @@ class BitNetRuntime:
         Otherwise the model and binary are checked, the command runs with its output streamed
         through, and 0 is returned. `timeout` (seconds, None = no limit) bounds the whole run: past
         it the engine and its process group are stopped and `RuntimeTimeoutError` is raised.
+        ``engine_log=False`` keeps the engine's log (loading, timings: ~25 lines) off stderr; its last
+        lines still go into the error if it fails.
 
         Raises:
             RuntimeConfigurationError: an invalid argument, a missing/non-GGUF model or a missing binary;
@@ -183,6 +186,8 @@ class BitNetRuntime:
         """
         if not isinstance(dry_run, bool):
             raise RuntimeConfigurationError(f"dry_run must be True or False. Got {dry_run!r}.")
+        if not isinstance(engine_log, bool):
+            raise RuntimeConfigurationError(f"engine_log must be True or False. Got {engine_log!r}.")
         limit = check_timeout(timeout)
         command = self._build_inference_command(
             model=model,
@@ -200,7 +205,7 @@ class BitNetRuntime:
             return command
         self._require_model(model)
         command[0] = str(self._require_binary(INFERENCE_BINARY))
-        return self._execute(command, timeout=limit)
+        return self._execute(command, timeout=limit, engine_log=engine_log)
 
     def stream(
         self,
@@ -645,7 +650,9 @@ class BitNetRuntime:
 
     # ------------------------------------------------------------------ running
 
-    def _execute(self, command: Sequence[str], *, timeout: float | None = None) -> int:
+    def _execute(
+        self, command: Sequence[str], *, timeout: float | None = None, engine_log: bool = True
+    ) -> int:
         """Run `command` (an argv, no shell) in the launch environment, return 0 when it exits 0.
 
         The child's stdout goes straight to ours; its stderr is copied through to ``sys.stderr`` while
@@ -672,7 +679,7 @@ class BitNetRuntime:
             message = start_failure_message(argv, exc, self._build_dir)
             raise RuntimeLaunchError(message, command=argv) from exc
         assert proc.stderr is not None
-        tee = StderrTee(proc.stderr, sys.stderr)
+        tee = StderrTee(proc.stderr, sys.stderr if engine_log else None)
         tee.start()
         try:
             returncode = proc.wait(timeout=timeout)

@@ -352,3 +352,18 @@ def test_ctrl_c_exits_130_and_stops_the_engine(
     assert "interrupted" in err and "Traceback" not in err
     assert_gone(record["pid"], timeout=0)  # the CLI reaped its child before exiting
     assert_gone(record["grandchild_pid"], ours=False)
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_engine_log_is_shown_only_when_asked_but_kept_for_errors(
+    fakes: FakeBinaries, model: Path, capfd: pytest.CaptureFixture[str], verbose: bool
+) -> None:
+    fakes.write(NAME, stdout="the text\n", stderr="llama_model_loader: 25 lines of this\n")
+    args = ["-m", str(model), "-p", "hi", "--build-dir", str(fakes.build_dir)] + (["-v"] if verbose else [])
+    assert inference_main(args) == 0
+    out, err = capfd.readouterr()
+    assert "the text" in out and ("llama_model_loader" in err) == verbose
+    fakes.write(NAME, stderr="llama_model_loader: failed to load model\n", exit_code=1)
+    assert inference_main(args[:-1] if verbose else args) == 1
+    err = capfd.readouterr().err
+    assert "failed to load model" in err  # the log's tail is part of the error even when hidden
