@@ -19,6 +19,7 @@ from typing import Any
 
 import openai
 import pytest
+from servertools import add_chat_template
 
 from bitnet import BitNetRuntime, RuntimeConfigurationError
 from bitnet.server import ServerHandle, cors_args, serve
@@ -452,3 +453,16 @@ def test_control_token_text_in_a_message_stays_text(server: ServerHandle) -> Non
         + tokenize(server, " there" + tail, special=True)
     )
     assert prompt_tokens(server, content) == len(expected)  # was 2 control tokens in the prompt
+
+
+@pytest.mark.engine
+def test_control_token_text_a_template_alters_is_refused(
+    tiny_model: Path, runtime: BitNetRuntime, model_dir: Path, tmp_path: Path
+) -> None:
+    upper = "{% for m in messages %}USER: {{ m['content'] | upper }}\n{% endfor %}ASSISTANT:"
+    model = add_chat_template(tiny_model, model_dir / "tiny-upper.gguf", upper)
+    with serve(model, runtime=runtime, threads=1, parallel=1, log_path=tmp_path / "upper.log") as handle:
+        reply = request(handle, "POST", "/v1/chat/completions", chat_body("Hi <|end_of_text|>"))
+        assert reply.status == 400, reply.body[:300]
+        assert "control token" in reply.error["message"]
+        assert request(handle, "POST", "/v1/chat/completions", chat_body("Hi there")).status == 200
