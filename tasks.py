@@ -472,7 +472,10 @@ def infer(
         "api_key": "key clients must send; prefer $BITNET_API_KEY (a command line shows in `ps`)",
         "build_dir": "engine build dir (default: build)",
         "ready_timeout": "seconds to wait for the model to load (default 300)",
-    }
+        "cors_origin": "let web pages of this origin (e.g. https://app.example:8443, or '*') call the server "
+        "from a browser; repeatable (default: only the server's own web UI)",
+    },
+    iterable=["cors_origin"],
 )
 def serve(
     c,
@@ -485,6 +488,7 @@ def serve(
     api_key="",
     build_dir="build",
     ready_timeout=300,
+    cors_origin=None,
 ):
     """Serve a model over OpenAI-compatible HTTP (llama-server) until Ctrl-C; prints "ready: URL"."""
     import signal
@@ -505,6 +509,7 @@ def serve(
             ctx_size=ctx_size,
             api_key=api_key or None,
             ready_timeout=float(ready_timeout),
+            cors_origins=list(cors_origin or []) or None,
         )
     what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
     raise Exit(f"{what}; server stopped", code=128 + signum)

@@ -32,7 +32,7 @@ from bitnet._process import StopRequested, stop_signals
 from bitnet.diagnostics import INFERENCE_BINARY, SERVER_BINARY
 from bitnet.errors import RuntimeConfigurationError, RuntimeLaunchError, RuntimeTimeoutError
 from bitnet.runtime import BitNetRuntime
-from bitnet.server import API_KEY_ENV, require_api_key, serve_forever
+from bitnet.server import API_KEY_ENV, cors_args, require_api_key, serve_forever
 
 __all__ = ["build_inference_parser", "build_server_parser", "inference_main", "main", "server_main"]
 
@@ -181,6 +181,14 @@ def _base_parser(prog: str | None, description: str, *, server: bool) -> argpars
             "(a command line is visible to other users in `ps`)",
         )
         parser.add_argument(
+            "--cors-origin",
+            action="append",
+            default=None,
+            metavar="ORIGIN",
+            help="let web pages of ORIGIN (e.g. https://app.example:8443, or '*' for any) call the server "
+            "from a browser; repeatable (default: only the server's own web UI)",
+        )
+        parser.add_argument(
             "--ready-timeout",
             type=_positive_float,
             default=300.0,
@@ -307,7 +315,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, *, server: b
             "extra_args": args.extra_args,
         }
         if server:
-            common["extra_args"] = _slot_args(args.parallel) + args.extra_args
+            common["extra_args"] = _slot_args(args.parallel) + cors_args(args.cors_origin) + args.extra_args
             require_api_key(args.host, args.api_key, env=runtime.environment, extra_args=common["extra_args"])
             if not args.dry_run:
                 return _serve(parser.prog, runtime, args, common)

@@ -17,6 +17,11 @@ it prints the URL when ready and serves until Ctrl-C or SIGTERM.
 Binding anything but a loopback address needs an API key (``api_key=`` or ``$BITNET_API_KEY``), so a
 model is never exposed to the network unauthenticated by accident. The key reaches llama-server in
 its environment (``LLAMA_API_KEY``), not in its argv, so `ps` does not show it.
+
+Web pages of other origins cannot use the server (our engine patch 0007): a request whose ``Origin`` is
+neither the server's own nor in ``cors_origins`` gets 403, and on a loopback address a ``Host`` header that
+does not name this machine gets 403 too (DNS rebinding). ``cors_origins=["https://app.example"]`` lets
+that page call the server (exact match; ``"*"`` allows any origin).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import http.client
 import logging
 import math
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -71,6 +77,7 @@ __all__ = [
     "LLAMA_API_KEY_ENV",
     "ServerHandle",
     "check_port_free",
+    "cors_args",
     "is_loopback",
     "require_api_key",
     "serve",
@@ -259,6 +266,32 @@ def _extra_list(extra_args: Sequence[str] | None) -> list[str]:
     return list(extra_args)
 
 
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s,]+", re.IGNORECASE)
+
+
+def cors_args(cors_origins: Sequence[str] | None) -> list[str]:
+    """The llama-server arguments allowing web pages of `cors_origins` to call it (``[]`` for None/empty).
+
+    Each origin is ``"*"`` (any origin) or ``scheme://host[:port]`` exactly as a browser sends it, e.g.
+    ``"https://app.example:8443"``; without any, only the server's own origin (its web UI) is allowed.
+    """
+    if cors_origins is None:
+        return []
+    if isinstance(cors_origins, (str, bytes)) or not isinstance(cors_origins, Sequence):
+        raise RuntimeConfigurationError(
+            f"cors_origins must be a list of origins such as ['https://app.example']. Got {cors_origins!r}."
+        )
+    origins = []
+    for origin in cors_origins:
+        if not isinstance(origin, str) or not (origin == "*" or _ORIGIN.fullmatch(origin.rstrip("/"))):
+            raise RuntimeConfigurationError(
+                "each CORS origin must be '*' or scheme://host[:port] as a browser sends it, e.g. "
+                f"'https://app.example:8443' (no path, no comma). Got {origin!r}."
+            )
+        origins.append(origin.rstrip("/"))
+    return ["--cors-origins", ",".join(origins)] if origins else []
+
+
 def _check_timeout(value: object) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
         return float(value)
@@ -283,6 +316,7 @@ def start_server(
     ready_timeout: float = 60.0,
     extra_args: Sequence[str] | None = None,
     log_path: StrPath | None = None,
+    cors_origins: Sequence[str] | None = None,
 ) -> ServerHandle:
     """Start llama-server for `model` and return once ``/health`` says it is ready.
 
@@ -306,6 +340,9 @@ def start_server(
         ready_timeout: seconds to wait for ``/health`` to say ready.
         extra_args: more llama-server arguments, appended verbatim.
         log_path: file for the server's output; default a temporary file, deleted after a clean stop.
+        cors_origins: web origins (``"https://app.example:8443"``, or ``"*"`` for any) whose pages may call
+            the server from a browser; default None: only the server's own origin (its web UI). See
+            `cors_args`.
 
     Raises:
         RuntimeConfigurationError: a bad argument, a missing/non-GGUF model, no llama-server binary, a
@@ -320,6 +357,7 @@ def start_server(
         )
     check_single_host(host)
     slots = [] if parallel is None else ["-np", str(_check_count(parallel, "parallel"))]
+    slots += cors_args(cors_origins)
     timeout = _check_timeout(ready_timeout)
     env = dict(runtime.environment)
     # Validate every argument (and build the argv) before touching the network or the file system.
@@ -460,10 +498,10 @@ def serve(model: StrPath, **kwargs: Any) -> Iterator[ServerHandle]:
     """Start llama-server for `model`, yield its `ServerHandle` once ready, stop it on exit.
 
     Takes the keyword arguments of `start_server` (host, port=None for a free port, threads, parallel,
-    ctx_size, api_key, runtime, ready_timeout, extra_args, ...) and raises the same errors, before the
-    block runs. On exit the server and its process group are stopped (SIGTERM, wait, SIGKILL) however
-    the block ends. If the server died on its own during a block that otherwise finished normally, the
-    exit raises `RuntimeLaunchError`: a crash is never silent. Use ``handle.check()`` to find out sooner.
+    ctx_size, api_key, cors_origins, runtime, ready_timeout, extra_args, ...) and raises the same errors,
+    before the block runs. On exit the server and its process group are stopped (SIGTERM, wait, SIGKILL)
+    however the block ends. If the server died on its own during a block that otherwise finished normally,
+    the exit raises `RuntimeLaunchError`: a crash is never silent. Use ``handle.check()`` to find out sooner.
     """
     handle = start_server(model, **kwargs)
     try:

@@ -449,7 +449,7 @@ def test_server_that_exits_at_start_reports_its_stderr(fakes: FakeBinaries, tmp_
 
 BAD_REQUESTS = [
     # (method, path, body, expected status, words in the error)
-    ("POST", "/v1/chat/completions", b"{not json", 500, "parse error"),
+    ("POST", "/v1/chat/completions", b"{not json", 400, "parse error"),
     ("POST", "/v1/chat/completions", b"{}", 400, "'messages' is required"),
     ("POST", "/v1/chat/completions", {"messages": "hi"}, 400, "to be an array"),
     ("POST", "/v1/chat/completions", {"messages": [{"role": "user"}]}, 400, "must contain 'content'"),
@@ -460,7 +460,7 @@ BAD_REQUESTS = [
     ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "word " * 3000}]}, 400,
      "exceeds the available context size"),
     ("POST", "/v1/completions", {"max_tokens": 4}, 400, "'prompt' not found"),
-    ("POST", "/v1/completions", {"prompt": [1, 2, 99999999], "max_tokens": 4}, 400, "invalid tokens"),
+    ("POST", "/v1/completions", {"prompt": [1, 2, 99999999], "max_tokens": 4}, 400, "invalid token id"),
     ("POST", "/v1/embeddings", {"input": "hi"}, 501, "--embeddings"),
     ("GET", "/v1/no-such-route", None, 404, "Not Found"),
 ]  # fmt: skip
