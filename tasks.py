@@ -70,6 +70,7 @@ def _progress_bar() -> tuple[Callable[[str, int, int], None], Callable[[], None]
 
 
 @task(
+    auto_shortflags=False,
     help={
         "isa": "CPU variants to build: 'all' (default; the best one is picked at run time) or names "
         "from kernels/engine.toml, e.g. 'avx2' or 'sse42,avx512'",
@@ -77,7 +78,7 @@ def _progress_bar() -> tuple[Callable[[str, int, int], None], Callable[[], None]
         "llama_src": "build from your own llama.cpp checkout instead of the pinned source",
         "build_dir": "where the build tree and bin/ go (default: build)",
         "clean": "delete the build dir first",
-    }
+    },
 )
 def build(c, isa="all", jobs=0, llama_src="", build_dir="build", clean=False):
     """Build the pinned llama.cpp engine with our BitNet patches into <build-dir>/bin."""
@@ -103,6 +104,7 @@ def build(c, isa="all", jobs=0, llama_src="", build_dir="build", clean=False):
 
 
 @task(
+    auto_shortflags=False,
     help={
         "model": "GGUF whose ternary matrix shapes are tuned for (required)",
         "threads": "threads the kernels run with (default: all cores)",
@@ -110,7 +112,7 @@ def build(c, isa="all", jobs=0, llama_src="", build_dir="build", clean=False):
         "reps": "timed repetitions per measurement, median kept (default 5)",
         "build_dir": "engine build dir; the table goes to <build-dir>/tuning.json (default: build)",
         "out": "write the table here instead (the engine build only reads <build-dir>/tuning.json)",
-    }
+    },
 )
 def tune(c, model="", threads=0, cols=128, reps=5, build_dir="build", out=""):
     """Measure the kernels' tile parameters for this CPU on a model's shapes (`invoke build` uses them)."""
@@ -132,11 +134,12 @@ def tune(c, model="", threads=0, cols=128, reps=5, build_dir="build", out=""):
 
 
 @task(
+    auto_shortflags=False,
     help={
         "build_dir": "engine build dir (default: build)",
         "model": "also check this GGUF file",
         "json_out": "print JSON instead of text",
-    }
+    },
 )
 def doctor(c, build_dir="build", model="", json_out=False):
     """Report CPU features, the engine build, its active CPU variant and kernels, and problems."""
@@ -173,10 +176,11 @@ def doctor(c, build_dir="build", model="", json_out=False):
 
 
 @task(
+    auto_shortflags=False,
     help={
         "build_dir": "engine build dir to delete (default: build)",
         "cache": "also delete the download/ccache cache",
-    }
+    },
 )
 def clean(c, build_dir="build", cache=False):
     """Delete the engine build (and with --cache the cached sources and ccache)."""
@@ -191,11 +195,12 @@ def clean(c, build_dir="build", cache=False):
 
 
 @task(
+    auto_shortflags=False,
     help={
         "model": "catalogue name (see `invoke setup --list`) or a Hugging Face repo id",
         "revision": "commit/branch to download (default: the catalogue's pinned revision)",
         "local_dir": "put plain files here instead of the Hugging Face cache",
-    }
+    },
 )
 def download(c, model="2B", revision="", local_dir=""):
     """Download a checkpoint from Hugging Face (only the files needed; HF_TOKEN, HF_HOME honoured)."""
@@ -385,12 +390,13 @@ def setup(  # noqa: A002
 
 
 @task(
+    auto_shortflags=False,
     help={
         "rm": "remove this installed model (its whole folder under the models dir)",
         "yes": "do not ask before removing",
         "json_out": "print the list as JSON",
         "models_dir": "models directory (default: $BITNET_MODELS, else ./models)",
-    }
+    },
 )
 def models(c, rm="", yes=False, json_out=False, models_dir=""):
     """List installed models (size, types, activation, numerics, source and revision) or remove one."""
@@ -418,6 +424,7 @@ def models(c, rm="", yes=False, json_out=False, models_dir=""):
 
 
 @task(
+    auto_shortflags=False,
     help={
         "model": "path of the .gguf model (e.g. models/tiny/ggml-model-tq2_0.gguf from `invoke setup`)",
         "prompt": "text to continue",
@@ -428,7 +435,7 @@ def models(c, rm="", yes=False, json_out=False, models_dir=""):
         "build_dir": "engine build dir (default: build)",
         "verbose": "show the engine's log (loading, timings) on stderr",
         "timeout": "stop the engine after this many seconds (default: no limit)",
-    }
+    },
 )
 def infer(
     c,
@@ -457,11 +464,12 @@ def infer(
             ctx_size=ctx_size,
             batch_size=512,
             engine_log=verbose,
-            timeout=float(timeout) or None,
+            timeout=float(timeout) if timeout else None,
         )
 
 
 @task(
+    auto_shortflags=False,
     help={
         "model": "path of the .gguf model (e.g. models/tiny/ggml-model-tq2_0.gguf from `invoke setup`)",
         "host": "address to bind (default 127.0.0.1); any other needs --api-key or $BITNET_API_KEY",
@@ -589,10 +597,11 @@ def bench(
 
 
 @task(
+    auto_shortflags=False,
     help={
         "results": "results dir or .jsonl files, comma-separated (default: bench/results)",
         "out_dir": "where the PNG and SVG files go (default: bench/plots)",
-    }
+    },
 )
 def plot(c, results="", out_dir=""):
     """Redraw the benchmark plots (PNG + SVG) from the stored rows, never from memory."""
