@@ -192,7 +192,7 @@ def test_spec_sweeps_inherit_and_override_the_top_level():
         name="t",
     )
     a, b = spec.sweeps
-    assert (a.n_gen, a.n_prompt, a.models) == (16, 512, (DEFAULT_MODEL,))
+    assert (a.n_gen, a.n_prompt, a.models) == (16, 512, (ModelRequest(size="tiny"),))
     assert (b.n_gen, b.models) == (0, (ModelRequest(file=Path("x.gguf")),))
     assert spec.with_overrides(n_gen=4, reps=1).sweeps[1].n_gen == 4
 
