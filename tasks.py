@@ -126,11 +126,12 @@ def tune(c, model="", threads=0, cols=128, reps=5, build_dir="build", out=""):
     changed = {k: (res.before[k], res.after[k]) for k in res.after if res.before.get(k) != res.after[k]}
     if changed:
         print("tuned " + res.isa + ": " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+        print(f"table: {res.out_path}")
+        if not out:
+            print("run `invoke build` to compile the engine with it (it reads <build-dir>/tuning.json)")
     else:
-        print(f"tuned {res.isa}: the checked-in parameters were already the fastest measured")
-    print(f"table: {res.out_path}")
-    if not out:
-        print("run `invoke build` to compile the engine with it (it reads <build-dir>/tuning.json)")
+        print(f"tuned {res.isa}: the parameters in use were already the fastest measured; nothing to rebuild")
+        print(f"measurements: {res.out_path}")
 
 
 @task(

@@ -329,6 +329,10 @@ def tune(
         "confirm_median_s": confirm,
         "trials": [t.__dict__ for t in trials],
     }
+    if best == current and not out:
+        # Nothing to change: leave the table the build uses alone (a new file there would make the next
+        # `invoke build` recompile every kernel object for the same numbers); keep the measurements.
+        out_path = out_path.with_name("tuning-report.json")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
