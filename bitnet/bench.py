@@ -505,7 +505,7 @@ def run_bench(
         bench_spec = dataclasses.replace(bench_spec, roofline=roofline)
 
     runtime = BitNetRuntime(build_dir=build_dir, env=env)
-    binary = runtime._resolve_binary(BENCH_BINARY, required=True)
+    binary = runtime.find_binary(BENCH_BINARY)
     assert binary is not None
     cpu = detect_cpu()
     jobs, warnings = plan_jobs(

@@ -285,10 +285,10 @@ def run_perplexity(
         runtime = BitNetRuntime(build_dir=build_dir)
     elif not isinstance(runtime, BitNetRuntime):
         raise RuntimeConfigurationError(f"runtime must be a BitNetRuntime or None. Got {runtime!r}.")
-    n_threads = runtime._resolve_threads(threads)
-    model_path = runtime._require_model(model)
+    n_threads = runtime.resolve_threads(threads)
+    model_path = runtime.check_model(model)
     text_path, text_sha256, text_bytes = _check_text(text_file, ctx_size)
-    binary = runtime._require_binary(PERPLEXITY_BINARY)
+    binary = runtime.find_binary(PERPLEXITY_BINARY)
 
     command = [
         str(binary),

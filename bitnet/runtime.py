@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any, Literal, overload
 
 from bitnet._process import (
     StderrTee,
@@ -143,6 +144,44 @@ class BitNetRuntime:
         return self._last_execution_timestamp
 
     # ------------------------------------------------------------------ public API
+
+    @overload
+    def run_inference(
+        self,
+        *,
+        model: StrPath,
+        prompt: str,
+        n_predict: int = 128,
+        ctx_size: int = 2048,
+        temperature: float = 0.8,
+        threads: int | None = None,
+        batch_size: int = 512,
+        gpu_layers: int | None = None,
+        conversation: bool = False,
+        dry_run: Literal[True],
+        extra_args: Sequence[str] | None = None,
+        timeout: float | None = None,
+        engine_log: bool = True,
+    ) -> list[str]: ...
+
+    @overload
+    def run_inference(
+        self,
+        *,
+        model: StrPath,
+        prompt: str,
+        n_predict: int = 128,
+        ctx_size: int = 2048,
+        temperature: float = 0.8,
+        threads: int | None = None,
+        batch_size: int = 512,
+        gpu_layers: int | None = None,
+        conversation: bool = False,
+        dry_run: Literal[False] = False,
+        extra_args: Sequence[str] | None = None,
+        timeout: float | None = None,
+        engine_log: bool = True,
+    ) -> int: ...
 
     def run_inference(
         self,
@@ -314,6 +353,42 @@ class BitNetRuntime:
             )
         self._last_execution_timestamp = time.time()
 
+    @overload
+    def run_server(
+        self,
+        *,
+        model: StrPath,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        prompt: str | None = None,
+        n_predict: int = 4096,
+        ctx_size: int = 2048,
+        temperature: float = 0.8,
+        threads: int | None = None,
+        batch_size: int = 512,
+        gpu_layers: int | None = None,
+        dry_run: Literal[True],
+        extra_args: Sequence[str] | None = None,
+    ) -> list[str]: ...
+
+    @overload
+    def run_server(
+        self,
+        *,
+        model: StrPath,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        prompt: str | None = None,
+        n_predict: int = 4096,
+        ctx_size: int = 2048,
+        temperature: float = 0.8,
+        threads: int | None = None,
+        batch_size: int = 512,
+        gpu_layers: int | None = None,
+        dry_run: Literal[False] = False,
+        extra_args: Sequence[str] | None = None,
+    ) -> int: ...
+
     def run_server(
         self,
         *,
@@ -357,6 +432,38 @@ class BitNetRuntime:
         self._require_model(model)
         command[0] = str(self._require_binary(SERVER_BINARY))
         return self._execute(command)
+
+    def find_binary(self, name: str) -> Path:
+        """The path of llama.cpp binary `name` (``<build_dir>/bin``, then ``$BITNET_BIN_DIR``).
+
+        Raises:
+            RuntimeConfigurationError: it is not there; the message lists each path tried and how to
+                build the engine.
+        """
+        return self._require_binary(name)
+
+    def check_model(self, model: StrPath) -> Path:
+        """Check that `model` is a usable GGUF file before anything is launched; return its path.
+
+        Raises:
+            RuntimeConfigurationError: it is missing, a directory, or not a GGUF file;
+                `ModelFileError` (a subclass) when its structure or hyper-parameters are damaged.
+        """
+        return self._require_model(model)
+
+    def resolve_threads(self, threads: int | None) -> int:
+        """The thread count a command will get: all cores for None, more than the cores clamped (with a
+        warning). Raises `RuntimeConfigurationError` for anything but a positive int or None."""
+        return self._resolve_threads(threads)
+
+    def inference_command(self, **kwargs: Any) -> list[str]:
+        """The validated llama-completion argv for `run_inference`'s arguments; nothing is launched and
+        neither the binary nor the model has to exist (``run_inference(dry_run=True)``, typed)."""
+        return self.run_inference(dry_run=True, **kwargs)
+
+    def server_command(self, **kwargs: Any) -> list[str]:
+        """The validated llama-server argv for `run_server`'s arguments; nothing is launched."""
+        return self.run_server(dry_run=True, **kwargs)
 
     def diagnostics(self, *, model: StrPath | None = None) -> RuntimeDiagnostics:
         """Check the setup, reporting problems instead of raising: binaries, model, CPU, engine build.

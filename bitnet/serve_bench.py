@@ -499,7 +499,7 @@ def run_serving_bench(
             f"model file {path} does not exist: pass an existing .gguf file (default_model() makes the "
             "offline tiny one)."
         )
-    binary = runtime._resolve_binary(SERVER_BINARY, required=True)
+    binary = runtime.find_binary(SERVER_BINARY)
     assert binary is not None
     identity = run_identity(runtime.build_dir, binary.parent, detect_cpu())
     if not identity["kernels_in_engine"] and len(configs) > 1:

@@ -377,8 +377,8 @@ def start_server(
     )
     assert isinstance(command, list)
     key = require_api_key(host, api_key, env=env, extra_args=command)
-    runtime._require_model(model)
-    command[0] = str(runtime._require_binary(SERVER_BINARY))
+    runtime.check_model(model)
+    command[0] = str(runtime.find_binary(SERVER_BINARY))
     if port is None:
         port = free_port(host)
         command[command.index("--port") + 1] = str(port)

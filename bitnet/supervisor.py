@@ -239,8 +239,8 @@ class RuntimeSupervisor:
             )
         command = build(dry_run=True, **kwargs)
         assert isinstance(command, list)
-        self._runtime._require_model(kwargs["model"])
-        command[0] = str(self._runtime._require_binary(binary))
+        self._runtime.check_model(kwargs["model"])
+        command[0] = str(self._runtime.find_binary(binary))
         return command
 
     def _raise_if_closed(self) -> None:

@@ -31,7 +31,7 @@ def requantize_head(
     """Write `out` = `src` with its head in `head_type`, atomically; every other tensor unchanged."""
     from bitnet.runtime import BitNetRuntime
 
-    binary = BitNetRuntime(build_dir=str(build_dir))._require_binary("llama-quantize")
+    binary = BitNetRuntime(build_dir=str(build_dir)).find_binary("llama-quantize")
     qtype = ENGINE_HEAD_TYPES[head_type]
     tmp = new_temp(out)
     try:
