@@ -43,7 +43,7 @@ from typing import Any
 
 from gguf import GGMLQuantizationType
 
-from bitnet.diagnostics import ACT_QUANT_ENV, KERNELS_ENV
+from bitnet.contract import ACT_QUANT_ENV, CPU_VARIANT_ENV, KERNELS_ENV
 from bitnet.errors import BitNetError
 
 if sys.version_info >= (3, 11):
@@ -73,7 +73,7 @@ __all__ = [
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPEC_DIR = REPO_ROOT / "bench" / "specs"
-VARIANT_ENV = "GGML_CPU_VARIANT"  # our engine patch 0002: force libggml-cpu-<name>
+VARIANT_ENV = CPU_VARIANT_ENV  # our engine patch 0002: force libggml-cpu-<name>
 # ours: BITNET_KERNELS=1 (the file's activation mode); stock: =0; perblock: our kernels forced to ggml's
 # per-256-block activations (BITNET_ACT_QUANT=per_block), to price the per-token definition (issue 12)
 KERNELS = ("ours", "stock", "perblock")

@@ -7,11 +7,25 @@ The binary and environment-variable names the toolkit relies on are declared her
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from bitnet.contract import (
+    ACT_QUANT_ENV,
+    BENCH_BINARY,
+    BIN_DIR_ENV,
+    CHAT_BINARY,
+    GGUF_MAGIC,
+    INFERENCE_BINARY,
+    KERNELS_ENV,
+    PERPLEXITY_BINARY,
+    QUANTIZE_BINARY,
+    SERVER_BINARY,
+    VARIANT_REPORT_ENV,
+    parse_engine_report,
+)
 
 __all__ = [
     "BIN_DIR_ENV",
@@ -25,31 +39,15 @@ __all__ = [
     "probe_engine",
 ]
 
-INFERENCE_BINARY = "llama-completion"  # llama.cpp's one-shot text tool; llama-cli is a chat front end
-SERVER_BINARY = "llama-server"
 DIAGNOSTIC_BINARIES = (
     INFERENCE_BINARY,
-    "llama-cli",
+    CHAT_BINARY,
     SERVER_BINARY,
-    "llama-bench",
-    "llama-quantize",
-    "llama-perplexity",
+    BENCH_BINARY,
+    QUANTIZE_BINARY,
+    PERPLEXITY_BINARY,
 )
-BIN_DIR_ENV = "BITNET_BIN_DIR"  # extra directory searched for the binaries after <build_dir>/bin
-KERNELS_ENV = "BITNET_KERNELS"  # "0" turns our BitNet kernels off in the engine
 VERSION_TIMEOUT_SECONDS = 10.0
-GGUF_MAGIC = b"GGUF"  # the first 4 bytes of every GGUF file
-
-# The CPU library ggml chose, as our engine patch reports it (`ggml: CPU variant libggml-cpu-avx2.so`,
-# with GGML_CPU_VARIANT_REPORT=1) or upstream logs it (`load_backend: loaded CPU backend from
-# /path/libggml-cpu-avx2.so`) -> "avx2". ref: kernels/patches/0002-cpu-variants-chosen-list-and-forcing.patch
-_CPU_VARIANT_RE = re.compile(
-    r"(?:CPU variant|loaded CPU backend from) \S*?ggml-cpu-([A-Za-z0-9_]+)\.(?:so|dll|dylib)\b"
-)
-_VARIANT_REPORT_ENV = "GGML_CPU_VARIANT_REPORT"
-# Our kernels, as the engine reports them when its CPU backend registers (same switch):
-# `bitnet: ternary kernels on (avx512vnni)` / `... off (BITNET_KERNELS=0) (avx2)`. ref: patch 0004.
-_KERNELS_RE = re.compile(r"bitnet: ternary kernels (on|off)\b[^\n]*\(([^()\n]*)\)")
 
 
 @dataclass(frozen=True)
@@ -151,7 +149,7 @@ def probe_engine(binary: str, env: Mapping[str, str], timeout: float | None = No
         "error": None,
     }
     version_text, version_error = _probe([binary, "--version"], env, limit)
-    devices_text, devices_error = _probe([binary, "--list-devices"], {**env, _VARIANT_REPORT_ENV: "1"}, limit)
+    devices_text, devices_error = _probe([binary, "--list-devices"], {**env, VARIANT_REPORT_ENV: "1"}, limit)
     info["error"] = version_error or devices_error
     for line in (version_text + "\n" + devices_text).splitlines():
         line = line.strip()
@@ -159,17 +157,13 @@ def probe_engine(binary: str, env: Mapping[str, str], timeout: float | None = No
             info["version"] = line.removeprefix("version:").strip()
         elif line.startswith("built with") and info["built_with"] is None:
             info["built_with"] = line.removeprefix("built with").strip()
-        match = _CPU_VARIANT_RE.search(line)
-        if match and info["cpu_variant"] is None:
-            info["cpu_variant"] = match.group(1)
-        kernels = _KERNELS_RE.search(line)
-        if kernels:  # what the engine says beats what the environment suggests
-            info["kernels"] = "ours" if kernels.group(1) == "on" else "off"
-            info["kernels_isa"] = kernels.group(2)
+        report = parse_engine_report(line)
+        if report.cpu_variant and info["cpu_variant"] is None:
+            info["cpu_variant"] = report.cpu_variant
+        if report.kernels is not None:  # what the engine says beats what the environment suggests
+            info["kernels"] = "ours" if report.kernels else "off"
+            info["kernels_isa"] = report.kernels_isa
     return info
-
-
-ACT_QUANT_ENV = "BITNET_ACT_QUANT"  # per_token | per_block: overrides the file's key (patch 0006)
 
 
 def activation_quant_mode(model: str | os.PathLike[str], env: Mapping[str, str]) -> dict[str, object]:

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from bitnet.contract import GGUF_MAGIC
 from bitnet.errors import ModelFileError
 
 __all__ = [
@@ -56,7 +57,6 @@ __all__ = [
     "read_gguf_header",
 ]
 
-GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_KEY_BYTES = 65535  # the GGUF spec bounds keys to 2^16 - 1 bytes
 MAX_STRING_BYTES = 64 << 20  # a chat template or token is KBs; 64 MiB is "corrupt length field"

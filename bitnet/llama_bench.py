@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import mmap
-import re
 import subprocess
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bitnet.bench_spec import REPO_ROOT, BenchmarkError, BenchSpecError
+from bitnet.contract import BENCH_BINARY, KERNELS_ENV, parse_engine_report
 from bitnet.cpu import CpuInfo
 from bitnet.engine import load_pin, read_build_info
 from bitnet.errors import BitNetError
@@ -37,10 +37,8 @@ __all__ = [
     "run_identity",
 ]
 
-BENCH_BINARY = "llama-bench"
 # ggml's loader logs `load_backend: loaded CPU backend from /path/libggml-cpu-avx2.so` on stderr.
-_CPU_BACKEND_RE = re.compile(r"loaded CPU backend from \S*?ggml-cpu-([A-Za-z0-9_]+)\.(?:so|dll|dylib)\b")
-_KERNEL_SWITCH = b"BITNET_KERNELS"  # our kernels read this variable; an engine without it has none
+_KERNEL_SWITCH = KERNELS_ENV.encode()  # our kernels read this variable; an engine without it has none
 _REQUIRED_FIELDS = ("n_prompt", "n_gen", "n_threads", "avg_ts")
 
 
@@ -92,8 +90,7 @@ def parse_llama_bench_output(text: str) -> list[dict[str, Any]]:
 
 def loaded_cpu_variant(stderr: str) -> str | None:
     """The ggml CPU variant library the engine loaded ("avx2", ...), from its stderr; None if unsaid."""
-    match = _CPU_BACKEND_RE.search(stderr)
-    return match.group(1) if match else None
+    return parse_engine_report(stderr).cpu_variant
 
 
 def engine_has_kernel_switch(bin_dir: Path) -> bool:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bitnet.contract import ACTIVATION_QUANT, HIDDEN_ACTIVATION, gguf_key
 from bitnet.errors import BitNetError
 
 MODELS_ENV = "BITNET_MODELS"
@@ -129,8 +130,8 @@ def _describe(path: Path, name: str) -> InstalledModel:
         arch = _string_field(reader, "general.architecture")
         info["architecture"] = arch
         if arch:
-            info["act"] = _string_field(reader, f"{arch}.hidden_activation")
-            info["aq"] = _string_field(reader, f"{arch}.activation_quant")
+            info["act"] = _string_field(reader, gguf_key(arch, HIDDEN_ACTIVATION))
+            info["aq"] = _string_field(reader, gguf_key(arch, ACTIVATION_QUANT))
         types: dict[str, int] = {}
         for tensor in reader.tensors:
             tname = tensor.tensor_type.name

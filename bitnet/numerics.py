@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bitnet.contract import ACT_QUANT_ENV, KERNELS_ENV
 from bitnet.errors import BitNetError
 
 __all__ = [
@@ -350,9 +351,9 @@ def _tokenizer(model_dir: Path) -> Any:
 # What each engine mode sets in its environment (patch 0006, BITNET_KERNELS): `per_token` runs the
 # file's own key (our converter writes per_token); `stock` is ggml's own kernels (always per block).
 MODES: dict[str, dict[str, str]] = {
-    "per_token": {"BITNET_ACT_QUANT": "per_token"},
-    "per_block": {"BITNET_ACT_QUANT": "per_block"},
-    "stock": {"BITNET_KERNELS": "0"},
+    "per_token": {ACT_QUANT_ENV: "per_token"},
+    "per_block": {ACT_QUANT_ENV: "per_block"},
+    "stock": {KERNELS_ENV: "0"},
 }
 
 

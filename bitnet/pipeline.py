@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bitnet.contract import ACTIVATION_QUANT, HIDDEN_ACTIVATION, gguf_key
 from bitnet.engine import ProgressFn
 from bitnet.errors import BitNetError, RuntimeLaunchError
 from bitnet.models import LOCK_NAME, ModelLock, resolved_revision, write_lock
@@ -57,9 +58,9 @@ def verify_gguf(path: Path) -> str | None:
     arch = bytes(field_.parts[field_.data[0]]).decode() if field_ else None
     if arch not in ("bitnet", "llama"):
         return f"architecture {arch!r} is not one this toolkit writes"
-    if arch == "bitnet" and reader.get_field("bitnet.hidden_activation") is None:
+    if arch == "bitnet" and reader.get_field(gguf_key(arch, HIDDEN_ACTIVATION)) is None:
         return "no bitnet.hidden_activation key (made by another converter)"
-    if reader.get_field(f"{arch}.activation_quant") is None:
+    if reader.get_field(gguf_key(arch, ACTIVATION_QUANT)) is None:
         return f"no {arch}.activation_quant key (made before per-token activations: runs per block)"
     return None
 

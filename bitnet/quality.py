@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from bitnet.bench_spec import VARIANT_ENV, BenchmarkError, Config
+from bitnet.contract import KERNELS_ENV, PERPLEXITY_BINARY, VARIANT_REPORT_ENV, parse_engine_report
 from bitnet.cpu import detect_cpu
-from bitnet.diagnostics import _CPU_VARIANT_RE, KERNELS_ENV
 from bitnet.errors import (
     PerplexityError,
     RuntimeConfigurationError,
@@ -66,7 +66,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PERPLEXITY_BINARY = "llama-perplexity"
 # The download named in perplexity.cpp's own comment; wiki.test.raw is inside.
 WIKITEXT2_URL = "https://huggingface.co/datasets/ggml-org/ci/resolve/main/wikitext-2-raw-v1.zip"
 # What to expect for microsoft/bitnet-b1.58-2B-4T on the whole wiki.test.raw (issue 4), by the type of
@@ -75,7 +74,6 @@ REFERENCE_PPL = {"f16": 17.11, "q6_k": 17.15}
 # Each chunk scores ctx - ctx/2 - 1 tokens: below this there is too little context for a meaningful number.
 MIN_CTX_SIZE = 16
 # Tells the engine to name the CPU library it loaded and whether our kernels are on (engine patches).
-_REPORT_ENV = "GGML_CPU_VARIANT_REPORT"
 
 # Formats printed by tools/perplexity/perplexity.cpp (pinned llama.cpp). The final line is not always at
 # the start of a line: the ETA before it ends its own line on stdout, so stderr reads
@@ -88,7 +86,6 @@ _NEED_RE = re.compile(r"you need at least (\d+) tokens to evaluate perplexity wi
 _ONLY_RE = re.compile(r"tokenizes to only (\d+) tokens")
 _NO_SPREAD = "Unexpected negative standard deviation of log(prob)"
 # bitnet: ternary kernels on (avx512vnni) | bitnet: ternary kernels off (BITNET_KERNELS=0) (avx512vnni)
-_KERNELS_RE = re.compile(r"bitnet: ternary kernels (on|off)\b[^\n]*\(([^()\n]*)\)")
 
 
 # ---------------------------------------------------------------------------------------- parsing
@@ -300,7 +297,7 @@ def run_perplexity(
     ]  # fmt: skip
     if chunks is not None:
         command += ["--chunks", str(chunks)]
-    env = {**runtime.environment, _REPORT_ENV: "1"}
+    env = {**runtime.environment, VARIANT_REPORT_ENV: "1"}
     run_id = uuid.uuid4().hex
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     results_path = Path(results_dir) / f"{stamp}-perplexity-{run_id[:8]}.jsonl"
@@ -329,8 +326,7 @@ def run_perplexity(
 
     kernels = "stock" if env.get(KERNELS_ENV) == "0" else "ours"
     variant = env.get(VARIANT_ENV) or None
-    engine_kernels = _KERNELS_RE.search(outcome.stderr)
-    loaded = _CPU_VARIANT_RE.search(outcome.stderr)
+    report = parse_engine_report(outcome.stderr)
     row: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "kind": "perplexity",
@@ -338,9 +334,9 @@ def run_perplexity(
         "date": now_iso(),
         "config": Config(kernels=kernels, variant=variant).label,
         "kernels": kernels,
-        "kernels_active": None if engine_kernels is None else engine_kernels.group(1) == "on",
-        "kernels_isa": None if engine_kernels is None else engine_kernels.group(2),
-        "cpu_variant": loaded.group(1) if loaded else variant,
+        "kernels_active": report.kernels,
+        "kernels_isa": report.kernels_isa,
+        "cpu_variant": report.cpu_variant or variant,
         "cpu_variant_requested": variant or "auto",
         **run_identity(runtime.build_dir, binary.parent, detect_cpu()),
         "model_name": model_path.stem,

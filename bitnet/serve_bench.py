@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -50,8 +49,8 @@ import numpy as np
 import pandas as pd
 
 from bitnet.bench_spec import REPO_ROOT, VARIANT_ENV, BenchmarkError, BenchSpecError
+from bitnet.contract import KERNELS_ENV, SERVER_BINARY, VARIANT_REPORT_ENV, parse_engine_report
 from bitnet.cpu import detect_cpu
-from bitnet.diagnostics import _CPU_VARIANT_RE, _VARIANT_REPORT_ENV, KERNELS_ENV, SERVER_BINARY
 from bitnet.errors import RuntimeLaunchError
 from bitnet.llama_bench import now_iso, run_identity
 from bitnet.results import DEFAULT_RESULTS_DIR, SCHEMA_VERSION, ResultsWriter, inspect_model, load_results
@@ -84,7 +83,6 @@ _ERROR_CHARS = 300
 _LOG_HEAD_BYTES = 64 * 1024  # the engine reports its CPU variant and kernels in its first lines
 # With GGML_CPU_VARIANT_REPORT=1 our engine logs at start-up "ggml: CPU variant libggml-cpu-avx2.so"
 # (bitnet.diagnostics reads that) and "bitnet: ternary kernels on (avx2)" (kernels/patches/0004).
-_KERNELS_RE = re.compile(r"bitnet: ternary kernels (on|off)\b")
 _KERNEL_CHOICES = ("ours", "stock")
 
 
@@ -144,7 +142,7 @@ def _server_env(base: Mapping[str, str], kernels: str | None) -> dict[str, str]:
     env = dict(base)
     if kernels is not None:
         env[KERNELS_ENV] = "1" if kernels == "ours" else "0"
-    env[_VARIANT_REPORT_ENV] = "1"  # the engine names its CPU library and kernel state in its log
+    env[VARIANT_REPORT_ENV] = "1"  # the engine names its CPU library and kernel state in its log
     return env
 
 
@@ -386,10 +384,10 @@ class _Bench:
                 log.error("%s", server_error)
         finally:
             handle.stop(quiet=True)
-        variant = _CPU_VARIANT_RE.search(head)
-        reported = _KERNELS_RE.search(head)
-        if reported and (reported.group(1) == "on") != (label == "ours"):
-            log.warning("%s: the engine reports its ternary kernels %s", what, reported.group(1))
+        engine = parse_engine_report(head)
+        reported = None if engine.kernels is None else ("on" if engine.kernels else "off")
+        if reported and (reported == "on") != (label == "ours"):
+            log.warning("%s: the engine reports its ternary kernels %s", what, reported)
         row: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
             "kind": "serving",
@@ -398,8 +396,8 @@ class _Bench:
             "date": now_iso(),
             "config": label,
             "kernels": label,
-            "kernels_reported": reported.group(1) if reported else None,
-            "cpu_variant": variant.group(1) if variant else None,
+            "kernels_reported": reported,
+            "cpu_variant": engine.cpu_variant,
             "cpu_variant_requested": env.get(VARIANT_ENV) or "auto",
             **self.static,
             "n_threads": _option(handle.command, "-t"),

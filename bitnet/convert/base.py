@@ -25,6 +25,7 @@ from gguf import GGMLQuantizationType, LlamaFileType
 from gguf.quants import quantize
 
 from bitnet import packing
+from bitnet.contract import HIDDEN_ACTIVATION, gguf_key
 from bitnet.convert.checkpoint import Checkpoint
 from bitnet.convert.errors import (
     CheckpointDtypeError,
@@ -186,7 +187,7 @@ def add_model_metadata(md: Metadata, arch: str, hp: HParams, name: str, outtype:
         md.u32(f"{arch}.attention.value_length", hp.head_dim)
     md.f32(f"{arch}.attention.layer_norm_rms_epsilon", hp.rms_eps)
     if arch == "bitnet":  # read by our engine patch (src/models/bitnet.cpp); absent -> SiLU
-        md.string("bitnet.hidden_activation", hp.activation)
+        md.string(gguf_key("bitnet", HIDDEN_ACTIVATION), hp.activation)
     # BitNet b1.58 quantizes each linear layer's input to int8 per token (transformers' ActQuant); our
     # engine patch 0006 reads this key (absent -> ggml's per-256-block q8_K, with a warning).
     md.string(f"{arch}.activation_quant", ACTIVATION_QUANT)

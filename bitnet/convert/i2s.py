@@ -44,6 +44,7 @@ import numpy.typing as npt
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from bitnet import packing
+from bitnet.contract import GGUF_MAGIC
 from bitnet.convert.base import ACTIVATION_QUANT, FILE_TYPES, HEAD_TYPES, OUT_TYPES, head_spec, ternary_qtype
 from bitnet.convert.errors import (
     ConversionError,
@@ -88,7 +89,6 @@ I2S_TAIL_BYTES = 32  # f32 scale + padding after the packed codes
 # bits _I2S_SHIFTS[g]+1 : _I2S_SHIFTS[g]. THE declaration of the I2_S bit order.
 _I2S_SHIFTS = np.array([6, 4, 2, 0], dtype=np.uint8)
 
-GGUF_MAGIC = b"GGUF"
 GGUF_DEFAULT_ALIGNMENT = 32
 
 Codes = npt.NDArray[np.int8]

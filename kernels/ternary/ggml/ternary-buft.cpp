@@ -12,6 +12,7 @@
 // Compiled into every CPU variant library by ggml-cpu-ternary.cmake; the variant's flags choose the
 // kernels' ISA. ref: ggml/src/ggml-cpu/traits.h, repack.cpp.
 
+#include "bitnet_contract.h"
 #include "bitnet_kernels.h"
 
 #include "ggml-backend-impl.h"
@@ -240,7 +241,7 @@ class extra_buffer_type : ggml::cpu::extra_buffer_type {
 
 static bool kernels_enabled() {
     static const bool on = [] {
-        const char * env = std::getenv("BITNET_KERNELS");
+        const char * env = std::getenv(BITNET_ENV_KERNELS);
         return !(env && std::strcmp(env, "0") == 0);
     }();
     return on;
@@ -250,9 +251,9 @@ static bool kernels_enabled() {
 // synchronously on stderr like patch 0002's variant line, whether our kernels run and for which ISA.
 void ggml_backend_cpu_ternary_report(void) {
     static const bool once = [] {
-        if (std::getenv("GGML_CPU_VARIANT_REPORT")) {
-            fprintf(stderr, "bitnet: ternary kernels %s (%s)\n",
-                    kernels_enabled() ? "on" : "off (BITNET_KERNELS=0)", bitnet_isa());
+        if (std::getenv(BITNET_ENV_VARIANT_REPORT)) {
+            fprintf(stderr, BITNET_REPORT_KERNELS,
+                    kernels_enabled() ? "on" : "off (" BITNET_ENV_KERNELS "=0)", bitnet_isa());
         }
         return true;
     }();

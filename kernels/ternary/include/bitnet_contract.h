@@ -1,0 +1,23 @@
+/* The engine contract, C side: the names our patched llama.cpp and bitnet/contract.py must spell the
+ * same (environment variables, GGUF keys, the lines the engine prints about itself). Our own sources
+ * include this header; the patches to llama.cpp spell the same strings, and tests/test_contract.py
+ * checks that this header, the patches and the Python module agree. */
+#ifndef BITNET_CONTRACT_H
+#define BITNET_CONTRACT_H
+
+/* environment */
+#define BITNET_ENV_KERNELS        "BITNET_KERNELS"          /* "0": stock ggml kernels (patch 0004) */
+#define BITNET_ENV_ACT_QUANT      "BITNET_ACT_QUANT"        /* per_token | per_block (patch 0006) */
+#define BITNET_ENV_CPU_VARIANT    "GGML_CPU_VARIANT"        /* force libggml-cpu-<name> (patch 0002) */
+#define BITNET_ENV_VARIANT_REPORT "GGML_CPU_VARIANT_REPORT" /* print the report lines below */
+
+/* GGUF keys, after "<arch>." */
+#define BITNET_GGUF_HIDDEN_ACTIVATION "hidden_activation"   /* relu2 | silu (patch 0001) */
+#define BITNET_GGUF_ACTIVATION_QUANT  "activation_quant"    /* per_token | per_block (patch 0006) */
+
+/* report lines (stderr), as printf formats */
+#define BITNET_REPORT_CPU_VARIANT "ggml: CPU variant %s\n"                  /* patch 0002 */
+#define BITNET_REPORT_KERNELS     "bitnet: ternary kernels %s (%s)\n"       /* ternary-buft.cpp */
+#define BITNET_REPORT_ACT_QUANT   "bitnet: activation quantization %s (%s)" /* patch 0006 */
+
+#endif /* BITNET_CONTRACT_H */

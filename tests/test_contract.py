@@ -1,0 +1,106 @@
+"""The engine contract: bitnet/contract.py, kernels/ternary/include/bitnet_contract.h and our llama.cpp
+patches spell every shared name the same; the report parser reads what the real engine prints."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from bitnet import contract
+
+REPO = Path(__file__).resolve().parent.parent
+HEADER = REPO / "kernels" / "ternary" / "include" / "bitnet_contract.h"
+PATCHES = REPO / "kernels" / "patches"
+
+
+def header_strings() -> dict[str, str]:
+    return dict(re.findall(r'#define (BITNET_\w+)\s+"((?:[^"\\]|\\.)*)"', HEADER.read_text()))
+
+
+def added_patch_lines() -> str:
+    return "".join(
+        line
+        for p in sorted(PATCHES.glob("*.patch"))
+        for line in p.read_text().splitlines(True)
+        if line.startswith("+")
+    )
+
+
+@pytest.mark.parametrize(
+    ("macro", "python"),
+    [
+        ("BITNET_ENV_KERNELS", contract.KERNELS_ENV),
+        ("BITNET_ENV_ACT_QUANT", contract.ACT_QUANT_ENV),
+        ("BITNET_ENV_CPU_VARIANT", contract.CPU_VARIANT_ENV),
+        ("BITNET_ENV_VARIANT_REPORT", contract.VARIANT_REPORT_ENV),
+        ("BITNET_GGUF_HIDDEN_ACTIVATION", contract.HIDDEN_ACTIVATION),
+        ("BITNET_GGUF_ACTIVATION_QUANT", contract.ACTIVATION_QUANT),
+    ],
+)
+def test_header_and_python_agree(macro: str, python: str) -> None:
+    assert header_strings()[macro] == python
+
+
+@pytest.mark.parametrize(
+    ("macro", "in_patch"),
+    [
+        ("BITNET_ENV_CPU_VARIANT", True),
+        ("BITNET_ENV_VARIANT_REPORT", True),
+        ("BITNET_ENV_ACT_QUANT", True),
+        ("BITNET_GGUF_HIDDEN_ACTIVATION", True),
+        ("BITNET_GGUF_ACTIVATION_QUANT", True),
+        ("BITNET_REPORT_CPU_VARIANT", True),
+        ("BITNET_REPORT_ACT_QUANT", True),
+    ],
+)
+def test_patches_spell_the_headers_strings(macro: str, in_patch: bool) -> None:
+    """The patches cannot include our header (they edit llama.cpp's own files), so they repeat it."""
+    assert (header_strings()[macro] in added_patch_lines()) == in_patch
+
+
+@pytest.mark.parametrize(
+    "line_fmt",
+    ["BITNET_REPORT_CPU_VARIANT", "BITNET_REPORT_KERNELS", "BITNET_REPORT_ACT_QUANT"],
+)
+def test_the_parser_reads_what_the_header_prints(line_fmt: str) -> None:
+    fmt = header_strings()[line_fmt].replace("\\n", "\n")
+    args = {
+        "BITNET_REPORT_CPU_VARIANT": ("libggml-cpu-avx2.so",),
+        "BITNET_REPORT_KERNELS": ("off (BITNET_KERNELS=0)", "avx512vnni"),
+        "BITNET_REPORT_ACT_QUANT": ("per_block", "BITNET_ACT_QUANT"),
+    }[line_fmt]
+    sample = fmt % args
+    report = contract.parse_engine_report("noise\n" + sample + "more noise\n")
+    if line_fmt == "BITNET_REPORT_CPU_VARIANT":
+        assert report.cpu_variant == "avx2"
+    elif line_fmt == "BITNET_REPORT_KERNELS":
+        assert report.kernels is False and report.kernels_isa == "avx512vnni"
+    else:
+        assert (report.act_quant, report.act_quant_source) == ("per_block", "BITNET_ACT_QUANT")
+
+
+def test_nothing_reported_is_none() -> None:
+    assert contract.parse_engine_report("") == contract.EngineReport()
+
+
+@pytest.mark.engine
+def test_the_real_engine_report_parses(engine_bin_dir: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from bitnet.dummy import write_dummy_model
+
+    model = tmp_path / "tiny.gguf"
+    write_dummy_model("tiny", model, progress=False)
+    env = {**os.environ, contract.VARIANT_REPORT_ENV: "1", contract.ACT_QUANT_ENV: "per_block"}
+    done = subprocess.run(
+        [str(engine_bin_dir / contract.INFERENCE_BINARY), "-m", str(model), "-p", "hi", "-n", "1", "-no-cnv",
+         "-t", "1"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = contract.parse_engine_report(done.stderr)
+    assert report.cpu_variant and report.kernels is True and report.kernels_isa
+    assert (report.act_quant, report.act_quant_source) == ("per_block", contract.ACT_QUANT_ENV)
