@@ -395,7 +395,8 @@ def test_ternary_weights_use_our_buffer_type_unless_switched_off(
 @pytest.mark.engine
 @pytest.mark.slow
 def test_invoke_build_isa_gives_a_forced_variant_that_doctor_reports(engine_build_dir: Path, tmp_path: Path):
-    # A second build dir with one variant only; ccache (paths relative to the build dir) makes it cheap.
+    # A second build dir with one variant only; ccache (paths relative to the build dir) makes it cheap,
+    # and without the web UI (its npm build would add ~2 min and is not what this test is about).
     cpu = detect_cpu()
     runnable = [v.name for v in engine.load_pin().variants_for(cpu.arch) if cpu.has(*v.requires)]
     forced = runnable[0] if len(runnable) == 1 else runnable[-2]  # not the one the host would pick anyway
@@ -410,7 +411,7 @@ def test_invoke_build_isa_gives_a_forced_variant_that_doctor_reports(engine_buil
     build_dir.mkdir()
     (build_dir / engine.TUNED_FILE_NAME).write_text(json.dumps(table))
     done = subprocess.run(
-        [sys.executable, "-m", "invoke", "build", "--isa", forced, "--build-dir", str(build_dir)],
+        [sys.executable, "-m", "invoke", "build", "--isa", forced, "--no-ui", "--build-dir", str(build_dir)],
         cwd=repo, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
