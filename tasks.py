@@ -15,8 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from invoke import task
+from invoke import Task, task
 from invoke.exceptions import Exit
+from invoke.parser import Argument
 
 ROOT = Path(__file__).resolve().parent
 
@@ -69,8 +70,36 @@ def _progress_bar() -> tuple[Callable[[str, int, int], None], Callable[[], None]
     return update, close
 
 
+class _OptionalBool(Argument):
+    """A --flag / --no-flag pair whose value is None when neither is given (the "auto" default)."""
+
+    @property  # type: ignore[override]
+    def value(self) -> Any:
+        return self._value
+
+    @value.setter
+    def value(self, arg: Any) -> None:
+        self.set_value(arg, cast=True)
+
+
+class _AutoFlagTask(Task):
+    """A task whose `auto_flags` parameters (default None) take --x / --no-x / neither = auto."""
+
+    auto_flags = ("ui",)
+
+    def get_arguments(self, ignore_unknown_help: bool | None = None) -> list[Argument]:
+        args = super().get_arguments(ignore_unknown_help)
+
+        def tri_state(a: Argument) -> Argument:
+            # kind=bool with default True makes invoke accept --no-x; the value stays None unless given
+            return _OptionalBool(names=a.names, kind=bool, default=True, help=a.help)
+
+        return [tri_state(a) if a.name in self.auto_flags else a for a in args]
+
+
 @task(
     auto_shortflags=False,
+    klass=_AutoFlagTask,
     help={
         "isa": "CPU variants to build: 'all' (default; the best one is picked at run time) or names "
         "from kernels/engine.toml, e.g. 'avx2' or 'sse42,avx512'",
@@ -78,9 +107,11 @@ def _progress_bar() -> tuple[Callable[[str, int, int], None], Callable[[], None]
         "llama_src": "build from your own llama.cpp checkout instead of the pinned source",
         "build_dir": "where the build tree and bin/ go (default: build)",
         "clean": "delete the build dir first",
+        "ui": "--ui: embed llama-server's browser chat (built with npm; needs Node.js >= 20), --no-ui: "
+        "do not; default: when Node.js >= 20 and npm are found",
     },
 )
-def build(c, isa="all", jobs=0, llama_src="", build_dir="build", clean=False):
+def build(c, isa="all", jobs=0, llama_src="", build_dir="build", clean=False, ui=None):
     """Build the pinned llama.cpp engine with our BitNet patches into <build-dir>/bin."""
     from bitnet.engine import build_engine
 
@@ -94,12 +125,14 @@ def build(c, isa="all", jobs=0, llama_src="", build_dir="build", clean=False):
                 llama_src=llama_src or None,
                 clean=clean,
                 progress=update,
+                ui=ui,
             )
         finally:
             close()
     state = "up to date" if res.skipped else f"built in {res.seconds:.0f} s"
     print(f"engine {state}: {res.bin_dir}")
     print(f"CPU variants: {', '.join(res.variants)}; this CPU runs: {res.host_variant or 'none!'}")
+    print("web UI: " + ("built; `invoke serve` shows the chat at /" if res.ui else "not built (see --ui)"))
     print(f"log: {res.log_path}")
 
 

@@ -7,7 +7,11 @@ Steps, each skipped when its result is already there and verified:
            the patches' hash (the pristine archive is never modified);
 3. configure with CMake (Ninja and ccache when available), BUILD_SHARED_LIBS + GGML_BACKEND_DL, and
            GGML_CPU_VARIANT_LIST naming the variants to build (our patch 0002);
-4. build   only the targets the toolkit launches plus the chosen CPU variant libraries.
+4. build   only the targets the toolkit launches plus the chosen CPU variant libraries; with the web
+           UI on (`ui`, default: when Node.js >= 20 and npm are found), llama.cpp's own build step runs
+           `npm ci` + `npm run build` in tools/ui and embeds the chat page in llama-server. npm's cache
+           lives in our cache dir (<cache>/npm), so a rebuild or another clone needs no network. The
+           prebuilt-UI download from Hugging Face is always off (kernels/engine.toml).
 
 Binaries and libggml-cpu-<variant>.so land in <build_dir>/bin. At run time ggml loads the best
 variant the CPU can run; GGML_CPU_VARIANT=<name> forces one.
@@ -80,6 +84,10 @@ def tuning_file(build_dir: Path) -> Path:
 # Bump when the way we configure changes in a way the CMake arguments do not show (forces a reconfigure).
 BUILD_RECIPE = 2
 MIN_FREE_BYTES = 2 * 1024**3  # a Release build with 3 CPU variants uses ~1 GB; keep headroom
+
+
+MIN_NODE_MAJOR = 20  # the pinned tools/ui (Vite 7, SvelteKit 2) needs Node.js 20+
+UI_HINT = "install Node.js >= 20 and npm (e.g. `apt-get install nodejs npm`), then run `invoke build --ui`"
 
 
 def cache_root() -> Path:
@@ -217,6 +225,56 @@ def _existing_parent(path: Path) -> Path:
     while not path.exists():
         path = path.parent
     return path
+
+
+def ui_tool_problem(search_path: str | None = None) -> str | None:
+    """Why the web UI cannot be built here (no node, node < 20, no npm), or None if it can.
+
+    Looks on `search_path` (default $PATH): llama.cpp's build step finds npm on PATH, and npm runs the
+    first `node` on PATH.
+    """
+    path = os.environ.get("PATH", "") if search_path is None else search_path
+    node = shutil.which("node", path=path)
+    if not node:
+        return "node not found"
+    try:
+        out = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{node} --version failed ({exc})"
+    m = re.match(r"v?(\d+)\.", out)
+    if not m:
+        return f"{node} --version printed {out!r}, not a Node.js version"
+    if int(m.group(1)) < MIN_NODE_MAJOR:
+        return f"{node} is Node.js {out}, older than {MIN_NODE_MAJOR}"
+    if not shutil.which("npm", path=path):
+        return f"npm not found (node {out} is)"
+    return None
+
+
+def resolve_ui(ui: bool | None, search_path: str | None = None) -> bool:
+    """Whether to build the web UI: `ui` True/False as asked, None = when Node.js >= 20 and npm are found.
+
+    True without the tools raises (before any building); auto without them logs one line saying how to
+    get the UI.
+    """
+    if ui is False:
+        return False
+    problem = ui_tool_problem(search_path)
+    if problem is None:
+        return True
+    if ui:
+        raise EngineBuildError(f"cannot build the web UI (--ui): {problem}. {UI_HINT}.")
+    log.warning("web UI not built (%s); for the browser chat, %s", problem, UI_HINT)
+    return False
+
+
+def ui_embedded(build_dir: Path | str) -> bool:
+    """True if the last build of `build_dir` embedded the web UI in llama-server."""
+    try:
+        header = (Path(build_dir) / "tools" / "ui" / "ui.h").read_text()
+    except OSError:
+        return False
+    return "#define LLAMA_UI_HAS_ASSETS 1" in header
 
 
 # --------------------------------------------------------------------------------------------------
@@ -392,6 +450,7 @@ class BuildResult:
     bin_dir: Path
     variants: tuple[str, ...]
     host_variant: str | None
+    ui: bool
     skipped: bool
     seconds: float
     log_path: Path
@@ -431,8 +490,12 @@ def build_engine(
     cache: Path | None = None,
     progress: ProgressFn | None = None,
     extra_cmake_args: Sequence[str] = (),
+    ui: bool | None = None,
 ) -> BuildResult:
-    """Build the engine into `build_dir`; a second call with the same inputs is a no-op."""
+    """Build the engine into `build_dir`; a second call with the same inputs is a no-op.
+
+    `ui`: embed llama-server's web UI (built with npm); None = when Node.js >= 20 and npm are found.
+    """
     started = time.monotonic()
     build_dir = Path(build_dir).resolve()
     cache = cache or cache_root()
@@ -440,6 +503,7 @@ def build_engine(
     cpu = detect_cpu()
     variants = select_variants(pin, isa, cpu.arch)
     tools = check_toolchain(build_dir)
+    want_ui = resolve_ui(ui)
 
     build_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive(build_dir / ".bitnet-build.lock"):
@@ -455,6 +519,8 @@ def build_engine(
             clean=clean,
             progress=progress,
             extra_cmake_args=extra_cmake_args,
+            ui=want_ui,
+            ui_required=bool(ui),
             started=started,
         )
 
@@ -492,6 +558,8 @@ def _build_locked(
     clean: bool,
     progress: ProgressFn | None,
     extra_cmake_args: Sequence[str],
+    ui: bool,
+    ui_required: bool,
     started: float,
 ) -> BuildResult:
     if clean:
@@ -514,6 +582,9 @@ def _build_locked(
         # our ternary kernels go into every CPU variant (patch 0004 includes this dir's cmake file)
         f"-DBITNET_KERNELS_DIR={KERNELS_DIR}",
         f"-DBITNET_TUNING_FILE={tuning_file(build_dir)}",
+        # llama.cpp's build step runs npm itself (scripts/ui-assets.cmake); part of the identity, so
+        # switching --ui/--no-ui reconfigures
+        f"-DLLAMA_BUILD_UI={'ON' if ui else 'OFF'}",
         *extra_cmake_args,
     ]
     identity = list(args)
@@ -551,6 +622,20 @@ def _build_locked(
     # llama.cpp's build-info asks git for "its" commit; the tree sits inside our repo, whose commit
     # it would report (and every commit of ours would relink everything). Stop git at the build dir.
     env["GIT_CEILING_DIRECTORIES"] = str(build_dir)
+    # npm's download cache next to the ccache: `npm ci` of a rebuild or of another clone reads it, not
+    # the network. No audit/fund/update checks (network calls that change nothing in the build).
+    env.setdefault("npm_config_cache", str(cache / "npm"))
+    env.update(
+        npm_config_prefer_offline="true",
+        npm_config_audit="false",
+        npm_config_fund="false",
+        npm_config_update_notifier="false",
+    )
+    ui_dist = build_dir / "tools" / "ui" / "dist"
+    if not ui and ui_dist.exists():
+        # ui-assets.cmake embeds an earlier build's assets when it has nothing new: --no-ui means none
+        log.info("web UI off: removing the earlier UI build %s", ui_dist)
+        shutil.rmtree(ui_dist)
 
     with log_path.open("w") as logf:
         logf.write(f"# bitnet engine build {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -578,6 +663,13 @@ def _build_locked(
             f"the build finished but {', '.join(missing)} is missing in {bin_dir}; see {log_path}"
         )
 
+    embedded = ui_embedded(build_dir)
+    if ui and not embedded:
+        why = _ui_failure(log_path)
+        if ui_required:
+            raise EngineBuildError(f"the web UI build failed: {why}\nFull log: {log_path}")
+        log.warning("web UI not built: %s (full log: %s); llama-server runs without it", why, log_path)
+
     host = best_variant(variants, cpu)
     info: dict[str, object] = {
         "fingerprint": fingerprint,
@@ -587,6 +679,7 @@ def _build_locked(
         "host_variant": host.name if host else None,
         "cmake_args": args,
         "tuning_file": str(tuning_file(build_dir)),
+        "ui": embedded,
         "compiler": tools.cxx,
         "built_at": previous.get("built_at") if not compiled else time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -596,6 +689,7 @@ def _build_locked(
         bin_dir=bin_dir,
         variants=tuple(v.name for v in variants),
         host_variant=host.name if host else None,
+        ui=embedded,
         skipped=not compiled and previous.get("fingerprint") == fingerprint,
         seconds=time.monotonic() - started,
         log_path=log_path,
@@ -674,6 +768,17 @@ def _run_logged(
             f"engine {phase} failed (exit {rc}). First error:\n  {first}\nFull log: {log_path}"
         )
     return did_work
+
+
+def _ui_failure(log_path: Path) -> str:
+    """The UI lines of scripts/ui-assets.cmake that say what went wrong (npm ci/build failed, ...)."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(log unreadable)"
+    found = (re.search(r"UI: .*(fail|not found|missing|no assets).*", ln) for ln in lines)
+    bad = [m.group(0).strip() for m in found if m]
+    return "; ".join(dict.fromkeys(bad)) or "no UI assets were embedded"
 
 
 def first_error(log_path: Path) -> str:

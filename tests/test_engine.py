@@ -138,6 +138,173 @@ def test_extract_skips_the_submodule_git_link(tmp_path: Path):
 
 
 # --------------------------------------------------------------------------------------------------
+# the web UI flag: --ui / --no-ui / auto (fake node, npm and cmake; no real npm run)
+
+
+def _fake_tool(bin_dir: Path, name: str, body: str) -> Path:
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    tool = bin_dir / name
+    tool.write_text("#!/bin/sh\n" + body + "\n")
+    tool.chmod(0o755)
+    return tool
+
+
+def _node_dir(tmp_path: Path, version: str | None, npm: bool = True) -> Path:
+    """A PATH directory with a fake `node` printing `version` (none if None) and a fake `npm`."""
+    d = tmp_path / f"node-{version}-{npm}"
+    d.mkdir()
+    if version:
+        _fake_tool(d, "node", f"echo {version}")
+    if npm:
+        _fake_tool(d, "npm", "exit 0")
+    return d
+
+
+@pytest.mark.parametrize(
+    ("version", "npm", "problem"),
+    [
+        ("v20.20.2", True, None),
+        ("v22.1.0", True, None),
+        ("v18.19.1", True, "older than 20"),
+        (None, True, "node not found"),
+        ("v20.20.2", False, "npm not found"),
+        ("garbage", True, "not a Node.js version"),
+    ],
+)
+def test_ui_tools_are_detected_by_node_version(tmp_path: Path, version, npm, problem):
+    found = engine.ui_tool_problem(str(_node_dir(tmp_path, version, npm)))
+    assert found is None if problem is None else problem in found
+
+
+def test_ui_auto_builds_with_node_20_and_skips_older_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    monkeypatch.setenv("PATH", str(_node_dir(tmp_path, "v20.0.0")))
+    assert engine.resolve_ui(None) is True
+    assert engine.resolve_ui(False) is False
+    monkeypatch.setenv("PATH", str(_node_dir(tmp_path, "v18.19.1")))
+    with caplog.at_level("WARNING", logger="bitnet.engine"):
+        assert engine.resolve_ui(None) is False
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "web UI not built" in line and "older than 20" in line
+    assert "apt-get install nodejs npm" in line and "invoke build --ui" in line
+    assert "\n" not in line
+    with pytest.raises(EngineBuildError, match=r"cannot build the web UI \(--ui\): .*older than 20"):
+        engine.resolve_ui(True)
+    caplog.clear()
+    assert engine.resolve_ui(False) is False and not caplog.records  # --no-ui: not even a hint
+
+
+def test_invoke_build_ui_without_node_fails_before_building(tmp_path: Path):
+    """`invoke build --ui` with only an old node on PATH: exit 1 with how to get the UI, nothing built."""
+    fake = _node_dir(tmp_path, "v18.19.1")
+    build_dir = tmp_path / "b"
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke", "build", "--ui", "--build-dir", str(build_dir)],
+        cwd=repo, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot build the web UI (--ui)" in done.stderr and "older than 20" in done.stderr
+    assert "apt-get install nodejs npm" in done.stderr and "invoke build --ui" in done.stderr
+    assert not build_dir.exists() or not any(build_dir.iterdir()), "something was built"
+
+
+def test_invoke_build_ui_flag_is_tri_state():
+    from invoke import Collection
+    from invoke.parser import Parser
+
+    import tasks
+
+    for argv, expected in (([], None), (["--ui"], True), (["--no-ui"], False)):
+        parsed = Parser(contexts=Collection.from_module(tasks).to_contexts()).parse_argv(["build", *argv])
+        assert parsed[0].as_kwargs["ui"] is expected, argv
+
+
+FAKE_CMAKE = """#!{python}
+# records each call; configure saves its -D arguments, build makes the binaries and (LLAMA_BUILD_UI=ON)
+# a ui.h with assets, like scripts/ui-assets.cmake
+import json, os, sys
+from pathlib import Path
+args = sys.argv[1:]
+with open(os.environ["FAKE_CMAKE_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\\n")
+if args[0] == "-S":
+    build = Path(args[args.index("-B") + 1])
+    (build / "CMakeCache.txt").write_text("\\n".join(a for a in args if a.startswith("-D")) + "\\n")
+else:
+    build = Path(args[args.index("--build") + 1])
+    (build / "bin").mkdir(exist_ok=True)
+    for t in args[args.index("--target") + 1 : args.index("-j")]:
+        (build / "bin" / t).write_text("")
+    ui = (build / "tools" / "ui")
+    ui.mkdir(parents=True, exist_ok=True)
+    on = "-DLLAMA_BUILD_UI=ON" in (build / "CMakeCache.txt").read_text()
+    (ui / "ui.h").write_text("#define LLAMA_UI_HAS_ASSETS 1\\n" if on else "/* #undef */\\n")
+    if on:
+        (ui / "dist").mkdir(exist_ok=True)
+        (ui / "dist" / "index.html").write_text("<html></html>")
+    print("[1/1] Building CXX object ui.cpp.o")
+"""
+
+
+def test_the_ui_flag_is_part_of_the_build_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Switching --ui/--no-ui reconfigures (LLAMA_BUILD_UI changes); the same flag again does not; --no-ui
+    removes an earlier UI build (llama.cpp would embed those stale assets); npm's cache is ours; the
+    prebuilt-UI download stays off."""
+    fake = _node_dir(tmp_path, "v20.20.2")
+    cmake = _fake_tool(fake, "cmake", "")
+    cmake.write_text(FAKE_CMAKE.format(python=sys.executable))
+    calls = tmp_path / "cmake-calls.jsonl"
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_CMAKE_LOG", str(calls))
+    src = _fake_llama_tree(tmp_path / "src")
+    monkeypatch.setattr(engine, "prepare_source", lambda *a, **k: src)
+    build_dir, cache = tmp_path / "b", tmp_path / "cache"
+
+    def build(ui: bool | None) -> tuple[list[str] | None, engine.BuildResult]:
+        calls.write_text("")
+        res = engine.build_engine(build_dir=build_dir, isa="avx2" if detect_cpu().arch == "x86_64" else "all",
+                                  ui=ui, cache=cache)  # fmt: skip
+        configure = [json.loads(line) for line in calls.read_text().splitlines() if line.startswith('["-S"')]
+        return (configure[0] if configure else None), res
+
+    configured, res = build(False)
+    assert configured and "-DLLAMA_BUILD_UI=OFF" in configured and "-DLLAMA_USE_PREBUILT_UI=OFF" in configured
+    assert not res.ui and engine.read_build_info(build_dir)["ui"] is False
+    assert build(False)[0] is None, "the same flag reconfigured"
+    configured, res = build(None)  # auto, node v20 + npm on PATH
+    assert configured and "-DLLAMA_BUILD_UI=ON" in configured, "switching the UI on did not reconfigure"
+    assert res.ui and engine.ui_embedded(build_dir) and engine.read_build_info(build_dir)["ui"] is True
+    assert build(True)[0] is None
+    configured, res = build(False)
+    assert configured and "-DLLAMA_BUILD_UI=OFF" in configured
+    assert not (build_dir / "tools" / "ui" / "dist").exists(), "--no-ui left the earlier UI to be embedded"
+
+
+def test_ui_requested_but_not_embedded_is_an_error_naming_the_npm_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """llama.cpp's UI step only warns when npm fails; with --ui the build must fail and say why."""
+    fake = _node_dir(tmp_path, "v20.20.2")
+    _fake_tool(fake, "cmake", "").write_text(
+        FAKE_CMAKE.format(python=sys.executable)
+        .replace('print("[1/1]', 'print("-- UI: npm ci failed (1)")\nprint("[1/1]')
+        .replace('"#define LLAMA_UI_HAS_ASSETS 1\\n" if on else ', "")
+    )
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_CMAKE_LOG", str(tmp_path / "calls"))
+    src = _fake_llama_tree(tmp_path / "src")
+    monkeypatch.setattr(engine, "prepare_source", lambda *a, **k: src)
+    isa = "avx2" if detect_cpu().arch == "x86_64" else "all"
+    with pytest.raises(EngineBuildError, match=r"web UI build failed: UI: npm ci failed \(1\)"):
+        engine.build_engine(build_dir=tmp_path / "b", isa=isa, ui=True, cache=tmp_path / "cache")
+    res = engine.build_engine(build_dir=tmp_path / "b", isa=isa, ui=None, cache=tmp_path / "cache")
+    assert not res.ui  # auto: a warning, the engine is still usable
+
+
+# --------------------------------------------------------------------------------------------------
 # the real engine (built once per session by the fixture)
 
 
@@ -228,7 +395,8 @@ def test_ternary_weights_use_our_buffer_type_unless_switched_off(
 @pytest.mark.engine
 @pytest.mark.slow
 def test_invoke_build_isa_gives_a_forced_variant_that_doctor_reports(engine_build_dir: Path, tmp_path: Path):
-    # A second build dir with one variant only; ccache (paths relative to the build dir) makes it cheap.
+    # A second build dir with one variant only; ccache (paths relative to the build dir) makes it cheap,
+    # and without the web UI (its npm build would add ~2 min and is not what this test is about).
     cpu = detect_cpu()
     runnable = [v.name for v in engine.load_pin().variants_for(cpu.arch) if cpu.has(*v.requires)]
     forced = runnable[0] if len(runnable) == 1 else runnable[-2]  # not the one the host would pick anyway
@@ -243,7 +411,7 @@ def test_invoke_build_isa_gives_a_forced_variant_that_doctor_reports(engine_buil
     build_dir.mkdir()
     (build_dir / engine.TUNED_FILE_NAME).write_text(json.dumps(table))
     done = subprocess.run(
-        [sys.executable, "-m", "invoke", "build", "--isa", forced, "--build-dir", str(build_dir)],
+        [sys.executable, "-m", "invoke", "build", "--isa", forced, "--no-ui", "--build-dir", str(build_dir)],
         cwd=repo, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
