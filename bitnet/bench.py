@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import re
 import shlex
 import sys
@@ -66,6 +67,8 @@ from bitnet.results import (
     format_table,
     inspect_model,
     load_results,
+    relative_spread,
+    reliability,
 )
 from bitnet.roofline import Bandwidth, add_roofline, probe_bandwidth
 from bitnet.runtime import BitNetRuntime
@@ -331,6 +334,7 @@ class _Sweep:
         )
         stdout = stderr = ""
         returncode: int | None = 0
+        load_before = load_average()
         try:
             result = await supervisor.run_custom(command, timeout=self.run.spec.timeout)
             stdout, stderr = result.stdout, result.stderr
@@ -342,7 +346,8 @@ class _Sweep:
         except BenchmarkError as exc:  # exit 0 but no usable JSON
             self.fail(job, rep, command, str(exc), returncode, stdout, stderr)
             return
-        rows = [self.row(entry, job, rep, stderr) for entry in entries]
+        load = max((v for v in (load_before, load_average()) if v is not None), default=None)
+        rows = [self.row(entry, job, rep, stderr, load) for entry in entries]
         self.writer.append(rows)
         self.run.rows.extend(rows)
 
@@ -375,8 +380,11 @@ class _Sweep:
         if self.fail_fast:
             raise BenchmarkRunError(self.run, failure)
 
-    def row(self, entry: Mapping[str, Any], job: Job, rep: int, stderr: str) -> dict[str, Any]:
-        """A tidy row: identity columns, llama-bench's fields, the model's shape, the roofline."""
+    def row(
+        self, entry: Mapping[str, Any], job: Job, rep: int, stderr: str, load: float | None = None
+    ) -> dict[str, Any]:
+        """A tidy row: identity columns, llama-bench's fields, the model's shape, the roofline, and
+        whether it can be trusted (`load` is the 1-minute load average while it ran)."""
         n_prompt, n_gen = int(entry["n_prompt"]), int(entry["n_gen"])
         info = self.infos.get(job.model)
         row: dict[str, Any] = {
@@ -400,7 +408,19 @@ class _Sweep:
         row.update(info.as_row() if info else dict.fromkeys(_MODEL_COLUMNS))
         row.pop("arch", None)
         add_roofline(row, self.run.bandwidth.get(int(entry["n_threads"])))
+        samples = entry.get("samples_ts")
+        row["load_avg_1m"] = load
+        row["spread"] = relative_spread(samples) if isinstance(samples, list) else None
+        row["unreliable"] = reliability(load, row.get("cpu_cores"), row["spread"]) != ""
         return row
+
+
+def load_average() -> float | None:
+    """The host's 1-minute load average (os.getloadavg), or None where there is none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def render_plots(
