@@ -57,6 +57,7 @@ __all__ = [
     "load_results",
     "summarize",
     "bench_test_name",
+    "cell_reliability",
     "reliability",
     "varying_columns",
 ]
@@ -362,33 +363,39 @@ def _float(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _cell_reliability(rows: pd.DataFrame, group: list[str]) -> pd.DataFrame:
-    """Per group of `rows`: ``spread``, ``load_avg_1m`` (the highest), ``unreliable_rules``."""
+def cell_reliability(rows: pd.DataFrame, group: list[str], *, value: str = "avg_ts") -> pd.DataFrame:
+    """Per group of `rows` (by the columns `group`, in order of first appearance): the group columns,
+    ``spread`` of `value` (llama-bench's own samples for a single measurement), ``load_avg_1m`` (the
+    highest recorded), ``unreliable_rules`` (`reliability`'s letters) and ``unreliable``."""
     keys = [rows[c] for c in group]
-    if "samples_ts" in rows:  # one measurement: llama-bench's own samples, if it took several
+    if "samples_ts" in rows and value == "avg_ts":  # one measurement: its own samples, if it took several
         own = rows["samples_ts"].map(lambda s: relative_spread(s) if isinstance(s, list) else None)
     else:
         own = pd.Series([None] * len(rows), index=rows.index)
     grouped = rows.groupby(keys, sort=False, dropna=False)
-    spread = grouped["avg_ts"].agg(lambda v: np.nan if (r := relative_spread(v)) is None else r).astype(float)
-    single = grouped["avg_ts"].count() == 1
-    first_own = own.groupby(keys, sort=False, dropna=False).first().astype(float)
+    spread = grouped[value].agg(lambda v: np.nan if (r := relative_spread(v)) is None else r).astype(float)
+    single = grouped[value].count() <= 1
+    first_own = own.astype(float).groupby(keys, sort=False, dropna=False).first()
     spread = spread.where(~single, first_own)
-    load = (
-        rows["load_avg_1m"].astype(float).groupby(keys, sort=False, dropna=False).max()
-        if "load_avg_1m" in rows
-        else pd.Series(np.nan, index=spread.index)
-    )
-    cores = (
-        rows["cpu_cores"].astype(float).groupby(keys, sort=False, dropna=False).max()
-        if "cpu_cores" in rows
-        else pd.Series(np.nan, index=spread.index)
-    )
+
+    def highest(col: str) -> pd.Series:
+        if col not in rows:
+            return pd.Series(np.nan, index=spread.index)
+        return pd.to_numeric(rows[col], errors="coerce").groupby(keys, sort=False, dropna=False).max()
+
+    load, cores = highest("load_avg_1m"), highest("cpu_cores")
     triples = zip(load.to_numpy(), cores.to_numpy(), spread.to_numpy(), strict=True)
     rules = [reliability(lv, c, sp) for lv, c, sp in triples]
-    return pd.DataFrame(
-        {"spread": spread.to_numpy(), "load_avg_1m": load.to_numpy(), "unreliable_rules": rules}
+    out = (
+        spread.index.to_frame(index=False, name=group)
+        if len(group) > 1
+        else pd.DataFrame({group[0]: spread.index})
     )
+    out["spread"] = spread.to_numpy()
+    out["load_avg_1m"] = load.to_numpy()
+    out["unreliable_rules"] = rules
+    out["unreliable"] = [bool(r) for r in rules]
+    return out
 
 
 def summarize(df: pd.DataFrame, *, baseline: str | None = None) -> pd.DataFrame:
@@ -423,10 +430,9 @@ def summarize(df: pd.DataFrame, *, baseline: str | None = None) -> pd.DataFrame:
         )
     if "roofline_frac" in rows and rows["roofline_frac"].notna().any():
         out["roofline_frac"] = grouped["roofline_frac"].median().to_numpy()
-    cells = _cell_reliability(rows, group)
-    for col in cells.columns:
+    cells = cell_reliability(rows, group)
+    for col in ("spread", "load_avg_1m", "unreliable_rules", "unreliable"):
         out[col] = cells[col].to_numpy()
-    out["unreliable"] = out["unreliable_rules"] != ""
     # Order by the non-config keys (threads numerically, the rest as first measured), stable.
     order = [
         out[c].to_numpy()
