@@ -424,15 +424,18 @@ def load_average() -> float | None:
 
 
 def render_plots(
-    results: str | Path | Sequence[str | Path] = DEFAULT_RESULTS_DIR, out_dir: str | Path = DEFAULT_PLOTS_DIR
+    results: str | Path | Sequence[str | Path] = DEFAULT_RESULTS_DIR,
+    out_dir: str | Path = DEFAULT_PLOTS_DIR,
+    **options: Any,
 ) -> list[Path]:
-    """Draw every plot the stored rows in `results` (a dir, .jsonl file(s)) support into `out_dir`.
+    """Draw the plots the stored rows in `results` (a dir, .jsonl file(s)) support into `out_dir`.
 
-    See `bitnet.plots.render_plots`; imported lazily so that importing this module stays cheap.
+    See `bitnet.plots.render_plots` (its `options`: runs, all_runs, names, owner); imported lazily so
+    that importing this module stays cheap.
     """
     from bitnet.plots import render_plots as _render
 
-    return _render(results, out_dir)
+    return _render(results, out_dir, **options)
 
 
 # ---------------------------------------------------------------------------------------- entry point
@@ -583,7 +586,10 @@ def run_bench(
     if run.rows:
         run.table = format_table(load_results(run.results_path), baseline=bench_spec.baseline)
         if plots_dir is not None:
-            run.plots = render_plots(run.results_path, plots_dir)
+            from bitnet.plots import BENCH_PLOT_NAMES
+
+            # only the plots of llama-bench rows, from this run: never another task's files (serving.png)
+            run.plots = render_plots(run.results_path, plots_dir, names=BENCH_PLOT_NAMES, owner="bench")
     return run
 
 
