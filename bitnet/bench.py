@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import re
 import shlex
 import sys
@@ -66,6 +65,7 @@ from bitnet.results import (
     bench_test_name,
     format_table,
     inspect_model,
+    load_average,
     load_results,
     relative_spread,
     reliability,
@@ -413,14 +413,6 @@ class _Sweep:
         row["spread"] = relative_spread(samples) if isinstance(samples, list) else None
         row["unreliable"] = reliability(load, row.get("cpu_cores"), row["spread"]) != ""
         return row
-
-
-def load_average() -> float | None:
-    """The host's 1-minute load average (os.getloadavg), or None where there is none."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
 
 
 def render_plots(

@@ -54,6 +54,7 @@ __all__ = [
     "default_baseline",
     "format_table",
     "inspect_model",
+    "load_average",
     "load_results",
     "summarize",
     "bench_test_name",
@@ -328,6 +329,14 @@ def varying_columns(rows: pd.DataFrame, columns: Iterable[str], exclude: Sequenc
             continue
         kept.append(col)
     return kept
+
+
+def load_average() -> float | None:
+    """The host's 1-minute load average (os.getloadavg), or None where there is none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def relative_spread(values: Iterable[float]) -> float | None:
