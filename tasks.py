@@ -633,20 +633,30 @@ def bench(
 @task(
     auto_shortflags=False,
     help={
-        "results": "results dir or .jsonl files, comma-separated (default: bench/results)",
+        "results": "results dir or .jsonl files, comma-separated (default: bench/results); files: all "
+        "their runs are drawn",
+        "run": "run ids (or their first characters) to draw, comma-separated (default: the latest run)",
+        "all": "draw every stored run together (default: the latest llama-bench run and serving run)",
         "out_dir": "where the PNG and SVG files go (default: bench/plots)",
     },
 )
-def plot(c, results="", out_dir=""):
-    """Redraw the benchmark plots (PNG + SVG) from the stored rows, never from memory."""
+def plot(c, results="", run="", all=False, out_dir=""):
+    """Redraw the benchmark plots (PNG + SVG) from the stored rows of the latest run (or those asked)."""
     from bitnet.bench import DEFAULT_PLOTS_DIR, render_plots
     from bitnet.results import DEFAULT_RESULTS_DIR
 
     with _user_errors():
         sources = [s for s in results.split(",") if s] or [DEFAULT_RESULTS_DIR]
-        written = render_plots(sources, out_dir or DEFAULT_PLOTS_DIR)
+        runs = [r for r in run.split(",") if r]
+        written = render_plots(sources, out_dir or DEFAULT_PLOTS_DIR, runs=runs, all_runs=all, owner="plot")
     if not written:
         raise Exit(f"no benchmark rows to plot in {', '.join(map(str, sources))}: run `invoke bench`", code=1)
+    runs_shown = getattr(written, "runs", [])
+    latest = not (all or runs or len(runs_shown) > 1 or any(Path(s).is_file() for s in sources))
+    hint = " (the latest; --run ID or --all for others)" if latest else ""
+    print(f"plotted {len(runs_shown)} run(s){hint}:")
+    for line in runs_shown:
+        print(f"  {line}")
     for path in written:
         print(path)
 
@@ -741,9 +751,11 @@ def serve_bench(
         stored = load_serving_run(results, rows[0]["run_id"])
         print(format_serving_table(stored))
         print(f"rows: {results / stored['source'].iloc[0]}")
-        if not no_plots:
-            written = render_plots(results, plots_dir or DEFAULT_PLOTS_DIR)
-            print(f"plots: {plots_dir or DEFAULT_PLOTS_DIR} ({len(written)} files)")
+        if not no_plots:  # the serving plot of this run only: never another task's files
+            source = results / stored["source"].iloc[0]
+            out = plots_dir or DEFAULT_PLOTS_DIR
+            written = render_plots(source, out, names=["serving"], owner="serve-bench")
+            print(f"plots: {out} ({len(written)} files)")
     failed = sum(r["errors"] for r in rows)
     if failed:
         messages = sorted({m for r in rows for m in r["error_messages"]})

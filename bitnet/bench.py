@@ -65,7 +65,10 @@ from bitnet.results import (
     bench_test_name,
     format_table,
     inspect_model,
+    load_average,
     load_results,
+    relative_spread,
+    reliability,
 )
 from bitnet.roofline import Bandwidth, add_roofline, probe_bandwidth
 from bitnet.runtime import BitNetRuntime
@@ -331,6 +334,7 @@ class _Sweep:
         )
         stdout = stderr = ""
         returncode: int | None = 0
+        load_before = load_average()
         try:
             result = await supervisor.run_custom(command, timeout=self.run.spec.timeout)
             stdout, stderr = result.stdout, result.stderr
@@ -342,7 +346,8 @@ class _Sweep:
         except BenchmarkError as exc:  # exit 0 but no usable JSON
             self.fail(job, rep, command, str(exc), returncode, stdout, stderr)
             return
-        rows = [self.row(entry, job, rep, stderr) for entry in entries]
+        load = max((v for v in (load_before, load_average()) if v is not None), default=None)
+        rows = [self.row(entry, job, rep, stderr, load) for entry in entries]
         self.writer.append(rows)
         self.run.rows.extend(rows)
 
@@ -375,8 +380,11 @@ class _Sweep:
         if self.fail_fast:
             raise BenchmarkRunError(self.run, failure)
 
-    def row(self, entry: Mapping[str, Any], job: Job, rep: int, stderr: str) -> dict[str, Any]:
-        """A tidy row: identity columns, llama-bench's fields, the model's shape, the roofline."""
+    def row(
+        self, entry: Mapping[str, Any], job: Job, rep: int, stderr: str, load: float | None = None
+    ) -> dict[str, Any]:
+        """A tidy row: identity columns, llama-bench's fields, the model's shape, the roofline, and
+        whether it can be trusted (`load` is the 1-minute load average while it ran)."""
         n_prompt, n_gen = int(entry["n_prompt"]), int(entry["n_gen"])
         info = self.infos.get(job.model)
         row: dict[str, Any] = {
@@ -400,19 +408,26 @@ class _Sweep:
         row.update(info.as_row() if info else dict.fromkeys(_MODEL_COLUMNS))
         row.pop("arch", None)
         add_roofline(row, self.run.bandwidth.get(int(entry["n_threads"])))
+        samples = entry.get("samples_ts")
+        row["load_avg_1m"] = load
+        row["spread"] = relative_spread(samples) if isinstance(samples, list) else None
+        row["unreliable"] = reliability(load, row.get("cpu_cores"), row["spread"]) != ""
         return row
 
 
 def render_plots(
-    results: str | Path | Sequence[str | Path] = DEFAULT_RESULTS_DIR, out_dir: str | Path = DEFAULT_PLOTS_DIR
+    results: str | Path | Sequence[str | Path] = DEFAULT_RESULTS_DIR,
+    out_dir: str | Path = DEFAULT_PLOTS_DIR,
+    **options: Any,
 ) -> list[Path]:
-    """Draw every plot the stored rows in `results` (a dir, .jsonl file(s)) support into `out_dir`.
+    """Draw the plots the stored rows in `results` (a dir, .jsonl file(s)) support into `out_dir`.
 
-    See `bitnet.plots.render_plots`; imported lazily so that importing this module stays cheap.
+    See `bitnet.plots.render_plots` (its `options`: runs, all_runs, names, owner); imported lazily so
+    that importing this module stays cheap.
     """
     from bitnet.plots import render_plots as _render
 
-    return _render(results, out_dir)
+    return _render(results, out_dir, **options)
 
 
 # ---------------------------------------------------------------------------------------- entry point
@@ -563,7 +578,10 @@ def run_bench(
     if run.rows:
         run.table = format_table(load_results(run.results_path), baseline=bench_spec.baseline)
         if plots_dir is not None:
-            run.plots = render_plots(run.results_path, plots_dir)
+            from bitnet.plots import BENCH_PLOT_NAMES
+
+            # only the plots of llama-bench rows, from this run: never another task's files (serving.png)
+            run.plots = render_plots(run.results_path, plots_dir, names=BENCH_PLOT_NAMES, owner="bench")
     return run
 
 

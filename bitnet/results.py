@@ -17,6 +17,10 @@ identity columns, so a row read years later still says what was measured on what
     head_format, model_bytes, head_bytes,
     bytes_per_token                                   weights read per generated token (see ModelInfo)
     bandwidth_gbs, roofline_ts, roofline_frac         decode rows only (bitnet.roofline)
+    load_avg_1m, spread, unreliable                   the host's 1-minute load average while it ran
+                                                      (the higher of before and after), llama-bench's
+                                                      own (max-min)/median, whether a rule of
+                                                      `reliability` fired for the row
 
 Other kinds share the file: "bandwidth" rows (the read-bandwidth probe: n_threads, bandwidth_gbs,
 samples_gbs, buffer_bytes) and "serving" rows (llama-server under load: concurrency, tokens_per_s,
@@ -50,9 +54,12 @@ __all__ = [
     "default_baseline",
     "format_table",
     "inspect_model",
+    "load_average",
     "load_results",
     "summarize",
     "bench_test_name",
+    "cell_reliability",
+    "reliability",
     "varying_columns",
 ]
 
@@ -76,6 +83,12 @@ KEY_COLUMNS = (
     "config", "cpu_variant",
 )  # fmt: skip
 _DERIVED = {"weight_format": "model_name", "head_format": "model_name", "cpu_variant": "config"}
+
+# When a measurement is not to be trusted (`reliability`): the machine was busier than it has cores
+# (the 1-minute load average above LOAD_PER_CORE_LIMIT × cores: something else competed for them), or
+# the repetitions disagree by more than SPREAD_LIMIT: (max - min) / median.
+LOAD_PER_CORE_LIMIT = 1.0
+SPREAD_LIMIT = 0.10
 
 
 # ---------------------------------------------------------------------------------------- models
@@ -318,13 +331,92 @@ def varying_columns(rows: pd.DataFrame, columns: Iterable[str], exclude: Sequenc
     return kept
 
 
+def load_average() -> float | None:
+    """The host's 1-minute load average (os.getloadavg), or None where there is none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def relative_spread(values: Iterable[float]) -> float | None:
+    """(max - min) / median of `values`; None for fewer than two finite values or a zero median."""
+    finite = [f for f in map(_float, values) if f is not None]
+    if len(finite) < 2:
+        return None
+    median = float(np.median(finite))
+    return (max(finite) - min(finite)) / median if median > 0 else None
+
+
+def reliability(load_avg: float | None, cores: int | None, spread: float | None) -> str:
+    """The rules that make a measurement unreliable, as letters: "L" load, "S" spread ("" if none).
+
+    "L": the 1-minute load average exceeded LOAD_PER_CORE_LIMIT × `cores` while it ran; "S": its
+    relative spread (`relative_spread`) exceeds SPREAD_LIMIT. Unknown values fire no rule.
+    """
+    load, n, sp = _float(load_avg), _float(cores), _float(spread)
+    rules = ""
+    if load is not None and n is not None and load > LOAD_PER_CORE_LIMIT * n:
+        rules += "L"
+    if sp is not None and sp > SPREAD_LIMIT:
+        rules += "S"
+    return rules
+
+
+def _float(value: Any) -> float | None:
+    """`value` as a finite float, else None (missing, NaN, not a number)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def cell_reliability(rows: pd.DataFrame, group: list[str], *, value: str = "avg_ts") -> pd.DataFrame:
+    """Per group of `rows` (by the columns `group`, in order of first appearance): the group columns,
+    ``spread`` of `value` (llama-bench's own samples for a single measurement), ``load_avg_1m`` (the
+    highest recorded), ``unreliable_rules`` (`reliability`'s letters) and ``unreliable``."""
+    keys = [rows[c] for c in group]
+    if "samples_ts" in rows and value == "avg_ts":  # one measurement: its own samples, if it took several
+        own = rows["samples_ts"].map(lambda s: relative_spread(s) if isinstance(s, list) else None)
+    else:
+        own = pd.Series([None] * len(rows), index=rows.index)
+    grouped = rows.groupby(keys, sort=False, dropna=False)
+    spread = grouped[value].agg(lambda v: np.nan if (r := relative_spread(v)) is None else r).astype(float)
+    single = grouped[value].count() <= 1
+    first_own = own.astype(float).groupby(keys, sort=False, dropna=False).first()
+    spread = spread.where(~single, first_own)
+
+    def highest(col: str) -> pd.Series:
+        if col not in rows:
+            return pd.Series(np.nan, index=spread.index)
+        return pd.to_numeric(rows[col], errors="coerce").groupby(keys, sort=False, dropna=False).max()
+
+    load, cores = highest("load_avg_1m"), highest("cpu_cores")
+    triples = zip(load.to_numpy(), cores.to_numpy(), spread.to_numpy(), strict=True)
+    rules = [reliability(lv, c, sp) for lv, c, sp in triples]
+    out = (
+        spread.index.to_frame(index=False, name=group)
+        if len(group) > 1
+        else pd.DataFrame({group[0]: spread.index})
+    )
+    out["spread"] = spread.to_numpy()
+    out["load_avg_1m"] = load.to_numpy()
+    out["unreliable_rules"] = rules
+    out["unreliable"] = [bool(r) for r in rules]
+    return out
+
+
 def summarize(df: pd.DataFrame, *, baseline: str | None = None) -> pd.DataFrame:
     """Aggregate llama-bench rows: one line per (what varies) × test.
 
     Columns: the key columns that vary between rows, ``test``, ``n`` (measurements), ``median_ts``,
     ``mean_ts``, ``sd_ts`` (between repetitions; llama-bench's own stddev when there is one
-    measurement), ``roofline_frac`` (median, decode rows), and ``ratio`` = median / the baseline
-    config's median for the same model, threads and test (only when ``config`` varies).
+    measurement), ``roofline_frac`` (median, decode rows), ``ratio`` = median / the baseline
+    config's median for the same model, threads and test (only when ``config`` varies), and whether
+    the cell can be trusted: ``spread`` ((max - min) / median of its repetitions; llama-bench's own
+    samples for one measurement), ``load_avg_1m`` (the highest the rows recorded), ``unreliable_rules``
+    (the letters of `reliability` that fired: L load, S spread) and ``unreliable`` (any fired).
     """
     rows = bench_rows(df)
     if rows.empty:
@@ -347,6 +439,9 @@ def summarize(df: pd.DataFrame, *, baseline: str | None = None) -> pd.DataFrame:
         )
     if "roofline_frac" in rows and rows["roofline_frac"].notna().any():
         out["roofline_frac"] = grouped["roofline_frac"].median().to_numpy()
+    cells = cell_reliability(rows, group)
+    for col in ("spread", "load_avg_1m", "unreliable_rules", "unreliable"):
+        out[col] = cells[col].to_numpy()
     # Order by the non-config keys (threads numerically, the rest as first measured), stable.
     order = [
         out[c].to_numpy()
@@ -374,14 +469,19 @@ def format_table(df: pd.DataFrame, *, baseline: str | None = None) -> str:
     """A text table of `summarize(df)`: median t/s, mean ± sd, n, roofline %, ratio vs the baseline.
 
     Only the columns that vary are shown. A footnote says when "ours" and "stock" are the same code
-    (an engine without our kernels yet) and which config is the baseline.
+    (an engine without our kernels yet) and which config is the baseline. A cell that `reliability`
+    flags gets "!" and the letters of its rules in the first column, and a footnote per rule that fired.
     """
     summary = summarize(df, baseline=baseline)
     if summary.empty:
         return "(no llama-bench results)"
     table = pd.DataFrame()
+    flagged = summary["unreliable"].any()
+    if flagged:
+        table["!"] = ["!" + r if r else "" for r in summary["unreliable_rules"]]
     for col in summary.columns:
-        if col in ("n", "median_ts", "mean_ts", "sd_ts", "roofline_frac", "ratio"):
+        if col in ("n", "median_ts", "mean_ts", "sd_ts", "roofline_frac", "ratio", "spread", "load_avg_1m",
+                   "unreliable_rules", "unreliable"):  # fmt: skip
             continue
         values = summary[col].str[:12] if col == "repo_commit" else summary[col]
         table[col.replace("n_threads", "threads")] = values
@@ -410,6 +510,20 @@ def format_table(df: pd.DataFrame, *, baseline: str | None = None) -> str:
         )
     if "note" in summary.attrs:
         notes.append(f"note: {summary.attrs['note']}")
+    if flagged:
+        rules = "".join(summary["unreliable_rules"])
+        if "L" in rules:
+            worst = summary["load_avg_1m"].max()
+            notes.append(
+                f"!L unreliable: the 1-minute load average ({worst:.2f} at worst) exceeded the "
+                f"{LOAD_PER_CORE_LIMIT:g} x cores limit while it ran: other work competed for the cores"
+            )
+        if "S" in rules:
+            worst = summary["spread"].max()
+            notes.append(
+                f"!S unreliable: its repetitions spread (max - min) / median = {100 * worst:.0f}% at worst, "
+                f"above {100 * SPREAD_LIMIT:.0f}%: rerun on a quieter machine or with more --reps"
+            )
     same = ", ".join(
         f"{k.replace('n_threads', 'threads')}={str(v)[:12] if k == 'repo_commit' else v}"
         for k, v in summary.attrs["constant"].items()

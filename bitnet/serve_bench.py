@@ -53,7 +53,16 @@ from bitnet.contract import KERNELS_ENV, SERVER_BINARY, VARIANT_REPORT_ENV, pars
 from bitnet.cpu import detect_cpu
 from bitnet.errors import RuntimeLaunchError
 from bitnet.llama_bench import now_iso, run_identity
-from bitnet.results import DEFAULT_RESULTS_DIR, SCHEMA_VERSION, ResultsWriter, inspect_model, load_results
+from bitnet.results import (
+    DEFAULT_RESULTS_DIR,
+    LOAD_PER_CORE_LIMIT,
+    SCHEMA_VERSION,
+    ResultsWriter,
+    inspect_model,
+    load_average,
+    load_results,
+    reliability,
+)
 from bitnet.runtime import BitNetRuntime, StrPath
 from bitnet.server import ServerHandle, start_server
 
@@ -352,6 +361,8 @@ class _Bench:
         label = _label(kernels, env)
         what = f"{concurrency} client(s) x {self.requests_per_client} request(s), {slots} slot(s), {label}"
         log.info("serving level: %s", what)
+        load_before = load_average()
+        load: float | None = load_before
         handle = start_server(
             self.model,
             runtime=runtime,
@@ -376,6 +387,7 @@ class _Bench:
                 )
             )
             peak = _status_bytes(handle.pid, "VmHWM")
+            load = max((v for v in (load_before, load_average()) if v is not None), default=None)
             try:
                 handle.check(grace=1.0 if level.unfinished or any(a.error for a in level.answers) else 0.0)
             except RuntimeLaunchError as exc:
@@ -412,6 +424,8 @@ class _Bench:
             "rss_ready_bytes": rss_ready,
             "server_error": server_error,
             "server_log": server_log,
+            "load_avg_1m": load,  # the machine's 1-minute load average while the level ran
+            "unreliable": reliability(load, self.static.get("cpu_cores"), None) != "",
         }
         if row["errors"]:
             failed = f"{row['errors']} of {row['n_requests']} request(s) failed"
@@ -560,6 +574,9 @@ def format_serving_table(df: pd.DataFrame) -> str:
         return "(no serving results)"
     several = "config" in rows and rows["config"].nunique() > 1
     table = pd.DataFrame()
+    flagged = "unreliable" in rows and rows["unreliable"].fillna(False).astype(bool).any()
+    if flagged:
+        table["!"] = ["!L" if bad else "" for bad in rows["unreliable"].fillna(False).astype(bool)]
     if several:
         table["config"] = rows["config"]
     table["clients"] = rows["concurrency"]
@@ -578,6 +595,12 @@ def format_serving_table(df: pd.DataFrame) -> str:
         ratio = rows["tokens_per_s"].to_numpy(dtype=float) / base
         table["vs stock"] = ["-" if np.isnan(r) else f"{r:.2f}x" for r in ratio]
         notes.append("vs stock = t/s / t/s of stock at the same concurrency (same run)")
+    if flagged:
+        worst = rows["load_avg_1m"].max()
+        notes.append(
+            f"!L unreliable: the 1-minute load average ({worst:.2f} at worst) exceeded the "
+            f"{LOAD_PER_CORE_LIMIT:g} x cores limit while the level ran: other work competed for the cores"
+        )
     first = rows.iloc[0]
     header = (
         f"{first.get('model_name')} · {first.get('max_tokens')} tokens/request · "

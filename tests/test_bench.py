@@ -472,3 +472,33 @@ def test_default_model_is_a_converted_model_else_the_2b_shape_never_tiny(tmp_pat
     write_lock(real, ModelLock(name="2B", source="hub", repo="microsoft/bitnet-b1.58-2B-4T"))
     request, note = default_model(tmp_path)
     assert request.file == real / "ggml-model-tq2_0.gguf" and str(real) in note
+
+
+def test_rows_record_the_load_average_and_say_when_they_are_unreliable(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+):
+    loads = iter([0.5, 0.7, 9.0, 9.5])  # quiet around the first run, busy around the second
+    monkeypatch.setattr("bitnet.bench.load_average", lambda: next(loads))
+    monkeypatch.setattr("bitnet.bench.detect_cpu", lambda: CpuInfo("x86_64", "Fake CPU", 2, ("avx2",)))
+    write_fake_llama_bench(tmp_path / "build")
+    run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=0, n_gen=4, reps=1, compare="stock")
+    stored = load_results(run.results_path)
+    assert list(stored["load_avg_1m"]) == [0.7, 9.5] and list(stored["unreliable"]) == [False, True]
+    assert stored["spread"].isna().all()  # -r 1: llama-bench took one sample
+    assert "!L" in run.table and "load average (9.50 at worst)" in run.report()
+
+
+def test_bench_never_deletes_the_serving_plot(tmp_path: Path, tiny_model: Path):
+    from bitnet.plots import render_plots
+    from bitnet.results import ResultsWriter
+
+    plots = tmp_path / "bench" / "plots"
+    serving = tmp_path / "bench" / "results" / "20260101-000000-serving-s1.jsonl"
+    row = {"kind": "serving", "run_id": "s1", "concurrency": 1, "tokens_per_s": 5.0}
+    ResultsWriter(serving).append([row])
+    render_plots(serving, plots, names=["serving"], owner="serve-bench")  # what `invoke serve-bench` draws
+    before = (plots / "serving.png").read_bytes()
+    write_fake_llama_bench(tmp_path / "build")
+    run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=8, n_gen=4, reps=1, compare="stock")
+    assert {p.name for p in run.plots} == {f"{n}.{e}" for n in ("threads", "speedup") for e in ("png", "svg")}
+    assert (plots / "serving.png").read_bytes() == before and (plots / "serving.svg").exists()

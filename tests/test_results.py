@@ -134,7 +134,8 @@ def test_summary_has_median_spread_and_ratio_vs_stock():
 
 
 def test_table_shows_only_what_varies_and_says_the_rest_once():
-    rows = _ab_rows([10.0, 12.0], [5.0, 5.0], n_threads=1) + _ab_rows([20.0, 22.0], [9.0, 11.0], n_threads=2)
+    # steady repetitions: no cell is flagged unreliable (see the reliability tests)
+    rows = _ab_rows([10.9, 11.1], [5.0, 5.0], n_threads=1) + _ab_rows([20.9, 21.1], [9.9, 10.1], n_threads=2)
     table = format_table(pd.DataFrame(rows))
     header, columns, *body = table.splitlines()
     assert "model_name=tiny" in header and "cpu_model=Fake CPU" in header
@@ -211,3 +212,42 @@ def test_one_measurement_of_one_sample_has_no_spread():
     assert "7.00 ± -" in format_table(df)
     df = pd.DataFrame([bench_row(avg_ts=7.0, stddev_ts=0.5, samples_ts=[6.5, 7.5])])
     assert summarize(df).iloc[0]["sd_ts"] == 0.5
+
+
+# ---------------------------------------------------------------------------------------- reliability
+
+
+def test_a_cell_is_unreliable_when_the_machine_was_busy_or_its_repetitions_disagree():
+    from bitnet.results import LOAD_PER_CORE_LIMIT, SPREAD_LIMIT, reliability
+
+    assert (LOAD_PER_CORE_LIMIT, SPREAD_LIMIT) == (1.0, 0.10)
+    quiet = {"cpu_cores": 2, "load_avg_1m": 1.9}
+    rows = (
+        _ab_rows([10.0, 10.5, 10.2], [5.0, 5.1, 5.0], n_threads=1, **quiet)  # steady, quiet: reliable
+        + _ab_rows([2.0, 20.0, 10.0], [5.0, 5.1, 5.0], n_threads=2, **quiet)  # ours spreads 180%
+    )
+    busy = {"n_threads": 4, "cpu_cores": 2}  # ours ran while the load average was 3.5 on 2 cores
+    rows.append(bench_row(config="ours", kernels="ours", avg_ts=9.0, load_avg_1m=3.5, **busy))
+    rows.append(bench_row(config="stock", kernels="stock", avg_ts=4.0, load_avg_1m=0.5, **busy))
+    summary = summarize(pd.DataFrame(rows))
+    flags = {(r.n_threads, r.config): r.unreliable_rules for r in summary.itertuples()}
+    assert flags == {(1, "ours"): "", (1, "stock"): "", (2, "ours"): "S", (2, "stock"): "", (4, "ours"): "L",
+                     (4, "stock"): ""}  # fmt: skip
+    assert list(summary["unreliable"]) == [False, False, True, False, True, False]
+    assert summary.loc[2, "spread"] == pytest.approx(18.0 / 10.0)
+    table = format_table(pd.DataFrame(rows))
+    lines = table.splitlines()
+    assert lines[1].split()[0] == "!"  # the marker column comes first
+    assert lines[4].startswith("!S") and lines[6].startswith("!L") and not lines[2].startswith("!")
+    assert "!S unreliable: its repetitions spread (max - min) / median = 180% at worst, above 10%" in table
+    assert "!L unreliable: the 1-minute load average (3.50 at worst) exceeded" in table
+    assert reliability(None, None, None) == "" and reliability(2.5, 2, 0.5) == "LS"
+
+
+def test_a_steady_quiet_table_has_no_marker_column_and_one_measurement_uses_its_own_samples():
+    steady = pd.DataFrame(_ab_rows([10.0, 10.1], [5.0, 5.0], cpu_cores=4, load_avg_1m=1.0))
+    assert "!" not in format_table(steady) and not summarize(steady)["unreliable"].any()
+    one = pd.DataFrame([bench_row(avg_ts=2431.76, stddev_ts=3548.76, samples_ts=[100.0, 8000.0, 2431.76])])
+    (cell,) = summarize(one).itertuples()
+    assert cell.unreliable and cell.unreliable_rules == "S"
+    assert "!S" in format_table(one) and "2431.76 ± 3548.76" in format_table(one)

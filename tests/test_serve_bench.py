@@ -178,3 +178,18 @@ def test_table_shows_configs_and_the_ratio_to_stock_only_when_both_ran() -> None
     assert lines[4].split()[-1] == "-" and " - " in lines[5]  # stock at 2 clients has no throughput
     alone = format_serving_table(pd.DataFrame([row("ours", 1, 30.0)]))
     assert "vs stock" not in alone and "config" not in alone and "30.0" in alone and "0.750" in alone
+
+
+def test_table_flags_levels_measured_on_a_busy_machine() -> None:
+    def row(c: int, load: float, cores: int) -> dict[str, Any]:
+        unreliable = load > cores
+        return {"kind": "serving", "config": "ours", "concurrency": c, "parallel": c, "n_requests": 4 * c,
+                "tokens_per_s": 10.0 * c, "latency_p50_s": 0.5, "latency_p95_s": 0.75, "errors": 0,
+                "model_name": "tiny", "max_tokens": 32, "n_threads": 2, "cpu_model": "Fake CPU",
+                "cpu_cores": cores, "load_avg_1m": load, "unreliable": unreliable}  # fmt: skip
+
+    table = format_serving_table(pd.DataFrame([row(1, 0.5, 2), row(2, 3.25, 2)]))
+    lines = table.splitlines()
+    assert lines[1].split()[0] == "!" and lines[3].startswith("!L") and not lines[2].startswith("!")
+    assert "!L unreliable: the 1-minute load average (3.25 at worst) exceeded" in table
+    assert "!" not in format_serving_table(pd.DataFrame([row(1, 0.5, 2)]))
