@@ -46,10 +46,6 @@ def _user_errors() -> Iterator[None]:
         raise Exit(f"error: {exc}", code=1) from None
 
 
-def _not_implemented(name: str, issue: int) -> None:
-    raise Exit(f"`invoke {name}` is not implemented yet (tracked in issue {issue}).", code=2)
-
-
 def _progress_bar() -> tuple[Callable[[str, int, int], None], Callable[[], None]]:
     from tqdm import tqdm
 
