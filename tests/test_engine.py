@@ -211,10 +211,11 @@ def test_invoke_build_ui_without_node_fails_before_building(tmp_path: Path):
     assert not build_dir.exists() or not any(build_dir.iterdir()), "something was built"
 
 
-def test_invoke_build_ui_flag_is_tri_state():
+def test_invoke_build_ui_flag_is_tri_state(monkeypatch: pytest.MonkeyPatch):
     from invoke import Collection
     from invoke.parser import Parser
 
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))  # tasks.py, as invoke finds it
     import tasks
 
     for argv, expected in (([], None), (["--ui"], True), (["--no-ui"], False)):

@@ -70,7 +70,10 @@ def test_rows_are_stored_sane_and_plotted(tiny_model: Path, runtime: BitNetRunti
         assert set(df["kernels_reported"]) == {"on"} and set(df["config"]) == {"ours"}
 
     table = format_serving_table(load_serving_run(tmp_path / "results", returned[0]["run_id"]))
-    assert "clients" in table and "p95 s" in table and len(table.splitlines()) == 4  # header, titles, 2
+    lines = table.splitlines()
+    assert "clients" in table and "p95 s" in table
+    # header, titles, 2 rows; then only notes (a busy machine adds the "!L unreliable" one)
+    assert len(lines) >= 4 and all(line.startswith(("!L", "vs stock")) for line in lines[4:]), table
 
     written = render_plots(tmp_path / "results", tmp_path / "plots")
     png = tmp_path / "plots" / "serving.png"
