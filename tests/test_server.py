@@ -191,12 +191,10 @@ def test_concurrent_clients_all_get_valid_answers(server: ServerHandle) -> None:
     rss_before = rss_kib(server.pid)
 
     async def one_client(index: int) -> list[tuple[str, str | None, int]]:
-        # max_retries=2 is the openai default. llama-server closes the connection after a streamed
-        # response although it announced keep-alive, so a client that reuses that connection at the
-        # wrong moment sees "Server disconnected without sending a response" before the request
-        # reached the server; the client's retry is how users' code gets through (see the README).
+        # No retries: a kept-alive connection must serve the next request after a streamed one (patch 0010;
+        # upstream's server closed it, and a client reusing it saw "Server disconnected").
         async with openai.AsyncOpenAI(
-            base_url=server.base_url, api_key="none", max_retries=2, timeout=120
+            base_url=server.base_url, api_key="none", max_retries=0, timeout=120
         ) as c:
             results: list[tuple[str, str | None, int]] = []
             for j in range(n_requests):
@@ -577,3 +575,18 @@ def test_readme_snippet_works_as_written(
     monkeypatch.setenv("BITNET_BIN_DIR", str(engine_bin_dir))  # ./build is the default; not in tmp_path
     exec(compile(readme_snippet(), "README.md", "exec"), {})
     assert capsys.readouterr().out.strip()
+
+
+@pytest.mark.engine
+def test_a_kept_alive_connection_serves_the_next_request_after_a_stream(server: ServerHandle) -> None:
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True})
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        for _ in range(3):  # upstream closed the connection after each stream: the 2nd request failed
+            conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+            reply = conn.getresponse()
+            data = reply.read()
+            assert reply.status == 200 and b"data: [DONE]" in data
+            assert reply.getheader("Connection") != "close"
+    finally:
+        conn.close()

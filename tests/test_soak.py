@@ -58,11 +58,9 @@ def vm_kib(pid: int, field: str) -> int:
 
 
 async def good_client(base_url: str, index: int) -> list[str]:
-    # max_retries=2 is the openai default: llama-server closes the connection after a streamed answer
-    # although it announced keep-alive, and a client reusing it at that moment gets "Server disconnected
-    # without sending a response" before its request reached the server (~1 run in 3 here; the same with
-    # upstream's server). The retry is how every openai user gets through; see the README.
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="none", max_retries=2, timeout=600)
+    # No retries: every request must be answered the first time. (Upstream's server closed a kept-alive
+    # connection after each streamed answer, and ~1 run in 3 a client reusing it failed; patch 0010.)
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=600)
     answers = []
     try:
         for turn in range(REQUESTS_PER_CLIENT):
