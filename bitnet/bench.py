@@ -90,7 +90,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODELS_DIR = REPO_ROOT / "models"
+DEFAULT_MODELS_DIR = None  # None: bitnet.models.models_dir(), i.e. $BITNET_MODELS, else ./models
 DEFAULT_PLOTS_DIR = REPO_ROOT / "bench" / "plots"
 SAME_CODE_WARNING = (
     "this engine has no BITNET_KERNELS switch yet (issue 5): 'ours' and 'stock' run the same code"
@@ -476,7 +476,7 @@ def run_bench(
     build_dir: str | Path = "build",
     results_dir: str | Path = DEFAULT_RESULTS_DIR,
     plots_dir: str | Path | None = DEFAULT_PLOTS_DIR,
-    models_dir: str | Path = DEFAULT_MODELS_DIR,
+    models_dir: str | Path | None = DEFAULT_MODELS_DIR,
     fail_fast: bool = False,
     roofline: bool | None = None,
     progress: bool = True,
@@ -532,8 +532,11 @@ def run_bench(
         log.warning("%s", warning)
     paths: dict[ModelRequest, Path] = {}
     infos: dict[ModelRequest, ModelInfo | None] = {}
+    from bitnet.models import models_dir as default_models_dir
+
+    root = default_models_dir() if models_dir is None else Path(models_dir)
     for request in dict.fromkeys(job.model for job in jobs):
-        paths[request] = _prepare_model(request, Path(models_dir))
+        paths[request] = _prepare_model(request, root)
         try:
             infos[request] = inspect_model(paths[request])
         except BenchmarkError as exc:

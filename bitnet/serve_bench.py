@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bitnet.bench_spec import REPO_ROOT, VARIANT_ENV, BenchmarkError, BenchSpecError
+from bitnet.bench_spec import VARIANT_ENV, BenchmarkError, BenchSpecError
 from bitnet.contract import KERNELS_ENV, SERVER_BINARY, VARIANT_REPORT_ENV, parse_engine_report
 from bitnet.cpu import detect_cpu
 from bitnet.errors import RuntimeLaunchError
@@ -164,7 +164,7 @@ def _slot_ctx(prompt: str, max_tokens: int) -> int:
     return -(-need // _SLOT_CTX_STEP) * _SLOT_CTX_STEP
 
 
-def default_model(models_dir: StrPath = REPO_ROOT / "models") -> Path:
+def default_model(models_dir: StrPath | None = None) -> Path:
     """The model `invoke serve-bench` measures when given none: the same choice as `invoke bench`
     (the newest converted model, else the synthetic 2B4T shape in ``<models_dir>/dummy/``, generated if
     missing or made by an older generator). Logs which one and why."""
@@ -173,7 +173,9 @@ def default_model(models_dir: StrPath = REPO_ROOT / "models") -> Path:
 
     request, note = bench_default()
     log.info("%s", note)
-    return _prepare_model(request, Path(models_dir))
+    from bitnet.models import models_dir as default_models_dir
+
+    return _prepare_model(request, default_models_dir() if models_dir is None else Path(models_dir))
 
 
 # ---------------------------------------------------------------------------------------- measuring
