@@ -276,29 +276,39 @@ class RuntimeSupervisor:
             pid = transport.get_pid()
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             finished = False
+
+            def remaining() -> float | None:
+                return None if limit is None else max(limit - (time.monotonic() - started), 0.0)
+
+            async def timed_out() -> RuntimeTimeoutError:
+                nonlocal finished
+                assert limit is not None
+                await _stop_group(pid, protocol)
+                finished = True
+                return RuntimeTimeoutError(
+                    f"stream timed out after {limit:g} seconds (queueing included): "
+                    f"{shlex.join(argv)}\nThe engine was stopped. Pass a larger timeout.",
+                    timeout=limit,
+                    command=argv,
+                    returncode=transport.get_returncode(),
+                    stderr=protocol.text()[1],
+                )
+
             try:
                 while True:
-                    remaining = None if limit is None else limit - (time.monotonic() - started)
                     try:
-                        chunk = await asyncio.wait_for(chunks.get(), remaining)
+                        chunk = await asyncio.wait_for(chunks.get(), remaining())
                     except asyncio.TimeoutError:
-                        assert limit is not None
-                        await _stop_group(pid, protocol)
-                        finished = True
-                        raise RuntimeTimeoutError(
-                            f"stream timed out after {limit:g} seconds (queueing included): "
-                            f"{shlex.join(argv)}\nThe engine was stopped. Pass a larger timeout.",
-                            timeout=limit,
-                            command=argv,
-                            returncode=transport.get_returncode(),
-                            stderr=protocol.text()[1],
-                        ) from None
+                        raise await timed_out() from None
                     text = decoder.decode(chunk or b"", final=chunk is None)
                     if text:
                         yield text
                     if chunk is None:
                         break
-                await asyncio.wait({protocol.exited})  # stdout closed: the engine is exiting
+                # stdout closed: the engine is exiting (within the same deadline)
+                done, _ = await asyncio.wait({protocol.exited}, timeout=remaining())
+                if not done:
+                    raise await timed_out()
                 await _reap_leftovers(pid, protocol)
                 finished = True
             finally:
