@@ -35,6 +35,7 @@ def added_patch_lines() -> str:
         ("BITNET_ENV_ACT_QUANT", contract.ACT_QUANT_ENV),
         ("BITNET_ENV_CPU_VARIANT", contract.CPU_VARIANT_ENV),
         ("BITNET_ENV_VARIANT_REPORT", contract.VARIANT_REPORT_ENV),
+        ("BITNET_ENV_SPLIT", contract.SPLIT_ENV),
         ("BITNET_GGUF_HIDDEN_ACTIVATION", contract.HIDDEN_ACTIVATION),
         ("BITNET_GGUF_ACTIVATION_QUANT", contract.ACTIVATION_QUANT),
     ],
