@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bitnet.contract import KERNELS_ENV, SPLIT_ENV
+from bitnet.contract import BARRIER_SPIN_ENV, KERNELS_ENV, SPLIT_ENV
 from bitnet.numerics import EXACT_ENGINE_ARGS
 from bitnet.runtime import BitNetRuntime
 from bitnet.server import serve
@@ -34,6 +34,9 @@ TINY_CHUNKS = "guided:2:0:1"  # min 0 KiB, max 1 KiB of weights a chunk: 16-row 
 # (more threads than cores would make the run crawl through spinning barriers on a loaded machine; the
 # kernels' ctest group "chunks" covers 3 threads in random interleavings)
 RUNS = [("static", 2), ("", 2), (TINY_CHUNKS, 2), ("guided:1:0:1", 2), (TINY_CHUNKS, 1)]
+# and the barrier's wait policy (patch 0009): yielding at once, or spinning forever as upstream, is only
+# when a thread waits, never what it computes
+BARRIER_RUNS = [("0", 2), ("off", 2)]
 
 
 def _complete(url: str) -> dict[str, Any]:
@@ -66,23 +69,27 @@ def test_guided_chunks_give_bitwise_the_static_splits_output(
     engine_bin_dir: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
     results = {}
-    for split, threads in RUNS:
+    runs = [(s, t, "") for s, t in RUNS] + [(TINY_CHUNKS, t, spin) for spin, t in BARRIER_RUNS]
+    for split, threads, spin in runs:
         env = {**os.environ, KERNELS_ENV: "1", "GGML_CPU_VARIANT_REPORT": "1"}
         env.pop(SPLIT_ENV, None)
+        env.pop(BARRIER_SPIN_ENV, None)
         if split:
             env[SPLIT_ENV] = split
-        log = tmp_path / f"{split or 'default'}-{threads}.log"
+        if spin:
+            env[BARRIER_SPIN_ENV] = spin
+        log = tmp_path / f"{split or 'default'}-{threads}-{spin}.log"
         runtime = BitNetRuntime(build_dir=engine_bin_dir.parent, env=env)
         # -t/-tb after the runtime's own -t: 2 threads even on a 1-core machine (the runtime clamps)
         with serve(
             tiny_model, runtime=runtime, ctx_size=512, threads=1, log_path=log,
             extra_args=[*EXACT_ENGINE_ARGS, "--no-warmup", "-t", str(threads), "-tb", str(threads)],
         ) as server:  # fmt: skip
-            results[(split, threads)] = _complete(server.url)
+            results[(split, threads, spin)] = _complete(server.url)
         text = log.read_text()
         assert "bitnet: ternary kernels on" in text
         assert "not understood" not in text
-    ref = results[RUNS[0]]
+    ref = results[(*RUNS[0], "")]
     assert len(ref["tokens"]) == N_PREDICT
     assert len({t for step in ref["probs"] for t in (e["id"] for e in step["top_logprobs"])}) > 10
     for run, got in results.items():
