@@ -86,7 +86,7 @@ def main() -> None:
     out = open(a.out, "a") if a.out else None  # noqa: SIM115
     for r in range(a.rounds):
         for mode in modes:
-            order = variants[r % len(variants):] + variants[: r % len(variants)]
+            order = variants[r % len(variants) :] + variants[: r % len(variants)]
             hog = start_hog(mode)
             try:
                 for name, env, bin_dir in order:
@@ -100,10 +100,17 @@ def main() -> None:
                         out.flush()
             finally:
                 stop_hog(hog)
-    print(f"\nmedians of {a.rounds} rounds, tg{a.gen}, {a.threads} threads (t/s; ratio to idle; ratio to "
-          f"{variants[0][0]})")
-    med = {(m, v[0]): statistics.median(float(x["tg_ts"]) for x in rows if x["busy"] == m and x["variant"] == v[0])
-           for m in modes for v in variants}  # fmt: skip
+    print(
+        f"\nmedians of {a.rounds} rounds, tg{a.gen}, {a.threads} threads (t/s; ratio to idle; ratio to "
+        f"{variants[0][0]})"
+    )
+    med = {
+        (m, v[0]): statistics.median(
+            float(x["tg_ts"]) for x in rows if x["busy"] == m and x["variant"] == v[0]
+        )
+        for m in modes
+        for v in variants
+    }
     print("| busy | " + " | ".join(v[0] for v in variants) + " |")
     print("|---|" + "---|" * len(variants))
     for m in modes:

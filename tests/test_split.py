@@ -49,7 +49,8 @@ def _complete(url: str) -> dict[str, Any]:
         "post_sampling_probs": False,
         "return_tokens": True,
     }
-    req = urllib.request.Request(f"{url}/completion", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    req = urllib.request.Request(f"{url}/completion", json.dumps(body).encode(), headers)
     with urllib.request.urlopen(req, timeout=300) as reply:
         out = json.loads(reply.read())
     return {"tokens": out["tokens"], "probs": out["completion_probabilities"]}
@@ -104,9 +105,9 @@ def test_an_unknown_split_value_is_named_and_the_default_runs(engine_bin_dir: Pa
 
     model = tmp_path / "tiny.gguf"
     write_dummy_model("tiny", model, progress=False)
-    out = subprocess.run(
-        [str(engine_bin_dir / "llama-completion"), "-m", str(model), "-p", "x", "-n", "2", "-no-cnv", "-t", "2"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, SPLIT_ENV: "sideways"},
-    )  # fmt: skip
+    exe = str(engine_bin_dir / "llama-completion")
+    argv = [exe, "-m", str(model), "-p", "x", "-n", "2", "-no-cnv", "-t", "2"]
+    env = {**os.environ, SPLIT_ENV: "sideways"}
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "BITNET_SPLIT=sideways not understood" in out.stderr
