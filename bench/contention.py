@@ -75,6 +75,7 @@ def main() -> None:
     ap.add_argument("--busy", default="idle,pinned")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the busy process on the way out too
     default_bin = Path(a.bin_dir)
     variants = [parse_variant(v, default_bin) for v in a.variant] or [
         ("ours", {}, default_bin),
