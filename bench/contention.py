@@ -8,7 +8,8 @@ Each round runs every (busy condition, variant) once, the variants in a rotated 
   idle    nothing else started;
   pinned  `python -c "while True: pass"` in its own session (setsid: its own autogroup, like any other
           program on the host), pinned to the last core with taskset;
-  free    the same, not pinned.
+  free    the same, not pinned;
+  pinned-session, free-session: the same in our own session (autogroup), like a child of the benchmark.
 The busy process starts before and stops after the condition's runs of the round. Prints the median
 t/s per (condition, variant) and the ratios to idle and to the first variant; --out keeps every row.
 Variants default to ours (guided chunks), ours with BITNET_SPLIT=static, and stock (BITNET_KERNELS=0).
@@ -42,9 +43,11 @@ def start_hog(mode: str) -> subprocess.Popen[bytes] | None:
     if mode == "idle":
         return None
     argv = HOG
-    if mode == "pinned":
+    if mode.startswith("pinned"):
         argv = ["taskset", "-c", str((os.cpu_count() or 1) - 1), *HOG]
-    hog = subprocess.Popen(["setsid", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not mode.endswith("-session"):
+        argv = ["setsid", *argv]
+    hog = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     return hog
 
