@@ -14,6 +14,7 @@ from dataclasses import dataclass
 __all__ = [
     "ACT_QUANT_ENV",
     "ACT_QUANT_MODES",
+    "BARRIER_SPIN_ENV",
     "BENCH_BINARY",
     "BIN_DIR_ENV",
     "CPU_VARIANT_ENV",
@@ -24,6 +25,7 @@ __all__ = [
     "PERPLEXITY_BINARY",
     "QUANTIZE_BINARY",
     "SERVER_BINARY",
+    "SPLIT_ENV",
     "VARIANT_REPORT_ENV",
     "gguf_key",
     "parse_engine_report",
@@ -44,6 +46,8 @@ KERNELS_ENV = "BITNET_KERNELS"  # "0": stock ggml kernels in the same binary (pa
 ACT_QUANT_ENV = "BITNET_ACT_QUANT"  # per_token | per_block: overrides the file's key (patch 0006)
 CPU_VARIANT_ENV = "GGML_CPU_VARIANT"  # force libggml-cpu-<name> (patch 0002)
 VARIANT_REPORT_ENV = "GGML_CPU_VARIANT_REPORT"  # "1": the engine prints the lines parsed below
+BARRIER_SPIN_ENV = "GGML_BARRIER_SPIN"  # spins before a waiting thread yields its core, or "off" (patch 0009)
+SPLIT_ENV = "BITNET_SPLIT"  # "static": the fixed row split instead of guided chunks (ternary-buft.cpp)
 BIN_DIR_ENV = "BITNET_BIN_DIR"  # ours: extra directory searched for the binaries
 
 ACT_QUANT_MODES = ("per_token", "per_block")

@@ -35,6 +35,8 @@ def added_patch_lines() -> str:
         ("BITNET_ENV_ACT_QUANT", contract.ACT_QUANT_ENV),
         ("BITNET_ENV_CPU_VARIANT", contract.CPU_VARIANT_ENV),
         ("BITNET_ENV_VARIANT_REPORT", contract.VARIANT_REPORT_ENV),
+        ("BITNET_ENV_SPLIT", contract.SPLIT_ENV),
+        ("BITNET_ENV_BARRIER_SPIN", contract.BARRIER_SPIN_ENV),
         ("BITNET_GGUF_HIDDEN_ACTIVATION", contract.HIDDEN_ACTIVATION),
         ("BITNET_GGUF_ACTIVATION_QUANT", contract.ACTIVATION_QUANT),
     ],
@@ -48,6 +50,7 @@ def test_header_and_python_agree(macro: str, python: str) -> None:
     [
         ("BITNET_ENV_CPU_VARIANT", True),
         ("BITNET_ENV_VARIANT_REPORT", True),
+        ("BITNET_ENV_BARRIER_SPIN", True),
         ("BITNET_ENV_ACT_QUANT", True),
         ("BITNET_GGUF_HIDDEN_ACTIVATION", True),
         ("BITNET_GGUF_ACTIVATION_QUANT", True),

@@ -46,6 +46,67 @@ static bool is_head(const ggml_tensor * w) {
            (std::strcmp(w->name, "token_embd.weight") == 0 || std::strcmp(w->name, "output.weight") == 0);
 }
 
+// How threads split an op's rows (BITNET_SPLIT, read once). Default: guided chunks (bitnet_chunks) taken
+// from the threadpool's shared chunk counter, so a thread that lost its core to another process leaves
+// its unstarted rows to the others instead of holding them at the next barrier; chunks of at least
+// min_bytes of weights (the counter and a restarted prefetch stream cost ~0.1 us each) and at most
+// max_bytes (what a descheduled thread can hold up: ~30 us of streaming). "static" is the previous fixed
+// split (bitnet_split_rows) for A/B runs; "guided:D:MIN_KIB:MAX_KIB" sets the plan for experiments.
+// Either way each row is computed the same way, so the output is bitwise the same.
+struct split_plan {
+    int     divisor   = 2;
+    int64_t min_bytes = 64 << 10;
+    int64_t max_bytes = 1 << 20;
+};
+
+static const split_plan & split() {
+    static const split_plan plan = [] {
+        split_plan p;
+        const char * env = std::getenv(BITNET_ENV_SPLIT);
+        long long    mn = 0, mx = 0;
+        int          d  = 0;
+        if (env && std::strcmp(env, "static") == 0) {
+            p.divisor = 0;
+        } else if (env && std::sscanf(env, "guided:%d:%lld:%lld", &d, &mn, &mx) == 3 && d >= 1 && mn >= 0 && mx >= 0) {
+            p.divisor   = d;
+            p.min_bytes = (int64_t) mn << 10;
+            p.max_bytes = (int64_t) mx << 10;
+        } else if (env && *env && std::strcmp(env, "guided") != 0) {
+            GGML_LOG_WARN("bitnet: %s=%s not understood (static | guided | guided:D:MIN_KIB:MAX_KIB); guided\n",
+                          BITNET_ENV_SPLIT, env);
+        }
+        return p;
+    }();
+    return plan;
+}
+
+// The chunk plan of an op with `rows` rows of `work_per_row` bytes x columns, on nth threads.
+static bitnet_chunks make_chunks(int64_t rows, int64_t unit_rows, int64_t work_per_row, int nth) {
+    const split_plan & p = split();
+    const int64_t      w = work_per_row > 0 ? work_per_row : 1;
+    bitnet_chunks      c;
+    const int rc = bitnet_chunks_init(&c, rows, unit_rows, (p.min_bytes + w - 1) / w, p.max_bytes / w, nth,
+                                      nth > 1 ? p.divisor : 0);
+    GGML_ASSERT(rc == BITNET_OK);
+    return c;
+}
+
+// Runs run(r0, r1) on this thread's chunks: chunk ith first, then the indices the threadpool's counter
+// hands out. ith 0 must have set the counter to nth before a barrier all threads passed since their
+// previous use of it (ggml's mul_mat protocol: every node ends with a barrier).
+template <class F> static void for_my_chunks(const ggml_compute_params * params, bitnet_chunks & c, F && run) {
+    int64_t r0 = 0, r1 = 0;
+    for (int64_t i = params->ith; bitnet_chunks_get(&c, i, &r0, &r1);
+         i = ggml_threadpool_chunk_add(params->threadpool, 1)) {
+        if (r0 < r1) {
+            run(r0, r1);
+        }
+        if (c.divisor == 0) {
+            break;  // static: one chunk per thread, no counter
+        }
+    }
+}
+
 static size_t alloc_size(const ggml_tensor * w) {
     if (!shape_ok(w)) {
         return ggml_nbytes(w);
@@ -53,6 +114,11 @@ static size_t alloc_size(const ggml_tensor * w) {
     const size_t ours = bitnet_weights_size(bitnet_preferred_layout(src_type(w->type)), w->ne[1], w->ne[0]);
     // a tensor we could not repack (a non-ternary code) keeps ggml's bytes: room for either
     return ours > ggml_nbytes(w) ? ours : ggml_nbytes(w);
+}
+
+static int64_t gemm_row_groups() {
+    static const int64_t g = bitnet_get_kernel_info().gemm_row_groups;
+    return g;
 }
 
 class tensor_traits : public ggml::cpu::tensor_traits {
@@ -111,17 +177,23 @@ class tensor_traits : public ggml::cpu::tensor_traits {
                 }
             }
         }
+        // 2. threads take chunks of output rows (all columns): GEMV chunks in 16-row groups, GEMM chunks in
+        //    whole tiles; the chunk counter is reset here, before the barrier, like ggml's mul_mat does
+        const bitnet_layout layout = bitnet_preferred_layout(src_type(w->type));
+        const int64_t unit = ncols == 1 ? BITNET_GROUP_ROWS : BITNET_GROUP_ROWS * gemm_row_groups();
+        const int64_t row_bytes = (int64_t) bitnet_weights_size(layout, BITNET_GROUP_ROWS, K) / BITNET_GROUP_ROWS;
+        bitnet_chunks chunks = make_chunks(rows, unit, row_bytes * ncols, params->nth);
+        if (params->ith == 0 && chunks.divisor > 0) {
+            ggml_threadpool_chunk_set(params->threadpool, params->nth);
+        }
         ggml_barrier(params->threadpool);
 
-        // 2. every thread computes its 16-aligned share of the output rows for all columns
-        int64_t r0 = 0, r1 = 0;
-        bitnet_split_rows(rows, params->ith, params->nth, &r0, &r1);
-        if (r0 < r1) {
-            const bitnet_weights wt = { w->data, rows, K, bitnet_preferred_layout(src_type(w->type)) };
+        const bitnet_weights wt = { w->data, rows, K, layout };
+        for_my_chunks(params, chunks, [&](int64_t r0, int64_t r1) {
             const int rc = bitnet_matmul(&wt, xq, ncols, nblk, (float *) op->data,
                                          (int64_t) (op->nb[1] / sizeof(float)), r0, r1);
             GGML_ASSERT(rc == BITNET_OK);
-        }
+        });
         return true;
     }
 
@@ -145,14 +217,22 @@ class head_traits : public ggml::cpu::tensor_traits {
             x->ne[3] != 1 || x->nb[0] != sizeof(float) || op->nb[0] != sizeof(float)) {
             return false;
         }
-        const int64_t rows = w->ne[1];
-        const int64_t r0 = rows * params->ith / params->nth, r1 = rows * (params->ith + 1) / params->nth;
-        if (r0 < r1) {
-            const auto gemv = w->type == GGML_TYPE_BF16 ? bitnet_gemv_bf16 : bitnet_gemv_f16;
-            const int  rc   = gemv((const uint16_t *) w->data, w->ne[0], (int64_t) (w->nb[1] / sizeof(uint16_t)),
-                                   (const float *) x->data, (float *) op->data, r0, r1);
-            GGML_ASSERT(rc == BITNET_OK);
+        // the largest op of a token (the 128k-row head is over half its bytes): guided chunks here matter
+        // most; the counter needs one barrier of its own (after ith 0 reset it)
+        const int64_t rows  = w->ne[1];
+        bitnet_chunks chunks = make_chunks(rows, BITNET_GROUP_ROWS, w->ne[0] * (int64_t) sizeof(uint16_t), params->nth);
+        if (chunks.divisor > 0) {
+            if (params->ith == 0) {
+                ggml_threadpool_chunk_set(params->threadpool, params->nth);
+            }
+            ggml_barrier(params->threadpool);
         }
+        const auto gemv = w->type == GGML_TYPE_BF16 ? bitnet_gemv_bf16 : bitnet_gemv_f16;
+        for_my_chunks(params, chunks, [&](int64_t r0, int64_t r1) {
+            const int rc = gemv((const uint16_t *) w->data, w->ne[0], (int64_t) (w->nb[1] / sizeof(uint16_t)),
+                                (const float *) x->data, (float *) op->data, r0, r1);
+            GGML_ASSERT(rc == BITNET_OK);
+        });
         return true;
     }
 };

@@ -10,6 +10,8 @@
 #define BITNET_ENV_ACT_QUANT      "BITNET_ACT_QUANT"        /* per_token | per_block (patch 0006) */
 #define BITNET_ENV_CPU_VARIANT    "GGML_CPU_VARIANT"        /* force libggml-cpu-<name> (patch 0002) */
 #define BITNET_ENV_VARIANT_REPORT "GGML_CPU_VARIANT_REPORT" /* print the report lines below */
+#define BITNET_ENV_SPLIT          "BITNET_SPLIT"            /* static | guided: row split (ternary-buft.cpp) */
+#define BITNET_ENV_BARRIER_SPIN   "GGML_BARRIER_SPIN"       /* spins before a waiter yields, or off (patch 0009) */
 
 /* GGUF keys, after "<arch>." */
 #define BITNET_GGUF_HIDDEN_ACTIVATION "hidden_activation"   /* relu2 | silu (patch 0001) */

@@ -10,7 +10,7 @@
  *               bitnet_repack(layout, BITNET_SRC_TQ2_0, ggml_data, rows, K, dst)   (or TQ1_0)
  *   per matmul: each thread quantizes some columns of x:  bitnet_quantize_act(x_col, K, xq + c*nb)
  *               barrier
- *               bitnet_split_rows(rows, ith, nth, &r0, &r1)
+ *               bitnet_split_rows(rows, ith, nth, &r0, &r1)        (or chunks: bitnet_chunks_get)
  *               bitnet_matmul(&w, xq, ncols, nb, y, ldy, r0, r1)    (GEMV for 1 column, GEMM tiles else)
  *
  * The ISA is chosen at compile time from the compiler's target flags (one library per ISA variant);
@@ -243,6 +243,36 @@ int bitnet_gemv_f16_native(void);
 
 /* Thread ith of nth gets rows [*r0, *r1): contiguous, 16-aligned, balanced in groups; may be empty. */
 void bitnet_split_rows(int64_t rows, int ith, int nth, int64_t *r0, int64_t *r1);
+
+/* ------------------------------------------------------------------------------------------------
+ * Dynamic row split (what the engine's MUL_MAT and head GEMV use): the rows are cut into chunks that
+ * threads take in order - chunk ith first, then the next index from a counter shared by the threads -
+ * so a thread that lost its core to another process leaves its unstarted rows to the others instead of
+ * making them wait for it at the next barrier. Chunk boundaries depend only on the plan (rows, sizes,
+ * nth, divisor), never on which thread takes a chunk, and every kernel computes a row the same way in
+ * any row range: the output is bitwise identical to the static split's.
+ *
+ * Guided schedule (divisor >= 1): chunk i starts where chunk i-1 ended and has
+ *     clamp(ceil(remaining units / (divisor * nth)), min_units, max_units) units (the last: what is left),
+ * a unit being unit_rows rows (a multiple of 16: chunk starts stay 16-aligned; the last chunk ends at rows).
+ * Big chunks first keep the shared counter quiet; the small ones at the end leave an idle machine at most
+ * one small chunk of imbalance. divisor == 0 is the static split: exactly nth chunks, chunk i =
+ * bitnet_split_rows(rows, i, nth) in units (the same ranges when unit_rows == 16), possibly empty.
+ * ---------------------------------------------------------------------------------------------- */
+typedef struct {
+    int64_t rows, unit_rows, units, min_units, max_units;
+    int nth, divisor;
+    int64_t cur_index, cur_unit; /* cursor: chunk cur_index starts at unit cur_unit */
+} bitnet_chunks;
+
+/* min_rows / max_rows are rounded up to whole units (at least 1; max_rows 0 = no cap). Returns BITNET_OK, or
+ * BITNET_EINVAL (rows < 0, unit_rows not a positive multiple of 16, nth < 1, divisor < 0). */
+int bitnet_chunks_init(bitnet_chunks *c, int64_t rows, int64_t unit_rows, int64_t min_rows, int64_t max_rows,
+                       int nth, int divisor);
+/* Rows [*r0, *r1) of chunk i: returns 1 (the range is non-empty, except in the static split), or 0 when the
+ * plan has no chunk i. O(1) amortized when every call's i is >= the previous call's (the cursor walks forward;
+ * a smaller i walks again from chunk 0). */
+int bitnet_chunks_get(bitnet_chunks *c, int64_t i, int64_t *r0, int64_t *r1);
 
 /* What this build runs: ISA name ("scalar", "avx2", "avx512vnni", "neon", "neon-dotprod") and tiles. */
 typedef struct {

@@ -291,6 +291,58 @@ void bitnet_split_rows(int64_t rows, int ith, int nth, int64_t *r0, int64_t *r1)
     *r1 = b < rows ? b : rows;
 }
 
+int bitnet_chunks_init(bitnet_chunks *c, int64_t rows, int64_t unit_rows, int64_t min_rows, int64_t max_rows,
+                       int nth, int divisor) {
+    if (!c || rows < 0 || unit_rows <= 0 || unit_rows % BITNET_GROUP_ROWS || nth < 1 || divisor < 0 ||
+        min_rows < 0 || max_rows < 0)
+        return BITNET_EINVAL;
+    c->rows = rows;
+    c->unit_rows = unit_rows;
+    c->units = (rows + unit_rows - 1) / unit_rows;
+    c->min_units = min_rows > unit_rows ? (min_rows + unit_rows - 1) / unit_rows : 1;
+    c->max_units = max_rows > 0 ? (max_rows + unit_rows - 1) / unit_rows : c->units;
+    if (c->max_units < c->min_units) c->max_units = c->min_units;
+    c->nth = nth;
+    c->divisor = divisor;
+    c->cur_index = 0;
+    c->cur_unit = 0;
+    return BITNET_OK;
+}
+
+/* Units in the guided chunk that starts at unit u (u < units). */
+static int64_t guided_size(const bitnet_chunks *c, int64_t u) {
+    const int64_t rem = c->units - u, div = (int64_t)c->divisor * c->nth;
+    int64_t n = (rem + div - 1) / div;
+    if (n < c->min_units) n = c->min_units;
+    if (n > c->max_units) n = c->max_units;
+    return n < rem ? n : rem;
+}
+
+int bitnet_chunks_get(bitnet_chunks *c, int64_t i, int64_t *r0, int64_t *r1) {
+    int64_t u0, u1;
+    if (i < 0) return 0;
+    if (c->divisor == 0) {
+        if (i >= c->nth) return 0;
+        u0 = c->units * i / c->nth;
+        u1 = c->units * (i + 1) / c->nth;
+    } else {
+        if (i < c->cur_index) {
+            c->cur_index = 0;
+            c->cur_unit = 0;
+        }
+        while (c->cur_index < i && c->cur_unit < c->units) {
+            c->cur_unit += guided_size(c, c->cur_unit);
+            c->cur_index++;
+        }
+        if (c->cur_unit >= c->units) return 0;
+        u0 = c->cur_unit;
+        u1 = u0 + guided_size(c, u0);
+    }
+    *r0 = u0 * c->unit_rows < c->rows ? u0 * c->unit_rows : c->rows;
+    *r1 = u1 * c->unit_rows < c->rows ? u1 * c->unit_rows : c->rows;
+    return 1;
+}
+
 int bitnet_matmul(const bitnet_weights *w, const bitnet_act_block *x, int64_t ncols, int64_t x_stride, float *y,
                   int64_t y_stride, int64_t r0, int64_t r1) {
     if (ncols == 1) return bitnet_gemv(w, x, y, r0, r1);

@@ -3,7 +3,7 @@
  * (bitnet_ref_*) and against independent references (test_ref.c, written from ggml's layouts).
  *
  *   test_kernels_<variant> <group> [--quick]
- *   groups: layout quant kernels edges ggml tq1 errors
+ *   groups: layout quant kernels edges ggml tq1 errors f16 pertoken chunks
  *
  * Exit: 0 pass, 1 fail, 77 skipped (this host cannot run the variant's ISA). --quick shrinks the shape
  * list (used under qemu). Kernel outputs must equal the reference BIT FOR BIT (same int32 sums, same
@@ -741,6 +741,178 @@ static void group_f16(t_rng *r) {
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* ---------------------------------------------------------------------------------------------- */
+/* group: chunks - the dynamic split's plan covers the rows once, in order, 16-aligned, with sizes in  */
+/* the plan's bounds; any order of taking chunks gives the same ranges; the static plan is            */
+/* bitnet_split_rows; matmul and the f16 GEMV over chunks taken by "threads" in a random order equal   */
+/* the reference bit for bit (what the engine relies on to keep its output unchanged).              */
+static int64_t check_plan(int64_t rows, int64_t unit, int64_t min_rows, int64_t max_rows, int nth, int div) {
+    bitnet_chunks c, back;
+    CHECK(bitnet_chunks_init(&c, rows, unit, min_rows, max_rows, nth, div) == BITNET_OK, "init");
+    back = c;
+    int64_t i = 0, covered = 0, r0, r1;
+    const int64_t minu = min_rows > unit ? (min_rows + unit - 1) / unit : 1;
+    int64_t maxu = max_rows > 0 ? (max_rows + unit - 1) / unit : INT64_MAX;
+    if (maxu < minu) maxu = minu;
+    for (; bitnet_chunks_get(&c, i, &r0, &r1); i++) {
+        CHECK(r0 == covered && r1 <= rows && r0 % 16 == 0 && r0 % unit == 0, "rows %lld unit %lld div %d chunk %lld: "
+              "[%lld, %lld) after %lld", (long long)rows, (long long)unit, div, (long long)i, (long long)r0,
+              (long long)r1, (long long)covered);
+        if (div) {
+            const int64_t n = (r1 - r0 + unit - 1) / unit;
+            CHECK(r1 > r0 && n <= maxu && (n >= minu || r1 == rows), "chunk %lld: %lld units not in [%lld, %lld]",
+                  (long long)i, (long long)n, (long long)minu, (long long)maxu);
+        } else {
+            int64_t s0, s1;
+            bitnet_split_rows(rows, (int)i, nth, &s0, &s1);
+            if (unit == 16) CHECK(s0 == r0 && s1 == r1, "static chunk %lld of %d == bitnet_split_rows", (long long)i, nth);
+        }
+        covered = r1;
+        CHECK(i < rows + nth + 1, "too many chunks");
+        if (i > rows + nth) break;
+    }
+    CHECK(covered == rows, "rows %lld unit %lld div %d nth %d: chunks cover %lld", (long long)rows, (long long)unit,
+          div, nth, (long long)covered);
+    CHECK(div ? i >= (rows > 0) : i == nth, "chunk count %lld", (long long)i);
+    CHECK(!bitnet_chunks_get(&c, i + 5, &r0, &r1) && !bitnet_chunks_get(&c, -1, &r0, &r1), "past the end");
+    /* backwards (the cursor restarts) gives the same ranges */
+    for (int64_t j = i - 1; j >= 0; j--) {
+        int64_t a0, a1, b0, b1;
+        bitnet_chunks fresh;
+        bitnet_chunks_init(&fresh, rows, unit, min_rows, max_rows, nth, div);
+        for (int64_t t = 0; t <= j; t++) bitnet_chunks_get(&fresh, t, &a0, &a1);
+        CHECK(bitnet_chunks_get(&back, j, &b0, &b1) && a0 == b0 && a1 == b1, "chunk %lld backwards", (long long)j);
+    }
+    return i;
+}
+
+/* Chunks of a plan handed to nth simulated threads in a random interleaving: each takes chunk ith first,
+ * then the next index of a shared counter, on its own bitnet_chunks cursor (as the engine does). */
+typedef struct {
+    bitnet_chunks c[4];
+    int64_t next[4];
+    int done[4];
+    int64_t counter;
+} t_sched;
+
+static int sched_next(t_sched *s, int nth, t_rng *r, int64_t *r0, int64_t *r1) {
+    for (;;) {
+        int live = 0;
+        for (int t = 0; t < nth; t++) live += !s->done[t];
+        if (!live) return 0;
+        const int t = (int)t_uniform(r, (uint32_t)nth);
+        if (s->done[t]) continue;
+        if (!bitnet_chunks_get(&s->c[t], s->next[t], r0, r1)) {
+            s->done[t] = 1;
+            continue;
+        }
+        if (s->c[t].divisor == 0) s->done[t] = 1; /* static: a thread's one chunk */
+        else s->next[t] = s->counter++;
+        if (*r0 < *r1) return 1;
+    }
+}
+
+static void group_chunks(t_rng *r) {
+    static const int64_t rows_list[] = {0, 1, 15, 16, 17, 100, 640, 2560, 6912, 6913, 128256};
+    for (int ri = 0; ri < 11; ri++)
+        for (int nth = 1; nth <= 5; nth++)
+            for (int div = 0; div <= 4; div++) {
+                const int64_t rows = rows_list[ri];
+                if (rows > 7000 && div > 2) continue;
+                check_plan(rows, 16, 0, 0, nth, div);
+                check_plan(rows, 32, 100, 1000, nth, div);
+                check_plan(rows, 16, 16 * 7, 16 * 102, nth, div);
+                check_plan(rows, 48, 0, 16, nth, div); /* max below a unit: one unit */
+            }
+    /* the guided sizes shrink: big chunks first, and the first nth are not all tiny */
+    {
+        bitnet_chunks c;
+        int64_t r0, r1, prev = INT64_MAX;
+        bitnet_chunks_init(&c, 2560, 16, 0, 0, 2, 2);
+        for (int64_t i = 0; bitnet_chunks_get(&c, i, &r0, &r1); i++) {
+            CHECK(r1 - r0 <= prev, "guided chunk %lld grows", (long long)i);
+            prev = r1 - r0;
+            if (i == 0) CHECK(r1 - r0 == 640, "first guided chunk of 2560 rows / (2*2) = 640, got %lld", (long long)(r1 - r0));
+        }
+    }
+    bitnet_chunks c;
+    CHECK(bitnet_chunks_init(&c, 100, 8, 0, 0, 2, 1) == BITNET_EINVAL, "unit not a multiple of 16");
+    CHECK(bitnet_chunks_init(&c, 100, 0, 0, 0, 2, 1) == BITNET_EINVAL, "unit 0");
+    CHECK(bitnet_chunks_init(&c, -1, 16, 0, 0, 2, 1) == BITNET_EINVAL, "rows < 0");
+    CHECK(bitnet_chunks_init(&c, 100, 16, 0, 0, 0, 1) == BITNET_EINVAL, "nth 0");
+    CHECK(bitnet_chunks_init(&c, 100, 16, 0, 0, 2, -1) == BITNET_EINVAL, "divisor < 0");
+    CHECK(bitnet_chunks_init(NULL, 100, 16, 0, 0, 2, 1) == BITNET_EINVAL, "NULL");
+
+    /* kernels over chunks in a random thread interleaving == the reference, bit for bit */
+    const bitnet_kernel_info info = bitnet_get_kernel_info();
+    static const int64_t shapes[][3] = {{640, 2560, 1}, {2560, 6912, 1}, {1000, 512, 1}, {2560, 2560, 7}, {333, 256, 17}};
+    for (int si = 0; si < 5; si++) {
+        if (g_quick && si == 1) continue;
+        const int64_t rows = shapes[si][0], k = shapes[si][1], ncols = shapes[si][2], xs = k / 256;
+        t_matrix m;
+        make_matrix(&m, rows, k, BITNET_SRC_TQ2_0, W_RANDOM, D_RANDOM, r);
+        bitnet_weights w;
+        void *data = repack(&m, BITNET_LAYOUT_TK2, &w);
+        bitnet_act_block *x = make_acts(k, ncols, xs, A_PER_TOKEN, r);
+        float *yref = xalloc(sizeof(float) * (size_t)(rows * ncols)), *y = xalloc(sizeof(float) * (size_t)(rows * ncols));
+        CHECK(bitnet_ref_gemm(&w, x, ncols, xs, yref, rows, 0, rows) == BITNET_OK, "ref");
+        for (int nth = 1; nth <= 3; nth++)
+            for (int div = 0; div <= 2; div++) {
+                const int64_t unit = ncols == 1 ? 16 : 16 * info.gemm_row_groups;
+                t_sched s;
+                memset(&s, 0, sizeof s);
+                for (int t = 0; t < nth; t++) {
+                    bitnet_chunks_init(&s.c[t], rows, unit, 0, 4096, nth, div);
+                    s.next[t] = t;
+                }
+                s.counter = nth;
+                fill_canary(y, (size_t)(rows * ncols));
+                int64_t r0, r1, taken = 0;
+                while (sched_next(&s, nth, r, &r0, &r1)) {
+                    CHECK(bitnet_matmul(&w, x, ncols, xs, y, rows, r0, r1) == BITNET_OK, "matmul chunk");
+                    taken += r1 - r0;
+                }
+                CHECK(taken == rows, "rows %lld nth %d div %d: chunks took %lld rows", (long long)rows, nth, div,
+                      (long long)taken);
+                CHECK(!memcmp(y, yref, sizeof(float) * (size_t)(rows * ncols)), "rows %lld k %lld cols %lld nth %d div %d: "
+                      "chunked matmul differs from the reference", (long long)rows, (long long)k, (long long)ncols, nth, div);
+            }
+        free(y);
+        free(yref);
+        free(x);
+        free(data);
+        free_matrix(&m);
+    }
+    /* the f16 head GEMV over chunks */
+    {
+        const int64_t rows = 1000, k = 2560;
+        uint16_t *w = xalloc(sizeof(uint16_t) * (size_t)(rows * k));
+        float *x = xalloc(sizeof(float) * (size_t)k), *y = xalloc(sizeof(float) * (size_t)rows),
+              *yref = xalloc(sizeof(float) * (size_t)rows);
+        for (int64_t i = 0; i < rows * k; i++) w[i] = random_finite_fp16(r) & 0xbfff; /* |w| < 2 */
+        for (int64_t i = 0; i < k; i++) x[i] = t_uniform_f(r, -4.0f, 4.0f);
+        CHECK(bitnet_gemv_f16(w, k, k, x, yref, 0, rows) == BITNET_OK, "f16 whole");
+        for (int nth = 1; nth <= 3; nth++) {
+            t_sched s;
+            memset(&s, 0, sizeof s);
+            for (int t = 0; t < nth; t++) {
+                bitnet_chunks_init(&s.c[t], rows, 16, 0, 64, nth, 2);
+                s.next[t] = t;
+            }
+            s.counter = nth;
+            fill_canary(y, (size_t)rows);
+            int64_t r0, r1;
+            while (sched_next(&s, nth, r, &r0, &r1))
+                CHECK(bitnet_gemv_f16(w, k, k, x, y, r0, r1) == BITNET_OK, "f16 chunk");
+            CHECK(!memcmp(y, yref, sizeof(float) * (size_t)rows), "f16 over chunks, nth %d, differs", nth);
+        }
+        free(w);
+        free(x);
+        free(y);
+        free(yref);
+    }
+}
+
 int main(int argc, char **argv) {
     const char *group = argc > 1 ? argv[1] : "";
     for (int i = 2; i < argc; i++)
@@ -765,8 +937,9 @@ int main(int argc, char **argv) {
     else if (!strcmp(group, "errors")) group_errors(&rng);
     else if (!strcmp(group, "f16")) group_f16(&rng);
     else if (!strcmp(group, "pertoken")) group_pertoken(&rng);
+    else if (!strcmp(group, "chunks")) group_chunks(&rng);
     else {
-        fprintf(stderr, "usage: %s layout|quant|kernels|edges|ggml|tq1|errors|f16|pertoken [--quick]\n", argv[0]);
+        fprintf(stderr, "usage: %s layout|quant|kernels|edges|ggml|tq1|errors|f16|pertoken|chunks [--quick]\n", argv[0]);
         return 2;
     }
     const bitnet_kernel_info info = bitnet_get_kernel_info();
