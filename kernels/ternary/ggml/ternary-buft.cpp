@@ -22,9 +22,14 @@
 #include "ggml-impl.h"
 #include "traits.h"
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+
+#if defined(__linux__)
+#    include <sys/mman.h>
+#endif
 
 namespace bitnet_ggml {
 
@@ -276,6 +281,20 @@ static ggml_backend_buffer_t ternary_buft_alloc_buffer(ggml_backend_buffer_type_
     if (buffer == nullptr) {
         return nullptr;
     }
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    // Ask for transparent huge pages (the usual THP mode is "madvise"): loading writes every byte once, and
+    // 2 MiB pages take 512x fewer page faults for it; decode then streams the weights with fewer TLB misses.
+    // Advice only: without THP nothing changes.
+    {
+        const uintptr_t huge  = (uintptr_t) 2 << 20;
+        const uintptr_t base  = (uintptr_t) ggml_backend_buffer_get_base(buffer);
+        const uintptr_t first = (base + huge - 1) & ~(huge - 1);
+        const uintptr_t last  = (base + ggml_backend_buffer_get_size(buffer)) & ~(huge - 1);
+        if (last > first) {
+            (void) madvise((void *) first, last - first, MADV_HUGEPAGE);
+        }
+    }
+#endif
     buffer->buft              = buft;
     buffer->iface.init_tensor = ternary_buffer_init_tensor;
     buffer->iface.set_tensor  = ternary_buffer_set_tensor;
