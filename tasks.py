@@ -579,6 +579,8 @@ def serve(
         "compare_model": "NAME=FILE: that peer's own model file (default: the benchmarked model); repeatable",
         "compare_args": "'NAME=ARGS': extra llama-bench arguments for that peer, e.g. 'ik=-fa 1 -rtr 1'",
         "no_load": "skip the load probe per config and repetition (no load s column)",
+        "busy": "host conditions to measure under: idle (default), pinned (a busy loop on the last core), "
+        "free (the loop unpinned), e.g. idle,pinned",
     },
     iterable=["compare_bin", "compare_model", "compare_args"],
 )
@@ -606,6 +608,7 @@ def bench(
     compare_model=None,
     compare_args=None,
     no_load=False,
+    busy="",
 ):
     """End-to-end throughput with llama-bench: stores tidy rows, prints a table, draws plots."""
     from bitnet.bench import DEFAULT_PLOTS_DIR, run_bench
@@ -634,6 +637,7 @@ def bench(
             compare_model=compare_model or None,
             compare_args=compare_args or None,
             load_probe=False if no_load else None,
+            busy=busy or None,
         )
     print(run.report())
     if not run.ok:
