@@ -709,7 +709,9 @@ def ppl(c, model="", text="", ctx_size=512, chunks=0, threads=0, build_dir="buil
 @task(
     auto_shortflags=False,
     help={
-        "model": "GGUF file to serve (default: the tiny synthetic model, made in models/dummy/)",
+        "model": "GGUF file to serve (default as in invoke bench: the newest converted model, else 2B4T)",
+        "spec": 'serving spec: serve (bench/specs/serve.toml) or a .toml path with kind = "serve"; flags '
+        "override it",
         "concurrency": "concurrent clients, one level each: e.g. 1,2,4,8 (default; each 1..64)",
         "requests": "requests each client sends, one after the other (default 4)",
         "max_tokens": "tokens generated per request (default 32; exactly this many: EOS is ignored)",
@@ -726,13 +728,14 @@ def ppl(c, model="", text="", ctx_size=512, chunks=0, threads=0, build_dir="buil
 def serve_bench(
     c,
     model="",
-    concurrency="1,2,4,8",
-    requests=4,
-    max_tokens=32,
+    spec="",
+    concurrency="",
+    requests=0,
+    max_tokens=0,
     compare="",
     parallel=0,
     threads=0,
-    timeout=600,
+    timeout=0,
     build_dir="build",
     results_dir="",
     plots_dir="",
@@ -744,23 +747,33 @@ def serve_bench(
     from bitnet.bench import DEFAULT_PLOTS_DIR, render_plots
     from bitnet.results import DEFAULT_RESULTS_DIR
     from bitnet.runtime import BitNetRuntime
-    from bitnet.serve_bench import default_model, format_serving_table, load_serving_run, run_serving_bench
+    from bitnet.serve_bench import (
+        default_model,
+        format_serving_table,
+        load_serve_spec,
+        load_serving_run,
+        run_serving_bench,
+    )
 
     results = Path(results_dir or DEFAULT_RESULTS_DIR)
     with _user_errors():
         for name in ("httpx", "httpx2"):  # the openai client logs every request at INFO
             logging.getLogger(name).setLevel(logging.WARNING)
+        given = load_serve_spec(spec) if spec else {}
+        flags = {
+            "concurrency": concurrency or None,
+            "requests_per_client": int(requests) or None,
+            "max_tokens": int(max_tokens) or None,
+            "compare": compare or None,
+            "parallel": int(parallel) or None,
+            "threads": int(threads) or None,
+            "timeout": float(timeout) or None,
+        }
+        given.update({k: v for k, v in flags.items() if v is not None})
+        chosen = model or given.pop("model", "") or default_model()
+        given.pop("model", None)
         rows = run_serving_bench(
-            model or default_model(),
-            concurrency=concurrency,
-            requests_per_client=int(requests),
-            max_tokens=int(max_tokens),
-            compare=compare,
-            parallel=int(parallel) or None,
-            threads=int(threads) or None,
-            timeout=float(timeout),
-            runtime=BitNetRuntime(build_dir=build_dir),
-            results_dir=results,
+            chosen, runtime=BitNetRuntime(build_dir=build_dir), results_dir=results, **given
         )
         stored = load_serving_run(results, rows[0]["run_id"])
         print(format_serving_table(stored))

@@ -484,6 +484,10 @@ def load_spec(name_or_path: str | Path) -> BenchSpec:
         data = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise BenchSpecError(f"cannot read bench spec {path}: {exc}. Fix the file (it is TOML).") from exc
+    if data.get("kind") == "serve":
+        raise BenchSpecError(
+            f'{path} is a serving spec (kind = "serve"): run it with invoke serve-bench --spec.'
+        )
     try:
         return parse_spec(data, name=path.stem, source=path)
     except BenchSpecError as exc:

@@ -72,6 +72,7 @@ __all__ = [
     "MAX_CONCURRENCY",
     "default_model",
     "format_serving_table",
+    "load_serve_spec",
     "load_serving_run",
     "run_serving_bench",
 ]
@@ -162,6 +163,70 @@ def _slot_ctx(prompt: str, max_tokens: int) -> int:
     """
     need = len(prompt.encode()) + _TEMPLATE_TOKENS + max_tokens
     return -(-need // _SLOT_CTX_STEP) * _SLOT_CTX_STEP
+
+
+_SERVE_SPEC_KEYS = {"kind", "description", "model", "concurrency", "requests", "max_tokens", "compare",
+                    "parallel", "threads", "timeout"}  # fmt: skip
+
+
+def load_serve_spec(name_or_path: str | Path) -> dict[str, Any]:
+    """Read a serving spec (``kind = "serve"`` in bench/specs/NAME.toml or a .toml path) into the
+    keyword arguments of `run_serving_bench` (``model``: a GGUF file; without it `default_model`'s choice).
+    Flags given to ``invoke serve-bench`` override it.
+
+    Raises:
+        BenchSpecError: missing file, not TOML, not a serve spec, or an unknown key or bad value.
+    """
+    import tomllib
+
+    from bitnet.bench_spec import SPEC_DIR
+
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        path = SPEC_DIR / f"{name_or_path}.toml"
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise BenchSpecError(
+            f"cannot read serving spec {path}: {exc}. Give a TOML file or a name in {SPEC_DIR}."
+        ) from exc
+    if data.get("kind") != "serve":
+        raise BenchSpecError(
+            f'{path} is not a serving spec: it needs kind = "serve" (use it with invoke bench).'
+        )
+    unknown = set(data) - _SERVE_SPEC_KEYS
+    if unknown:
+        raise BenchSpecError(
+            f"{path}: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"allowed: {', '.join(sorted(_SERVE_SPEC_KEYS))}."
+        )
+    out: dict[str, Any] = {}
+    names = {"requests": "requests_per_client", "max_tokens": "max_tokens", "parallel": "parallel",
+             "threads": "threads"}  # fmt: skip
+    for key, arg in names.items():
+        if key in data:
+            out[arg] = _positive(data[key], f"{path}: {key}", 1_000_000)
+    if "timeout" in data:
+        if (
+            isinstance(data["timeout"], bool)
+            or not isinstance(data["timeout"], (int, float))
+            or data["timeout"] <= 0
+        ):
+            raise BenchSpecError(f"{path}: timeout must be a number of seconds > 0. Got {data['timeout']!r}.")
+        out["timeout"] = float(data["timeout"])
+    if "concurrency" in data:
+        out["concurrency"] = _levels(data["concurrency"])
+    if "compare" in data:
+        compare = data["compare"]
+        items = [compare] if isinstance(compare, str) else compare
+        if not isinstance(items, list) or not all(c in ("ours", "stock") for c in items):
+            raise BenchSpecError(f'{path}: compare must be a list of "ours"/"stock". Got {compare!r}.')
+        out["compare"] = items
+    if "model" in data:
+        if not isinstance(data["model"], str) or not data["model"]:
+            raise BenchSpecError(f"{path}: model must be the path of a GGUF file. Got {data['model']!r}.")
+        out["model"] = data["model"]
+    return out
 
 
 def default_model(models_dir: StrPath | None = None) -> Path:
