@@ -30,8 +30,8 @@ def _user_errors() -> Iterator[None]:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from bitnet._process import StopRequested, stop_signals
     from bitnet.errors import BitNetError
+    from bitnet.runtime.process import StopRequested, stop_signals
 
     try:
         with stop_signals():
@@ -109,7 +109,7 @@ class _AutoFlagTask(Task):
 )
 def build(c, isa="all", jobs=0, llama_src="", build_dir="build", clean=False, ui=None):
     """Build the pinned llama.cpp engine with our BitNet patches into <build-dir>/bin."""
-    from bitnet.engine import build_engine
+    from bitnet.engine.build import build_engine
 
     with _user_errors():
         update, close = _progress_bar()
@@ -145,7 +145,7 @@ def build(c, isa="all", jobs=0, llama_src="", build_dir="build", clean=False, ui
 )
 def tune(c, model="", threads=0, cols=128, reps=5, build_dir="build", out=""):
     """Measure the kernels' tile parameters for this CPU on a model's shapes (`invoke build` uses them)."""
-    from bitnet.tune import tune as run_tune
+    from bitnet.bench.tune import tune as run_tune
 
     if not model:
         raise Exit("error: --model is required, e.g. `invoke tune --model models/tiny/ggml-model-tq2_0.gguf`")
@@ -173,8 +173,8 @@ def tune(c, model="", threads=0, cols=128, reps=5, build_dir="build", out=""):
 )
 def doctor(c, build_dir="build", model="", json_out=False):
     """Report CPU features, the engine build, its active CPU variant and kernels, and problems."""
-    from bitnet.engine import read_build_info
-    from bitnet.runtime import BitNetRuntime
+    from bitnet.engine.build import read_build_info
+    from bitnet.runtime.runtime import BitNetRuntime
 
     with _user_errors():
         diag = BitNetRuntime(build_dir=build_dir).diagnostics(model=model or None)
@@ -216,7 +216,7 @@ def clean(c, build_dir="build", cache=False):
     """Delete the engine build (and with --cache the cached sources and ccache)."""
     import shutil
 
-    from bitnet.engine import cache_root
+    from bitnet.engine.build import cache_root
 
     for path in [Path(build_dir)] + ([cache_root()] if cache else []):
         if path.exists():
@@ -234,7 +234,7 @@ def clean(c, build_dir="build", cache=False):
 )
 def download(c, model="2B", revision="", local_dir=""):
     """Download a checkpoint from Hugging Face (only the files needed; HF_TOKEN, HF_HOME honoured)."""
-    from bitnet.hub import download_model
+    from bitnet.models.hub import download_model
 
     with _user_errors():
         path = download_model(model, revision=revision or None, local_dir=local_dir or None)
@@ -255,7 +255,7 @@ def download(c, model="2B", revision="", local_dir=""):
 )
 def convert(c, model_dir="", outtype="tq2_0", head_type="f16", outfile="", dry_run=False, build_dir="build"):
     """Convert a Hugging Face BitNet checkpoint (or the official I2_S GGUF) to our GGUF."""
-    from bitnet.convert import convert_checkpoint
+    from bitnet.models.convert import convert_checkpoint
 
     if not model_dir:
         raise Exit("error: --model-dir is required (a checkpoint directory or .gguf file)", code=2)
@@ -312,7 +312,7 @@ def check(
 
     Exits 1 when a per_token run's mean KL is above --max-kl or a decisive top token differs (gap >= 0.3
     nats); per_block and stock runs are reported for comparison only."""
-    from bitnet.numerics import DEFAULT_PROMPTS, check_reference, format_report, format_summary
+    from bitnet.bench.numerics import DEFAULT_PROMPTS, check_reference, format_report, format_summary
 
     if not model_dir:
         raise Exit("error: --model-dir is required (a Hugging Face BitNet checkpoint directory)", code=2)
@@ -393,7 +393,7 @@ def setup(  # noqa: A002
 ):
     """Build the engine if needed, get the model (make / download + convert) and smoke-run it."""
     if list:
-        from bitnet.catalog import format_catalog
+        from bitnet.models.catalog import format_catalog
 
         print(format_catalog())
         return
@@ -430,7 +430,7 @@ def setup(  # noqa: A002
 )
 def models(c, rm="", yes=False, json_out=False, models_dir=""):
     """List installed models (size, types, activation, numerics, source and revision) or remove one."""
-    from bitnet import models as installed
+    from bitnet.models import installed
 
     root = Path(models_dir) if models_dir else installed.models_dir()
     with _user_errors():
@@ -480,7 +480,7 @@ def infer(
     timeout=0.0,
 ):
     """One-shot generation through BitNetRuntime.run_inference: prints the prompt and its continuation."""
-    from bitnet.runtime import BitNetRuntime
+    from bitnet.runtime.runtime import BitNetRuntime
 
     if not model or not prompt:
         raise Exit("error: --model and --prompt are required", code=2)
@@ -531,8 +531,8 @@ def serve(
     """Serve a model over OpenAI-compatible HTTP (llama-server) until Ctrl-C; prints "ready: URL"."""
     import signal
 
-    from bitnet.runtime import BitNetRuntime
-    from bitnet.server import serve_forever
+    from bitnet.runtime.runtime import BitNetRuntime
+    from bitnet.runtime.server import serve_forever
 
     if not model:
         raise Exit("error: --model is required (a .gguf file; `invoke setup --model tiny` makes one)", code=2)
@@ -598,8 +598,8 @@ def bench(
     no_roofline=False,
 ):
     """End-to-end throughput with llama-bench: stores tidy rows, prints a table, draws plots."""
-    from bitnet.bench import DEFAULT_PLOTS_DIR, run_bench
-    from bitnet.results import DEFAULT_RESULTS_DIR
+    from bitnet.bench.results import DEFAULT_RESULTS_DIR
+    from bitnet.bench.sweep import DEFAULT_PLOTS_DIR, run_bench
 
     with _user_errors():
         run = run_bench(
@@ -638,8 +638,8 @@ def bench(
 )
 def plot(c, results="", run="", all=False, out_dir=""):
     """Redraw the benchmark plots (PNG + SVG) from the stored rows of the latest run (or those asked)."""
-    from bitnet.bench import DEFAULT_PLOTS_DIR, render_plots
-    from bitnet.results import DEFAULT_RESULTS_DIR
+    from bitnet.bench.results import DEFAULT_RESULTS_DIR
+    from bitnet.bench.sweep import DEFAULT_PLOTS_DIR, render_plots
 
     with _user_errors():
         sources = [s for s in results.split(",") if s] or [DEFAULT_RESULTS_DIR]
@@ -671,7 +671,7 @@ def plot(c, results="", run="", all=False, out_dir=""):
 )
 def ppl(c, model="", text="", ctx_size=512, chunks=0, threads=0, build_dir="build"):
     """Perplexity of a model on a text file (llama-perplexity); stores a row in bench/results/."""
-    from bitnet.quality import run_perplexity
+    from bitnet.bench.perplexity import run_perplexity
 
     if not model or not text:
         raise Exit("error: --model and --text are required, e.g. --text wikitext-2-raw/wiki.test.raw", code=2)
@@ -723,10 +723,10 @@ def serve_bench(
     """llama-server throughput and latency under N concurrent clients (loopback): rows, table, plots."""
     import logging
 
-    from bitnet.bench import DEFAULT_PLOTS_DIR, render_plots
-    from bitnet.results import DEFAULT_RESULTS_DIR
-    from bitnet.runtime import BitNetRuntime
-    from bitnet.serve_bench import default_model, format_serving_table, load_serving_run, run_serving_bench
+    from bitnet.bench.results import DEFAULT_RESULTS_DIR
+    from bitnet.bench.serving import default_model, format_serving_table, load_serving_run, run_serving_bench
+    from bitnet.bench.sweep import DEFAULT_PLOTS_DIR, render_plots
+    from bitnet.runtime.runtime import BitNetRuntime
 
     results = Path(results_dir or DEFAULT_RESULTS_DIR)
     with _user_errors():

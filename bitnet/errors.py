@@ -38,7 +38,7 @@ class RuntimeConfigurationError(BitNetError, ValueError):
 
 
 class ModelFileError(RuntimeConfigurationError):
-    """A model file is damaged or inconsistent (found by `bitnet.gguf_check` before the engine runs).
+    """A model file is damaged or inconsistent (found by `bitnet.models.formats.check` before the engine).
 
     Attributes:
         path: the file.

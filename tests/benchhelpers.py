@@ -76,7 +76,7 @@ def fake_calls(build_dir: Path) -> list[dict[str, Any]]:
 
 
 def bench_row(**fields: Any) -> dict[str, Any]:
-    """A llama-bench row as bitnet.bench stores it, with defaults for what a test does not care about."""
+    """A llama-bench row as bitnet.bench.sweep stores it, with defaults for what a test ignores."""
     row: dict[str, Any] = {
         "kind": "llama-bench",
         "run_id": "r1",
@@ -112,7 +112,7 @@ def write_bitnet_gguf(path: Path, *, tied: bool = True, n_embd: int = 256, n_voc
     """A minimal 'bitnet' GGUF (1 layer, TQ2_0 linears, F16 embedding, optional untied F16 output)."""
     from gguf import GGMLQuantizationType, GGUFWriter
 
-    from bitnet.packing import random_tq2_0
+    from bitnet.models.formats.packing import random_tq2_0
 
     rng = np.random.default_rng(0)
     w = GGUFWriter(str(path), "bitnet")

@@ -22,7 +22,8 @@ def private_uses(path: Path, names: set[str]) -> list[str]:
     return [
         f"{path.relative_to(REPO)}:{node.lineno} .{node.attr}"
         for node in ast.walk(tree)
-        if isinstance(node, ast.Attribute) and node.attr in names
+        if isinstance(node, ast.Attribute)
+        and node.attr in names
         # a class's own private attributes of the same name (self._build_dir in another class) are theirs
         and not (isinstance(node.value, ast.Name) and node.value.id == "self")
     ]

@@ -1,4 +1,4 @@
-"""bitnet.bench, bitnet.bench_spec, bitnet.llama_bench: specs, llama-bench parsing, thread clamping,
+"""bitnet.bench.sweep, .spec, .llama_bench: specs, llama-bench parsing, thread clamping,
 the sweep loop (A B A B order, failures, fail_fast) against a fake llama-bench, and the whole
 pipeline on the real engine and the tiny model. No test asserts a time."""
 
@@ -14,8 +14,14 @@ import pandas as pd
 import pytest
 from benchhelpers import FAKE_TS, fake_calls, write_fake_llama_bench
 
-from bitnet.bench import BenchmarkRunError, plan_jobs, run_bench
-from bitnet.bench_spec import (
+from bitnet.bench.llama_bench import (
+    llama_bench_command,
+    loaded_cpu_variant,
+    parse_llama_bench_output,
+    resolve_variants,
+)
+from bitnet.bench.results import inspect_model, load_results
+from bitnet.bench.spec import (
     DEFAULT_MODEL,
     BenchmarkError,
     BenchSpecError,
@@ -27,22 +33,16 @@ from bitnet.bench_spec import (
     parse_spec,
     spec_from_flags,
 )
-from bitnet.cpu import CpuInfo
-from bitnet.llama_bench import (
-    llama_bench_command,
-    loaded_cpu_variant,
-    parse_llama_bench_output,
-    resolve_variants,
-)
-from bitnet.results import inspect_model, load_results
+from bitnet.bench.sweep import BenchmarkRunError, plan_jobs, run_bench
+from bitnet.engine.cpu import CpuInfo
 
 DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The offline default model, written once for this module by bitnet.dummy."""
-    from bitnet.dummy import write_dummy_model
+    """The offline default model, written once for this module by bitnet.models.synthetic."""
+    from bitnet.models.synthetic import write_dummy_model
 
     path = tmp_path_factory.mktemp("models") / "tiny.gguf"
     write_dummy_model("tiny", path, progress=False)
@@ -291,10 +291,10 @@ def test_threads_flag_above_the_cores_is_clamped(tmp_path: Path, tiny_model: Pat
 
 
 def test_rows_carry_identity_shape_and_roofline(tmp_path: Path, tiny_model: Path, monkeypatch):
-    from bitnet.roofline import Bandwidth
+    from bitnet.bench.roofline import Bandwidth
 
-    monkeypatch.setattr("bitnet.bench.probe_bandwidth", lambda n: Bandwidth(3.0, (3.0,), n, 1 << 20))
-    monkeypatch.setattr("bitnet.roofline.llc_bytes", lambda: 1 << 10)  # let the tiny model count as big
+    monkeypatch.setattr("bitnet.bench.sweep.probe_bandwidth", lambda n: Bandwidth(3.0, (3.0,), n, 1 << 20))
+    monkeypatch.setattr("bitnet.bench.roofline.llc_bytes", lambda: 1 << 10)  # let the tiny model count as big
     write_fake_llama_bench(tmp_path / "build")
     run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=8, n_gen=4, reps=1, isa="sse42", roofline=True)
     df = load_results(run.results_path)
@@ -362,8 +362,8 @@ def test_missing_model_file_and_engine_fail_before_anything_runs(tmp_path: Path)
 def test_synthetic_models_are_made_once_and_remade_when_their_shape_changed(tmp_path: Path):
     from benchhelpers import write_bitnet_gguf
 
-    from bitnet.bench import _prepare_model
-    from bitnet.dummy import SIZES
+    from bitnet.bench.sweep import _prepare_model
+    from bitnet.models.synthetic import SIZES
 
     request = ModelRequest(size="tiny")
     path = request.path(tmp_path)
@@ -384,11 +384,13 @@ def test_pipeline_end_to_end_on_the_tiny_model(
 ):
     import matplotlib.image
 
-    from bitnet.dummy import SIZES
-    from bitnet.plots import make_figures
+    from bitnet.bench.plots import make_figures
+    from bitnet.models.synthetic import SIZES
 
-    monkeypatch.setattr("bitnet.roofline.default_buffer_bytes", lambda: 64 << 20)  # plumbing, not numbers
-    monkeypatch.setattr("bitnet.roofline.llc_bytes", lambda: 1 << 10)  # let the tiny model count as big
+    monkeypatch.setattr(
+        "bitnet.bench.roofline.default_buffer_bytes", lambda: 64 << 20
+    )  # plumbing, not numbers
+    monkeypatch.setattr("bitnet.bench.roofline.llc_bytes", lambda: 1 << 10)  # let the tiny model count as big
     run = run_bench(
         build_dir=engine_bin_dir.parent,
         model=tiny_model,
@@ -454,9 +456,9 @@ def test_real_engine_failure_is_reported_and_the_sweep_continues(
 def test_default_model_is_a_converted_model_else_the_2b_shape_never_tiny(tmp_path: Path, tiny_model: Path):
     import shutil
 
-    from bitnet.bench import default_model
-    from bitnet.bench_spec import TINY_MODEL
-    from bitnet.models import ModelLock, write_lock
+    from bitnet.bench.spec import TINY_MODEL
+    from bitnet.bench.sweep import default_model
+    from bitnet.models.installed import ModelLock, write_lock
 
     request, note = default_model(tmp_path)
     assert request == DEFAULT_MODEL and request.size == "2B" and request != TINY_MODEL
@@ -478,8 +480,8 @@ def test_rows_record_the_load_average_and_say_when_they_are_unreliable(
     tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ):
     loads = iter([0.5, 0.7, 9.0, 9.5])  # quiet around the first run, busy around the second
-    monkeypatch.setattr("bitnet.bench.load_average", lambda: next(loads))
-    monkeypatch.setattr("bitnet.bench.detect_cpu", lambda: CpuInfo("x86_64", "Fake CPU", 2, ("avx2",)))
+    monkeypatch.setattr("bitnet.bench.sweep.load_average", lambda: next(loads))
+    monkeypatch.setattr("bitnet.bench.sweep.detect_cpu", lambda: CpuInfo("x86_64", "Fake CPU", 2, ("avx2",)))
     write_fake_llama_bench(tmp_path / "build")
     run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=0, n_gen=4, reps=1, compare="stock")
     stored = load_results(run.results_path)
@@ -489,8 +491,8 @@ def test_rows_record_the_load_average_and_say_when_they_are_unreliable(
 
 
 def test_bench_never_deletes_the_serving_plot(tmp_path: Path, tiny_model: Path):
-    from bitnet.plots import render_plots
-    from bitnet.results import ResultsWriter
+    from bitnet.bench.plots import render_plots
+    from bitnet.bench.results import ResultsWriter
 
     plots = tmp_path / "bench" / "plots"
     serving = tmp_path / "bench" / "results" / "20260101-000000-serving-s1.jsonl"

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from bitnet import engine
-from bitnet.cpu import detect_cpu
+from bitnet.engine import build as engine
+from bitnet.engine.cpu import detect_cpu
 from bitnet.errors import EngineBuildError
+from bitnet.paths import REPO_ROOT
 
 # --------------------------------------------------------------------------------------------------
 # pin, source and patches (no compiler needed)
@@ -32,7 +33,7 @@ def test_pin_is_complete_and_has_variants_for_this_host():
 def test_the_per_token_tag_is_spelled_the_same_in_the_patch_and_the_kernel_header():
     """Patch 0006 tags per-token matmuls in llama.cpp (which cannot include our header); the buffer type
     reads the tag with the header's names. A mismatch would silently run every model per block."""
-    root = Path(engine.__file__).resolve().parent.parent
+    root = REPO_ROOT
     header = (root / "kernels/ternary/include/bitnet_kernels.h").read_text()
     patch = (root / "kernels/patches/0006-bitnet-per-token-activation-quant.patch").read_text()
     slot = re.search(r"#define BITNET_OP_PARAM_ACT_QUANT (\d+)", header)
@@ -183,7 +184,7 @@ def test_ui_auto_builds_with_node_20_and_skips_older_with_one_line(
     assert engine.resolve_ui(None) is True
     assert engine.resolve_ui(False) is False
     monkeypatch.setenv("PATH", str(_node_dir(tmp_path, "v18.19.1")))
-    with caplog.at_level("WARNING", logger="bitnet.engine"):
+    with caplog.at_level("WARNING", logger="bitnet.engine.build"):
         assert engine.resolve_ui(None) is False
     [line] = [r.getMessage() for r in caplog.records]
     assert "web UI not built" in line and "older than 20" in line
@@ -364,7 +365,7 @@ def test_best_variant_is_loaded_and_one_can_be_forced(engine_bin_dir: Path):
 def test_ternary_weights_use_our_buffer_type_unless_switched_off(
     engine_bin_dir: Path, tmp_path: Path, outtype: str
 ):
-    from bitnet.dummy import write_dummy_model
+    from bitnet.models.synthetic import write_dummy_model
 
     model = tmp_path / f"tiny-{outtype}.gguf"
     write_dummy_model("tiny", model, outtype=outtype)
@@ -404,7 +405,7 @@ def test_invoke_build_isa_gives_a_forced_variant_that_doctor_reports(engine_buil
     build_dir = tmp_path / "b"
     repo = Path(__file__).resolve().parent.parent
     # a table from `invoke tune` in the build dir is what this build compiles the kernels with
-    from bitnet.tune import _ISA_OF_VARIANT
+    from bitnet.bench.tune import _ISA_OF_VARIANT
 
     isa_key = _ISA_OF_VARIANT[forced][1]
     table = json.loads(engine.DEFAULT_TUNING_FILE.read_text())
@@ -435,7 +436,7 @@ def test_invoke_build_isa_gives_a_forced_variant_that_doctor_reports(engine_buil
 @pytest.mark.engine
 @pytest.mark.parametrize("kernels", ["1", "0"])
 def test_doctor_reports_what_the_engine_says_about_our_kernels(engine_build_dir: Path, kernels: str):
-    from bitnet.runtime import BitNetRuntime
+    from bitnet.runtime.runtime import BitNetRuntime
 
     report = BitNetRuntime(
         build_dir=str(engine_build_dir), env={**os.environ, "BITNET_KERNELS": kernels}

@@ -1,4 +1,4 @@
-"""bitnet.results and bitnet.roofline: model inspection, atomic row storage, loading, the comparison
+"""bitnet.bench.results and .roofline: model inspection, atomic row storage, loading, the comparison
 table (only what varies, ratio vs the baseline) and the roofline fields. Inputs are built by hand."""
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 from benchhelpers import bench_row, write_bitnet_gguf
 
-from bitnet.bench_spec import BenchmarkError
-from bitnet.results import (
+from bitnet.bench.results import (
     ResultsWriter,
     bench_test_name,
     default_baseline,
@@ -23,7 +22,8 @@ from bitnet.results import (
     load_results,
     summarize,
 )
-from bitnet.roofline import Bandwidth, add_roofline, llc_bytes, probe_bandwidth
+from bitnet.bench.roofline import Bandwidth, add_roofline, llc_bytes, probe_bandwidth
+from bitnet.bench.spec import BenchmarkError
 
 TQ2_0_BLOCK = 66  # bytes per 256 weights: 64 bytes of 2-bit codes + an fp16 scale (ggml-common.h)
 
@@ -218,7 +218,7 @@ def test_one_measurement_of_one_sample_has_no_spread():
 
 
 def test_a_cell_is_unreliable_when_the_machine_was_busy_or_its_repetitions_disagree():
-    from bitnet.results import LOAD_PER_CORE_LIMIT, SPREAD_LIMIT, reliability
+    from bitnet.bench.results import LOAD_PER_CORE_LIMIT, SPREAD_LIMIT, reliability
 
     assert (LOAD_PER_CORE_LIMIT, SPREAD_LIMIT) == (1.0, 0.10)
     quiet = {"cpu_cores": 2, "load_avg_1m": 1.9}

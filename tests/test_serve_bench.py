@@ -1,4 +1,4 @@
-"""The serving benchmark (bitnet.serve_bench): real llama-server on the tiny model, real `openai` clients,
+"""The serving benchmark (bitnet.bench.serving): real llama-server on the tiny model, real `openai` clients,
 rows stored and read back, the serving plot drawn from them, failures counted instead of raised.
 
 Plumbing only: no test asserts a time, only that measured values are consistent with each other.
@@ -17,11 +17,11 @@ import pytest
 from servertools import pid_gone
 
 from bitnet import BitNetRuntime
-from bitnet import serve_bench as serve_bench_module
-from bitnet.bench_spec import BenchmarkError, BenchSpecError
-from bitnet.results import load_results
-from bitnet.serve_bench import format_serving_table, load_serving_run, run_serving_bench
-from bitnet.server import ServerHandle
+from bitnet.bench import serving as serve_bench_module
+from bitnet.bench.results import load_results
+from bitnet.bench.serving import format_serving_table, load_serving_run, run_serving_bench
+from bitnet.bench.spec import BenchmarkError, BenchSpecError
+from bitnet.runtime.server import ServerHandle
 
 pytest_plugins = ["server_fixtures"]  # fixtures: tiny_model, runtime, no_leftover_processes
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
@@ -44,7 +44,7 @@ def _bench(tiny_model: Path, runtime: BitNetRuntime, results: Path, **kwargs: An
 def test_rows_are_stored_sane_and_plotted(tiny_model: Path, runtime: BitNetRuntime, tmp_path: Path) -> None:
     import matplotlib.image
 
-    from bitnet.plots import make_figures, render_plots
+    from bitnet.bench.plots import make_figures, render_plots
 
     returned = _bench(tiny_model, runtime, tmp_path / "results")
     df = load_results(tmp_path / "results")

@@ -26,9 +26,9 @@ from fakebin import FakeBinaries, write_model
 from servertools import TINY_CHAT_TEMPLATE, FdReader, pid_gone
 
 from bitnet import BitNetRuntime, RuntimeConfigurationError, RuntimeLaunchError, RuntimeTimeoutError
-from bitnet import server as server_module
 from bitnet.errors import ModelFileError, PortInUseError
-from bitnet.server import ServerHandle, is_loopback, require_api_key, serve
+from bitnet.runtime import server as server_module
+from bitnet.runtime.server import ServerHandle, is_loopback, require_api_key, serve
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MAX_TOKENS = 12
@@ -558,7 +558,7 @@ def readme_snippet() -> str:
     """The README's client snippet, read from README.md itself so the two cannot drift apart."""
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
-    found = [b for b in blocks if "from bitnet.server import serve" in b]
+    found = [b for b in blocks if "from bitnet.runtime.server import serve" in b]
     assert len(found) == 1, "README.md must hold exactly one serve() snippet"
     return found[0]
 
