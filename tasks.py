@@ -30,8 +30,8 @@ def _user_errors() -> Iterator[None]:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from bitnet.errors import BitNetError
-    from bitnet.runtime.process import StopRequested, stop_signals
+    from bitnet.errors import BitNetError, StopRequested
+    from bitnet.runtime.process import stop_signals
 
     try:
         with stop_signals():
@@ -351,7 +351,7 @@ def check(
         "size": "tiny (few MB, real tokenizer), 125M, 350M, 700M, 1.3B, 2B (exact 2B4T shape), 3B, 7B, 13B",
         "outtype": "tq2_0 (default) or tq1_0",
         "head_type": "tied embedding/head: f16 (default), bf16, f32, q8_0, q4_0, q6_k (via llama-quantize)",
-        "outfile": "GGUF to write (default: models/dummy/<size>-<outtype>.gguf)",
+        "outfile": "GGUF to write (default: where `invoke setup` puts it, models/dummy-2B/...)",
         "seed": "random seed (default 0)",
     },
 )
@@ -359,9 +359,9 @@ def dummy(c, size="tiny", outtype="tq2_0", head_type="f16", outfile="", seed=0):
     """Write a synthetic BitNet GGUF with random ternary weights and real shapes (no network)."""
     import time
 
-    from bitnet.pipeline import write_synthetic
+    from bitnet.models.synthetic import synthetic_model_path, write_synthetic
 
-    out = Path(outfile or f"models/dummy/{size}-{outtype}.gguf")
+    out = Path(outfile) if outfile else synthetic_model_path(size, outtype, head_type)
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with _user_errors():
@@ -556,7 +556,7 @@ def serve(
 @task(
     auto_shortflags=False,
     help={
-        "model": "GGUF file to benchmark (default: the tiny synthetic model, made in models/dummy/)",
+        "model": "GGUF file to benchmark (default: newest converted model, else synthetic 2B4T)",
         "size": "synthetic model instead of --model: tiny 125M 350M 700M 1.3B 2B 3B 7B 13B",
         "outtype": "ternary format of a --size model: tq2_0 (default) or tq1_0",
         "head_type": "embedding/head format of a --size model: f16 (default), bf16, q8_0, q4_0",
@@ -691,7 +691,7 @@ def ppl(c, model="", text="", ctx_size=512, chunks=0, threads=0, build_dir="buil
 @task(
     auto_shortflags=False,
     help={
-        "model": "GGUF file to serve (default: the tiny synthetic model, made in models/dummy/)",
+        "model": "GGUF file to serve (default: newest converted model, else synthetic 2B4T)",
         "concurrency": "concurrent clients, one level each: e.g. 1,2,4,8 (default; each 1..64)",
         "requests": "requests each client sends, one after the other (default 4)",
         "max_tokens": "tokens generated per request (default 32; exactly this many: EOS is ignored)",

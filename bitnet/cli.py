@@ -28,9 +28,9 @@ try:
 except ImportError:  # pragma: no cover - Windows
     termios = None  # type: ignore[assignment]
 
-from bitnet.errors import RuntimeConfigurationError, RuntimeLaunchError, RuntimeTimeoutError
+from bitnet.errors import RuntimeConfigurationError, RuntimeLaunchError, RuntimeTimeoutError, StopRequested
 from bitnet.runtime.diagnostics import INFERENCE_BINARY, SERVER_BINARY
-from bitnet.runtime.process import StopRequested, stop_signals
+from bitnet.runtime.process import stop_signals
 from bitnet.runtime.runtime import BitNetRuntime
 from bitnet.runtime.server import API_KEY_ENV, cors_args, require_api_key, serve_forever
 

@@ -10,23 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bitnet.engine.build import ProgressFn
 from bitnet.engine.contract import ACTIVATION_QUANT, HIDDEN_ACTIVATION, gguf_key
-from bitnet.errors import BitNetError, RuntimeLaunchError
-from bitnet.models.installed import LOCK_NAME, ModelLock, resolved_revision, write_lock
+from bitnet.errors import RuntimeLaunchError, SetupError
+from bitnet.models.installed import LOCK_NAME, ModelLock, model_path, resolved_revision, write_lock
+from bitnet.models.synthetic import write_synthetic
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODELS_DIR = Path("models")  # ./models; `bitnet.models.installed.models_dir()` adds $BITNET_MODELS
 SMOKE_PROMPT = "The capital of France is"
-
-
-class SetupError(BitNetError, RuntimeError):
-    """A setup step failed; the message names the step and how to go on."""
 
 
 @dataclass
@@ -35,13 +30,6 @@ class SetupReport:
     gguf: Path
     steps: list[str] = field(default_factory=list)  # one human line per step: done / skipped
     smoke_output: str = ""
-
-
-def model_path(name: str, models_dir: Path, outtype: str, head_type: str) -> Path:
-    """Where `invoke setup` puts a model: models/<name>/ggml-model-<outtype>[-<head>].gguf."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-    suffix = outtype if head_type == "f16" else f"{outtype}-head_{head_type}"
-    return models_dir / safe / f"ggml-model-{suffix}.gguf"
 
 
 def verify_gguf(path: Path) -> str | None:
@@ -165,32 +153,6 @@ def setup_model(
 
 def _lock(out: Path, lock: ModelLock) -> None:
     write_lock(out.parent, lock)
-
-
-def write_synthetic(
-    size: str,
-    out: Path,
-    *,
-    outtype: str = "tq2_0",
-    head_type: str = "f16",
-    seed: int = 0,
-    build_dir: str | os.PathLike[str] = "build",
-) -> Path:
-    """bitnet.models.synthetic's model; a head type only the engine can write (q6_k) is requantized by it."""
-    from bitnet.models._tempfiles import new_temp
-    from bitnet.models.convert.requantize import ENGINE_HEAD_TYPES, requantize_head
-    from bitnet.models.synthetic import write_dummy_model
-
-    if head_type.lower() not in ENGINE_HEAD_TYPES:
-        write_dummy_model(size, out, outtype=outtype, head_type=head_type, seed=seed)
-        return out
-    tmp = new_temp(out, "-f16head")
-    try:
-        write_dummy_model(size, tmp, outtype=outtype, head_type="f16", seed=seed)
-        requantize_head(tmp, out, head_type=head_type.lower(), outtype=outtype.lower(), build_dir=build_dir)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
 
 
 def smoke_generate(model: Path, *, build_dir: str | os.PathLike[str], n_predict: int = 8) -> str:

@@ -23,8 +23,6 @@ from bitnet.bench.llama_bench import (
 from bitnet.bench.results import inspect_model, load_results
 from bitnet.bench.spec import (
     DEFAULT_MODEL,
-    BenchmarkError,
-    BenchSpecError,
     Config,
     ModelRequest,
     expand_configs,
@@ -33,8 +31,9 @@ from bitnet.bench.spec import (
     parse_spec,
     spec_from_flags,
 )
-from bitnet.bench.sweep import BenchmarkRunError, plan_jobs, run_bench
+from bitnet.bench.sweep import plan_jobs, run_bench
 from bitnet.engine.cpu import CpuInfo
+from bitnet.errors import BenchmarkError, BenchmarkRunError, BenchSpecError
 
 DATA = Path(__file__).parent / "data"
 
@@ -201,7 +200,7 @@ def test_model_entries_expand_to_every_combination():
     spec = parse_spec({"models": [{"size": ["tiny", "2B"], "outtype": ["tq2_0", "tq1_0"]}]}, name="t")
     labels = [m.label for m in spec.sweeps[0].models]
     assert labels == ["tiny", "tiny-tq1_0-f16", "2B", "2B-tq1_0-f16"]
-    assert spec.sweeps[0].models[1].path(Path("models")) == Path("models/dummy/bitnet-tiny-tq1_0-f16.gguf")
+    assert spec.sweeps[0].models[1].path(Path("models")) == Path("models/tiny/ggml-model-tq1_0.gguf")
 
 
 @pytest.mark.parametrize(
@@ -362,17 +361,17 @@ def test_missing_model_file_and_engine_fail_before_anything_runs(tmp_path: Path)
 def test_synthetic_models_are_made_once_and_remade_when_their_shape_changed(tmp_path: Path):
     from benchhelpers import write_bitnet_gguf
 
-    from bitnet.bench.sweep import _prepare_model
+    from bitnet.bench.sweep import prepare_model
     from bitnet.models.synthetic import SIZES
 
     request = ModelRequest(size="tiny")
     path = request.path(tmp_path)
     path.parent.mkdir(parents=True)
     write_bitnet_gguf(path)  # a 1-layer file where the tiny model goes: made by an older generator
-    assert _prepare_model(request, tmp_path) == path
+    assert prepare_model(request, tmp_path) == path
     assert inspect_model(path).n_layer == SIZES["tiny"].n_layer
     stamp = path.stat().st_mtime_ns
-    assert _prepare_model(request, tmp_path) == path and path.stat().st_mtime_ns == stamp  # reused
+    assert prepare_model(request, tmp_path) == path and path.stat().st_mtime_ns == stamp  # reused
 
 
 # ---------------------------------------------------------------------------------------- the real engine

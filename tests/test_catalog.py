@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
+from bitnet.errors import CatalogError, UnknownModelError
 from bitnet.models.catalog import (
     CATALOG_PATH,
-    CatalogError,
     ModelEntry,
-    UnknownModelError,
     format_bytes,
     format_catalog,
     format_count,

@@ -30,8 +30,7 @@ from tinymodels import (
     make_llama_checkpoint,
 )
 
-from bitnet.models.convert import ConversionReport, convert_checkpoint, registered_architectures
-from bitnet.models.convert.errors import (
+from bitnet.errors import (
     CheckpointDtypeError,
     ConversionError,
     CorruptCheckpointError,
@@ -41,6 +40,7 @@ from bitnet.models.convert.errors import (
     UnknownArchitectureError,
     UnsupportedCheckpointError,
 )
+from bitnet.models.convert import ConversionReport, convert_checkpoint, registered_architectures
 from bitnet.models.formats import packing
 
 UNPACK = {Q.TQ2_0: packing.unpack_tq2_0, Q.TQ1_0: packing.unpack_tq1_0, Q.Q8_0: packing.unpack_q8_0}

@@ -16,7 +16,7 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
-from bitnet.models.convert.errors import ConversionError
+from bitnet.errors import ConversionError
 from bitnet.models.formats import packing
 from bitnet.models.synthetic import SIZES, train_tiny_tokenizer, write_dummy_model
 

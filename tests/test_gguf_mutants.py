@@ -22,8 +22,7 @@ from gguf_mutants import Mutant, make_mutants
 
 from bitnet import BitNetRuntime
 from bitnet.bench.results import inspect_model
-from bitnet.bench.spec import BenchmarkError
-from bitnet.errors import ModelFileError, RuntimeLaunchError
+from bitnet.errors import BenchmarkError, ModelFileError, RuntimeLaunchError
 from bitnet.models.formats.check import check_gguf
 from bitnet.runtime.server import serve
 

@@ -28,8 +28,9 @@ import pytest
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.utils import _http as hf_http
 
-from bitnet.models.catalog import ModelEntry, UnknownModelError, get_model
-from bitnet.models.hub import ModelDownloadError, download_model, resolve_checkpoint
+from bitnet.errors import ModelDownloadError, UnknownModelError
+from bitnet.models.catalog import ModelEntry, get_model
+from bitnet.models.hub import download_model, resolve_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMMIT_A = "a" * 40

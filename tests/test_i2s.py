@@ -16,20 +16,12 @@ from gguf import GGUFValueType as VT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitnet.models.convert.errors import ConversionError, CorruptCheckpointError, UnsupportedCheckpointError
-from bitnet.models.convert.i2s import (
-    I2S_TYPE_ID,
-    GGUFValue,
-    I2SModel,
-    i2s_nbytes,
-    import_i2s_gguf,
-    iter_i2s_model,
-    pack_i2s,
-    read_gguf_header,
-    read_i2s_tensor,
-    write_i2s_gguf,
-)
+from bitnet.errors import ConversionError, CorruptCheckpointError, UnsupportedCheckpointError
+from bitnet.models.convert.i2s import I2SModel, import_i2s_gguf, iter_i2s_model
 from bitnet.models.formats import packing
+from bitnet.models.formats.i2s import I2S_TYPE_ID, i2s_nbytes, pack_i2s, read_i2s_tensor
+from bitnet.models.formats.reader import GGUFValue, read_gguf_header
+from bitnet.models.formats.reader import write_raw_gguf as write_i2s_gguf
 
 # ---------------------------------------------------------------------------------------------------
 # The bit layout

@@ -310,7 +310,8 @@ def test_invoke_check_bad_checkpoints_get_one_clear_line(tmp_path: Path, make: A
 
 
 def test_check_without_torch_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from bitnet.bench.numerics import NumericsCheckError, check_reference
+    from bitnet.bench.numerics import check_reference
+    from bitnet.errors import NumericsCheckError
 
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
     with pytest.raises(
@@ -322,7 +323,8 @@ def test_check_without_torch_says_what_to_install(monkeypatch: pytest.MonkeyPatc
 
 
 def test_check_refuses_unknown_modes(tmp_path: Path) -> None:
-    from bitnet.bench.numerics import NumericsCheckError, check_reference
+    from bitnet.bench.numerics import check_reference
+    from bitnet.errors import NumericsCheckError
 
     with pytest.raises(NumericsCheckError, match="unknown mode"):
         check_reference(tmp_path, modes=["per_channel"])

@@ -23,7 +23,7 @@ from bitnet.bench.results import (
     summarize,
 )
 from bitnet.bench.roofline import Bandwidth, add_roofline, llc_bytes, probe_bandwidth
-from bitnet.bench.spec import BenchmarkError
+from bitnet.errors import BenchmarkError
 
 TQ2_0_BLOCK = 66  # bytes per 256 weights: 64 bytes of 2-bit codes + an fp16 scale (ggml-common.h)
 

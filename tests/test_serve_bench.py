@@ -20,7 +20,7 @@ from bitnet import BitNetRuntime
 from bitnet.bench import serving as serve_bench_module
 from bitnet.bench.results import load_results
 from bitnet.bench.serving import format_serving_table, load_serving_run, run_serving_bench
-from bitnet.bench.spec import BenchmarkError, BenchSpecError
+from bitnet.errors import BenchmarkError, BenchSpecError
 from bitnet.runtime.server import ServerHandle
 
 pytest_plugins = ["server_fixtures"]  # fixtures: tiny_model, runtime, no_leftover_processes

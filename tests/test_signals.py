@@ -21,8 +21,9 @@ from fakebin import FakeBinaries, assert_gone, is_running
 from servertools import FdReader, pid_gone, processes_using
 
 from bitnet import BitNetRuntime
+from bitnet.errors import StopRequested
 from bitnet.models._tempfiles import new_temp, remove_stale_temps
-from bitnet.runtime.process import StopRequested, die_with_parent, stop_signals
+from bitnet.runtime.process import die_with_parent, stop_signals
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["fakebin", "server_fixtures"]

@@ -13,8 +13,9 @@ import gguf
 import numpy as np
 import pytest
 
-from bitnet.bench.tune import TuneError, host_isa, model_shapes, tune
+from bitnet.bench.tune import host_isa, model_shapes, tune
 from bitnet.engine import build as engine
+from bitnet.errors import TuneError
 from bitnet.models.synthetic import write_dummy_model
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,11 +20,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bitnet.bench.spec import REPO_ROOT, BenchmarkError, BenchSpecError
+from bitnet.bench.spec import REPO_ROOT
 from bitnet.engine.build import load_pin, read_build_info
 from bitnet.engine.contract import BENCH_BINARY, KERNELS_ENV, parse_engine_report
 from bitnet.engine.cpu import CpuInfo
-from bitnet.errors import BitNetError
+from bitnet.errors import BenchmarkError, BenchSpecError, BitNetError
 
 __all__ = [
     "BENCH_BINARY",

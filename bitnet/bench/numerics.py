@@ -41,13 +41,12 @@ import numpy as np
 import numpy.typing as npt
 
 from bitnet.engine.contract import ACT_QUANT_ENV, KERNELS_ENV
-from bitnet.errors import BitNetError
+from bitnet.errors import NumericsCheckError
 
 __all__ = [
     "DEFAULT_PROMPTS",
     "EXACT_ENGINE_ARGS",
     "CheckReport",
-    "NumericsCheckError",
     "PositionResult",
     "check_reference",
     "compare_logprobs",
@@ -89,10 +88,6 @@ DECISIVE_GAP = 0.3
 # the rest of the probability mass (a lower bound of the full KL; the report says which).
 FULL_VOCAB_LIMIT = 4096
 _SUPPORTED = ("BitNetForCausalLM", "LlamaForCausalLM")
-
-
-class NumericsCheckError(BitNetError, RuntimeError):
-    """The reference check cannot run: a missing package, file or unsupported architecture."""
 
 
 @dataclass(frozen=True)

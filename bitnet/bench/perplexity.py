@@ -39,10 +39,11 @@ from typing import Any
 
 from bitnet.bench.llama_bench import now_iso, run_identity
 from bitnet.bench.results import DEFAULT_RESULTS_DIR, SCHEMA_VERSION, ResultsWriter, inspect_model
-from bitnet.bench.spec import VARIANT_ENV, BenchmarkError, Config
+from bitnet.bench.spec import VARIANT_ENV, Config
 from bitnet.engine.contract import KERNELS_ENV, PERPLEXITY_BINARY, VARIANT_REPORT_ENV, parse_engine_report
 from bitnet.engine.cpu import detect_cpu
 from bitnet.errors import (
+    BenchmarkError,
     PerplexityError,
     RuntimeConfigurationError,
     RuntimeLaunchError,

@@ -38,7 +38,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from bitnet.bench.results import bench_rows, cell_reliability, load_results, summarize, varying_columns
-from bitnet.bench.spec import BenchmarkError
+from bitnet.errors import BenchmarkError
 
 __all__ = [
     "BENCH_PLOT_NAMES",

@@ -43,7 +43,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bitnet.bench.spec import REPO_ROOT, BenchmarkError
+from bitnet.bench.spec import REPO_ROOT
+from bitnet.errors import BenchmarkError
 
 __all__ = [
     "DEFAULT_RESULTS_DIR",
@@ -133,7 +134,8 @@ def inspect_model(path: str | os.PathLike[str]) -> ModelInfo:
     """
     from gguf import GGUFReader
 
-    from bitnet.models.formats.check import ModelFileError, check_gguf
+    from bitnet.errors import ModelFileError
+    from bitnet.models.formats.check import check_gguf
 
     try:
         # gguf-py's reader trusts the counts and lengths in the file (absurd ones exhausted memory) and

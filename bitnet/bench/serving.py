@@ -59,10 +59,10 @@ from bitnet.bench.results import (
     load_results,
     reliability,
 )
-from bitnet.bench.spec import VARIANT_ENV, BenchmarkError, BenchSpecError
+from bitnet.bench.spec import VARIANT_ENV
 from bitnet.engine.contract import KERNELS_ENV, SERVER_BINARY, VARIANT_REPORT_ENV, parse_engine_report
 from bitnet.engine.cpu import detect_cpu
-from bitnet.errors import RuntimeLaunchError
+from bitnet.errors import BenchmarkError, BenchSpecError, RuntimeLaunchError
 from bitnet.runtime.runtime import BitNetRuntime, StrPath
 from bitnet.runtime.server import ServerHandle, start_server
 
@@ -166,16 +166,16 @@ def _slot_ctx(prompt: str, max_tokens: int) -> int:
 
 def default_model(models_dir: StrPath | None = None) -> Path:
     """The model `invoke serve-bench` measures when given none: the same choice as `invoke bench`
-    (the newest converted model, else the synthetic 2B4T shape in ``<models_dir>/dummy/``, generated if
+    (the newest converted model, else the synthetic 2B4T shape in ``<models_dir>/dummy-2B/``, generated if
     missing or made by an older generator). Logs which one and why."""
-    from bitnet.bench.sweep import _prepare_model
     from bitnet.bench.sweep import default_model as bench_default
+    from bitnet.bench.sweep import prepare_model
 
     request, note = bench_default()
     log.info("%s", note)
     from bitnet.models.installed import models_dir as default_models_dir
 
-    return _prepare_model(request, default_models_dir() if models_dir is None else Path(models_dir))
+    return prepare_model(request, default_models_dir() if models_dir is None else Path(models_dir))
 
 
 # ---------------------------------------------------------------------------------------- measuring

@@ -44,7 +44,7 @@ from typing import Any
 from gguf import GGMLQuantizationType
 
 from bitnet.engine.contract import ACT_QUANT_ENV, CPU_VARIANT_ENV, KERNELS_ENV
-from bitnet.errors import BitNetError
+from bitnet.errors import BenchSpecError
 from bitnet.paths import REPO_ROOT
 
 if sys.version_info >= (3, 11):
@@ -60,8 +60,6 @@ __all__ = [
     "SPEC_DIR",
     "VARIANT_ENV",
     "BenchSpec",
-    "BenchSpecError",
-    "BenchmarkError",
     "Config",
     "ModelRequest",
     "Sweep",
@@ -89,14 +87,6 @@ _NAME_RE = re.compile(r"^[a-z0-9_]+$")
 _RANGE_RE = re.compile(r"^\s*(\d+|all)\s*\.\.\s*(\d+|all)\s*$")
 
 
-class BenchmarkError(BitNetError, RuntimeError):
-    """A benchmark could not be set up or one of its engine runs failed (see `bitnet.bench.sweep`)."""
-
-
-class BenchSpecError(BenchmarkError, ValueError):
-    """A bench spec (file or flags) is invalid; the message names the key, the value and the fix."""
-
-
 # ---------------------------------------------------------------------------------------- models
 
 
@@ -119,14 +109,17 @@ class ModelRequest:
         return f"{self.size}-{self.outtype}-{self.head_type}"
 
     def path(self, models_dir: Path) -> Path:
-        """Where the model is: its file, or ``<models_dir>/dummy/bitnet-<size>-<outtype>-<head>.gguf``."""
+        """Where the model is: its file, or where `invoke setup` / `invoke dummy` put the synthetic model
+        (`bitnet.models.synthetic.synthetic_model_path`: ``<models_dir>/dummy-2B/ggml-model-tq2_0.gguf``)."""
         if self.file is not None:
             return self.file
-        return models_dir / "dummy" / f"bitnet-{self.size}-{self.outtype}-{self.head_type}.gguf"
+        from bitnet.models.synthetic import synthetic_model_path
+
+        return synthetic_model_path(str(self.size), self.outtype, self.head_type, models_dir)
 
 
 # What `invoke bench` measures when told nothing and no converted model is installed: the BitNet b1.58
-# 2B4T shape (made once into models/dummy/, 1.2 GB). The tiny test model's numbers mean nothing to a
+# 2B4T shape (made once into models/dummy-2B/, 1.2 GB). The tiny test model's numbers mean nothing to a
 # user (it fits in the cache), so it is measured only when asked for (`--size tiny`).
 DEFAULT_MODEL = ModelRequest(size="2B")
 TINY_MODEL = ModelRequest(size="tiny")  # the offline test model: a few MB, real tokenizer

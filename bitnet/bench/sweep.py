@@ -58,9 +58,7 @@ from bitnet.bench.roofline import Bandwidth, add_roofline, probe_bandwidth
 from bitnet.bench.spec import (
     DEFAULT_MODEL,
     REPO_ROOT,
-    BenchmarkError,
     BenchSpec,
-    BenchSpecError,
     Config,
     ModelRequest,
     expand_configs,
@@ -70,7 +68,14 @@ from bitnet.bench.spec import (
     spec_from_flags,
 )
 from bitnet.engine.cpu import detect_cpu
-from bitnet.errors import BitNetError, RuntimeLaunchError, tail_lines
+from bitnet.errors import (
+    BenchmarkError,
+    BenchmarkRunError,
+    BenchSpecError,
+    BitNetError,
+    RuntimeLaunchError,
+    tail_lines,
+)
 from bitnet.runtime.runtime import BitNetRuntime
 from bitnet.runtime.supervisor import RuntimeSupervisor
 
@@ -78,12 +83,11 @@ __all__ = [
     "DEFAULT_MODELS_DIR",
     "DEFAULT_PLOTS_DIR",
     "BenchRun",
-    "BenchmarkError",
-    "BenchmarkRunError",
     "Job",
     "RunFailure",
     "format_table",
     "plan_jobs",
+    "prepare_model",
     "render_plots",
     "run_bench",
 ]
@@ -141,7 +145,7 @@ def plan_jobs(
     return list(jobs.values()), warnings
 
 
-def _prepare_model(request: ModelRequest, models_dir: Path) -> Path:
+def prepare_model(request: ModelRequest, models_dir: Path) -> Path:
     """The model's path; a synthetic one is generated (bitnet.models.synthetic) if missing."""
     path = request.path(models_dir)
     if request.file is not None:
@@ -149,7 +153,7 @@ def _prepare_model(request: ModelRequest, models_dir: Path) -> Path:
             raise BenchSpecError(f"model file {path} does not exist: pass an existing .gguf file.")
         return path
     try:
-        from bitnet.models.synthetic import SIZES, write_dummy_model
+        from bitnet.models.synthetic import SIZES, write_synthetic
     except ImportError as exc:
         raise BenchmarkError(
             f"cannot generate {path}: bitnet.models.synthetic is unavailable ({exc}). Pass --model."
@@ -160,16 +164,10 @@ def _prepare_model(request: ModelRequest, models_dir: Path) -> Path:
              request.head_type, path)  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        from bitnet.models.convert.requantize import ENGINE_HEAD_TYPES
-
-        if request.head_type in ENGINE_HEAD_TYPES:  # q6_k: the engine's llama-quantize writes the head
-            from bitnet.pipeline import write_synthetic
-
-            write_synthetic(str(request.size), path, outtype=request.outtype, head_type=request.head_type)
-        else:
-            write_dummy_model(
-                str(request.size), path, outtype=request.outtype, head_type=request.head_type, progress=False
-            )
+        # q6_k: the engine's llama-quantize writes the head (write_synthetic says which need it)
+        write_synthetic(
+            str(request.size), path, outtype=request.outtype, head_type=request.head_type, progress=False
+        )
     except BitNetError as exc:
         raise BenchmarkError(f"cannot generate the synthetic model {request.label}: {exc}") from exc
     return path
@@ -255,23 +253,6 @@ class BenchRun:
                 f"plots: {', '.join(sorted({str(p.parent) for p in self.plots}))} ({len(self.plots)} files)"
             )
         return "\n".join(parts)
-
-
-class BenchmarkRunError(BenchmarkError):
-    """A run failed and the sweep was asked to stop (``fail_fast``); rows measured so far are stored.
-
-    Attributes:
-        run: the `BenchRun` so far (its ``failures`` end with `failure`).
-        failure: the failed run, with its stderr tail and log file.
-    """
-
-    def __init__(self, run: BenchRun, failure: RunFailure) -> None:
-        self.run = run
-        self.failure = failure
-        super().__init__(
-            f"benchmark stopped after a failed run (fail_fast); {len(run.rows)} rows are stored in "
-            f"{run.results_path}.\n{failure.describe()}"
-        )
 
 
 def _engine_env(base: Mapping[str, str], config: Config) -> dict[str, str]:
@@ -454,7 +435,7 @@ def default_model(models_root: Path | None = None) -> tuple[ModelRequest, str]:
         )
     return DEFAULT_MODEL, (
         "model: the synthetic BitNet b1.58 2B4T shape (hidden 2560, ffn 6912, 30 layers, vocab 128256; "
-        "random ternary weights, made once into models/dummy/): no converted model is installed. "
+        "random ternary weights, made once into models/dummy-2B/): no converted model is installed. "
         "--model F benchmarks a file, --size tiny the test model"
     )
 
@@ -536,7 +517,7 @@ def run_bench(
 
     root = default_models_dir() if models_dir is None else Path(models_dir)
     for request in dict.fromkeys(job.model for job in jobs):
-        paths[request] = _prepare_model(request, root)
+        paths[request] = prepare_model(request, root)
         try:
             infos[request] = inspect_model(paths[request])
         except BenchmarkError as exc:

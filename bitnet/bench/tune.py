@@ -33,7 +33,7 @@ from typing import Any
 
 from bitnet.engine.build import DEFAULT_TUNING_FILE, KERNELS_DIR, TUNED_FILE_NAME, best_variant, load_pin
 from bitnet.engine.cpu import CpuInfo, detect_cpu
-from bitnet.errors import BitNetError
+from bitnet.errors import TuneError
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,6 @@ _TILES: dict[str, list[tuple[int, int]]] = {
     "scalar": [],
 }
 _PREFETCH = (0, 512, 2048)
-
-
-class TuneError(BitNetError):
-    """Tuning cannot run: no ternary matrices in the model, no compiler/cmake, a benchmark that failed."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +96,7 @@ def model_shapes(model: Path) -> list[MatShape]:
     path = Path(model)
     if not path.is_file():
         raise TuneError(
-            f"model {path} not found: give a GGUF file (e.g. models/dummy/bitnet-2B-tq2_0-f16.gguf)"
+            f"model {path} not found: give a GGUF file (e.g. models/dummy-2B/ggml-model-tq2_0.gguf)"
         )
     try:
         header = check_gguf(path, semantic=False, scan=False)  # bounded: a damaged header is refused

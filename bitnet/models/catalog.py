@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
-from bitnet.errors import BitNetError
+from bitnet.errors import CatalogError, UnknownModelError
 from bitnet.paths import REPO_ROOT
 
 if sys.version_info >= (3, 11):
@@ -47,19 +47,6 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _COMMON_KEYS = {"description", "source", "architecture", "hidden_act", "params"}
 _HUB_KEYS = _COMMON_KEYS | {"repo", "revision", "allow_patterns", "download_bytes", "sha256"}
 _SYNTHETIC_KEYS = _COMMON_KEYS | {"dummy_size"}
-
-
-class CatalogError(BitNetError, ValueError):
-    """The catalogue file is missing or malformed; the message names the file, entry and field."""
-
-
-class UnknownModelError(BitNetError, LookupError):
-    """A model name that is not in the catalogue; the message lists close matches and all names."""
-
-    def __init__(self, message: str, *, name: str, suggestions: tuple[str, ...]) -> None:
-        super().__init__(message)
-        self.name = name
-        self.suggestions = suggestions
 
 
 @dataclass(frozen=True)

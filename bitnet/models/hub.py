@@ -38,8 +38,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from bitnet.errors import BitNetError
-from bitnet.models.catalog import ModelEntry, UnknownModelError, get_model, load_catalog
+from bitnet.errors import ModelDownloadError, UnknownModelError
+from bitnet.models.catalog import ModelEntry, get_model, load_catalog
 
 log = logging.getLogger(__name__)
 _HF_HTTP_LOGGER = "huggingface_hub.utils._http"
@@ -91,15 +91,6 @@ OFFLINE_HELP = (
     "    or a .gguf file);\n"
     "  - use a synthetic model that needs no download: invoke setup --model tiny"
 )
-
-
-class ModelDownloadError(BitNetError, RuntimeError):
-    """A model could not be downloaded or found locally. The message says why and what to do."""
-
-    def __init__(self, message: str, *, repo_id: str | None = None, revision: str | None = None) -> None:
-        super().__init__(message)
-        self.repo_id = repo_id
-        self.revision = revision
 
 
 @dataclass(frozen=True)

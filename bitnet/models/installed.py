@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -19,15 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from bitnet.engine.contract import ACTIVATION_QUANT, HIDDEN_ACTIVATION, gguf_key
-from bitnet.errors import BitNetError
+from bitnet.errors import ModelNotFoundError
 
 MODELS_ENV = "BITNET_MODELS"
 LOCK_NAME = "model.lock.json"
 LOCK_SCHEMA = 1
-
-
-class ModelNotFoundError(BitNetError, LookupError):
-    """`invoke models --rm NAME` for a name that is not installed; the message lists what is."""
 
 
 def models_dir(env: dict[str, str] | None = None) -> Path:
@@ -54,6 +51,17 @@ class ModelLock:
     @property
     def pinned(self) -> bool:
         return self.resolved_revision is not None
+
+
+def model_path(name: str, models_dir: Path, outtype: str, head_type: str) -> Path:
+    """Where a model lives: ``<models_dir>/<name>/ggml-model-<outtype>[-head_<head>].gguf``.
+
+    The one naming scheme of the toolkit: `invoke setup`, `invoke dummy` and the benchmarks' synthetic
+    models (`bitnet.models.synthetic.synthetic_model_path`) all use it, so `invoke models` lists them all.
+    """
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    suffix = outtype if head_type == "f16" else f"{outtype}-head_{head_type}"
+    return models_dir / safe / f"ggml-model-{suffix}.gguf"
 
 
 def resolved_revision(snapshot: Path) -> str | None:

@@ -26,14 +26,16 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from gguf import GGMLQuantizationType
 
+from bitnet.errors import ConversionError
+from bitnet.models import installed
 from bitnet.models.convert.base import HEAD_TYPES, OUT_TYPES, HParams, add_model_metadata
-from bitnet.models.convert.errors import ConversionError
 from bitnet.models.convert.tokenizer import LLAMA3_SPLIT_REGEX, GGUFVocab, vocab_from_tokenizer_json
 from bitnet.models.formats import packing
 from bitnet.models.formats.writer import Metadata, TensorSpec, WriteResult, write_gguf
@@ -296,3 +298,46 @@ def write_dummy_model(
         result.seconds,
     )
     return result
+
+
+def synthetic_name(size: str) -> str:
+    """The catalogue name of the synthetic model of `size`: "tiny", else "dummy-<size>" (catalog.toml)."""
+    return "tiny" if size == "tiny" else f"dummy-{size}"
+
+
+def synthetic_model_path(
+    size: str,
+    outtype: str = "tq2_0",
+    head_type: str = "f16",
+    models_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Where the synthetic model of `size` in these formats lives: what `invoke setup --model <name>`,
+    `invoke dummy` and the benchmarks make and look for (`models_dir` None: $BITNET_MODELS, else ./models)."""
+    root = installed.models_dir() if models_dir is None else Path(models_dir)
+    return installed.model_path(synthetic_name(size), root, outtype, head_type)
+
+
+def write_synthetic(
+    size: str,
+    out: Path,
+    *,
+    outtype: str = "tq2_0",
+    head_type: str = "f16",
+    seed: int = 0,
+    build_dir: str | os.PathLike[str] = "build",
+    progress: bool = True,
+) -> Path:
+    """`write_dummy_model`'s model; a head type only the engine can write (q6_k) is requantized by it."""
+    from bitnet.models._tempfiles import new_temp
+    from bitnet.models.convert.requantize import ENGINE_HEAD_TYPES, requantize_head
+
+    if head_type.lower() not in ENGINE_HEAD_TYPES:
+        write_dummy_model(size, out, outtype=outtype, head_type=head_type, seed=seed, progress=progress)
+        return out
+    tmp = new_temp(out, "-f16head")
+    try:
+        write_dummy_model(size, tmp, outtype=outtype, head_type="f16", seed=seed, progress=progress)
+        requantize_head(tmp, out, head_type=head_type.lower(), outtype=outtype.lower(), build_dir=build_dir)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out

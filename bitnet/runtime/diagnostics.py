@@ -172,7 +172,7 @@ def activation_quant_mode(model: str | os.PathLike[str], env: Mapping[str, str])
     per_block. "mode" is what runs ("per_block" whenever our kernels are off: stock ggml has no
     per-token path), "requested" what the file or variable asks for, "source" where that came from.
     Never raises: an unreadable file gives mode None and the reason in "source"."""
-    from bitnet.models.convert.i2s import read_gguf_header
+    from bitnet.models.formats.reader import read_gguf_header
 
     try:
         metadata, _ = read_gguf_header(model)

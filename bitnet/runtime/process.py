@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TextIO
 
-from bitnet.errors import RuntimeConfigurationError, tail_lines
+from bitnet.errors import RuntimeConfigurationError, StopRequested, tail_lines
 
 SIGKILL = getattr(signal, "SIGKILL", signal.SIGTERM)
 _TAIL_BYTES = 64 * 1024  # raw stderr kept to cut the last lines from
@@ -34,26 +34,6 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 STOP_SIGNALS = tuple(
     sig for sig in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if sig
 )
-
-
-class StopRequested(BaseException):
-    """SIGINT, SIGTERM or SIGHUP arrived (see `stop_signals`): unwind, stop children, exit 128 + signum.
-
-    A BaseException like KeyboardInterrupt, so ``except Exception`` clean-up code does not swallow it.
-    """
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-    @property
-    def exit_code(self) -> int:
-        """What shells report for death by this signal: 130 (INT), 143 (TERM), 129 (HUP)."""
-        return 128 + self.signum
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name
 
 
 @contextlib.contextmanager

@@ -46,6 +46,7 @@ from bitnet.errors import (
     RuntimeConfigurationError,
     RuntimeLaunchError,
     RuntimeTimeoutError,
+    StopRequested,
     tail_lines,
 )
 from bitnet.runtime.address import (
@@ -62,7 +63,6 @@ from bitnet.runtime.address import (
 from bitnet.runtime.diagnostics import SERVER_BINARY
 from bitnet.runtime.process import (
     SIGKILL,
-    StopRequested,
     die_with_parent,
     exit_message,
     group_alive,

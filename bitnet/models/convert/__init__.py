@@ -19,14 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bitnet.errors import ConversionError, MissingCheckpointFileError, UnsupportedCheckpointError
 from bitnet.models.convert import bitnet_1bitllm, bitnet_2b4t, llama_bitnet  # noqa: F401  (registration)
 from bitnet.models.convert.base import HEAD_TYPES, OUT_TYPES, converter_for, registered_architectures
 from bitnet.models.convert.checkpoint import Checkpoint, load_config
-from bitnet.models.convert.errors import (
-    ConversionError,
-    MissingCheckpointFileError,
-    UnsupportedCheckpointError,
-)
 from bitnet.models.convert.requantize import ENGINE_HEAD_TYPES, HEAD_TENSORS, requantize_head
 from bitnet.models.convert.tokenizer import load_vocab
 from bitnet.models.formats.writer import Metadata, TensorSpec, check_output_writable, write_gguf
@@ -36,7 +32,6 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "HEAD_TYPES",
     "OUT_TYPES",
-    "ConversionError",
     "ConversionReport",
     "PlannedTensor",
     "convert_checkpoint",

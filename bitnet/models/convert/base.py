@@ -25,14 +25,14 @@ from gguf import GGMLQuantizationType, LlamaFileType
 from gguf.quants import quantize
 
 from bitnet.engine.contract import HIDDEN_ACTIVATION, gguf_key
-from bitnet.models.convert.checkpoint import Checkpoint
-from bitnet.models.convert.errors import (
+from bitnet.errors import (
     CheckpointDtypeError,
     CorruptCheckpointError,
     MissingConfigKeyError,
     UnknownArchitectureError,
     UnsupportedCheckpointError,
 )
+from bitnet.models.convert.checkpoint import Checkpoint
 from bitnet.models.convert.weights import BitNetQuantization, read_linear
 from bitnet.models.formats import packing
 from bitnet.models.formats.writer import Metadata, TensorSpec, tensor_nbytes

@@ -23,11 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bitnet.models.convert.errors import (
-    CheckpointDtypeError,
-    CorruptCheckpointError,
-    MissingCheckpointFileError,
-)
+from bitnet.errors import CheckpointDtypeError, CorruptCheckpointError, MissingCheckpointFileError
 
 __all__ = ["Checkpoint", "TensorInfo", "load_config"]
 

@@ -7,18 +7,8 @@ removed type there (gguf-py's ``GGUFReader`` raises ValueError on ``GGMLQuantiza
 module reads the GGUF container itself (:class:`I2SModel`) and writes a standard ``bitnet`` GGUF with
 upstream ternary types through ``bitnet.models.formats.writer``.
 
-I2_S layout (the x86 layout; ref: microsoft/BitNet ``src/ggml-bitnet-mad.cpp`` ``quantize_i2_s`` and
-``ggml_vec_dot_i2_i8_s``; REFERENCE.md section 2). The ONE place the bit order is declared is
-``_I2S_SHIFTS`` below, used by both :func:`pack_i2s` and :func:`read_i2s_tensor`:
-
-- a tensor of n elements (flattened in C order, ne0 fastest) is stored as n/4 bytes of 2-bit codes,
-  then one little-endian float32 scale at byte n/4, then padding up to n/4 + 32 bytes in total;
-- code c = w + 1 for a ternary weight w in {-1, 0, +1} (c = 3 never occurs);
-- the codes form blocks of 128 values in 32 bytes; byte b (0..31) of block k holds elements
-  128k + b, 128k + b + 32, 128k + b + 64, 128k + b + 96 in bits 7:6, 5:4, 3:2, 1:0 respectively;
-- the weight is w * scale (the scale is max|W| of the already-ternarized tensor, i.e. BitNet's
-  per-tensor absmean scale). microsoft's ARM builds since late 2025 write a different 64-value layout;
-  such files are ISA-specific and are not what the official repo ships.
+The I2_S tensor layout (bit order, scale, padding) is declared in `bitnet.models.formats.i2s`; the
+GGUF container is read by `bitnet.models.formats.reader`.
 
 Import: every I2_S tensor becomes a ternary ``X.weight`` (TQ2_0 by default, TQ1_0, or an exact fallback
 type when rows are not a multiple of 256) plus ``X.scale``, an F32 tensor of shape (1,) holding the exact
@@ -32,18 +22,16 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+from gguf import GGMLQuantizationType, GGUFValueType
 
-from bitnet.engine.contract import GGUF_MAGIC
+from bitnet.errors import ConversionError, CorruptCheckpointError, UnsupportedCheckpointError
 from bitnet.models.convert.base import (
     ACTIVATION_QUANT,
     FILE_TYPES,
@@ -52,12 +40,9 @@ from bitnet.models.convert.base import (
     head_spec,
     ternary_qtype,
 )
-from bitnet.models.convert.errors import (
-    ConversionError,
-    CorruptCheckpointError,
-    UnsupportedCheckpointError,
-)
 from bitnet.models.formats import packing
+from bitnet.models.formats.i2s import I2S_ARCH, I2S_TYPE_ID, read_i2s_tensor
+from bitnet.models.formats.reader import GGUFTensorInfo, GGUFValue, read_gguf_header
 from bitnet.models.formats.writer import Metadata, TensorSpec, tensor_nbytes, write_gguf
 
 if TYPE_CHECKING:
@@ -66,348 +51,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "I2S_ARCH",
-    "I2S_BLOCK",
-    "I2S_TYPE_ID",
-    "GGUFTensorInfo",
-    "GGUFValue",
     "I2SModel",
     "I2STensor",
-    "i2s_nbytes",
     "import_i2s_gguf",
     "iter_i2s_model",
-    "pack_i2s",
-    "read_i2s_tensor",
-    "write_i2s_gguf",
 ]
 
 Q = GGMLQuantizationType
 
-I2S_TYPE_ID = 36  # GGML_TYPE_I2_S in microsoft/BitNet's fork (upstream: a removed type)
-I2S_FILE_TYPE = 40  # LLAMA_FTYPE_MOSTLY_I2_S in the fork
-I2S_ARCH = "bitnet-b1.58"  # general.architecture of the official file
 TARGET_ARCH = "bitnet"  # upstream llama.cpp LLM_ARCH_BITNET
 HIDDEN_ACTIVATION = "relu2"  # 2B4T's config.json hidden_act; written as bitnet.hidden_activation
-
-I2S_BLOCK = 128  # values per block
-I2S_BLOCK_BYTES = 32  # bytes per block
-I2S_TAIL_BYTES = 32  # f32 scale + padding after the packed codes
-# Bit position of each group g = 0..3 of a block (elements 32g .. 32g+31): group g of byte b sits in
-# bits _I2S_SHIFTS[g]+1 : _I2S_SHIFTS[g]. THE declaration of the I2_S bit order.
-_I2S_SHIFTS = np.array([6, 4, 2, 0], dtype=np.uint8)
-
-GGUF_DEFAULT_ALIGNMENT = 32
-
-Codes = npt.NDArray[np.int8]
-
-
-# --- the I2_S tensor layout: one pack/unpack pair ------------------------------------------------------
-
-
-def i2s_nbytes(n: int) -> int:
-    """Bytes an I2_S tensor of ``n`` elements occupies in the file: n/4 codes + 32 (scale, padding)."""
-    return n // 4 + I2S_TAIL_BYTES
-
-
-def _check_n(n: int) -> None:
-    if n <= 0 or n % I2S_BLOCK:
-        raise ValueError(f"I2_S needs a positive element count that is a multiple of {I2S_BLOCK}, got {n}")
-
-
-def pack_i2s(codes: npt.ArrayLike, scale: float) -> npt.NDArray[np.uint8]:
-    """Pack ternary codes (any shape, flattened in C order; size a multiple of 128) and a per-tensor
-    scale into the bytes of one I2_S tensor (``i2s_nbytes(n)`` bytes; the padding is zero)."""
-    flat = np.asarray(codes).reshape(-1)
-    _check_n(flat.size)
-    packing.check_ternary(flat)
-    c = (flat.astype(np.int8) + 1).astype(np.uint8).reshape(-1, 4, I2S_BLOCK_BYTES)  # (block, group, byte)
-    packed = np.bitwise_or.reduce(c << _I2S_SHIFTS[None, :, None], axis=1).astype(np.uint8)
-    out = np.zeros(i2s_nbytes(flat.size), dtype=np.uint8)
-    out[: flat.size // 4] = packed.reshape(-1)
-    out[flat.size // 4 : flat.size // 4 + 4] = np.array([scale], dtype="<f4").view(np.uint8)
-    return out
-
-
-def read_i2s_tensor(
-    raw: bytes | bytearray | memoryview | npt.NDArray[np.uint8], n: int
-) -> tuple[Codes, np.float32]:
-    """Decode one I2_S tensor of ``n`` elements: ``(codes int8 of shape (n,), scale float32)``.
-
-    ``raw`` must hold at least n/4 + 4 bytes (the file stores n/4 + 32). Raises ValueError for code 3,
-    which I2_S never writes (the data is corrupt or not I2_S).
-    """
-    _check_n(n)
-    if isinstance(raw, np.ndarray):
-        buf = raw.reshape(-1).view(np.uint8)
-    else:
-        buf = np.frombuffer(raw, dtype=np.uint8)
-    if buf.size < n // 4 + 4:
-        raise ValueError(f"I2_S tensor of {n} elements needs {n // 4 + 4} bytes, got {buf.size}")
-    packed = buf[: n // 4].reshape(-1, 1, I2S_BLOCK_BYTES)  # (block, 1, byte)
-    c = (packed >> _I2S_SHIFTS[None, :, None]) & 3  # (block, group, byte) -> element 128k + 32g + b
-    bad = np.flatnonzero(c.reshape(-1) == 3)
-    if bad.size:
-        raise ValueError(f"I2_S code 3 at element {int(bad[0])} ({bad.size} such codes): not valid I2_S data")
-    codes = c.reshape(-1).astype(np.int8) - 1
-    scale = np.frombuffer(buf[n // 4 : n // 4 + 4].tobytes(), dtype="<f4")[0]
-    return codes, np.float32(scale)
-
-
-# --- the GGUF container (v2/v3, little-endian): a small reader and writer ------------------------------
-# ref: ggml/docs/gguf.md; gguf-py gguf_reader.py / gguf_writer.py. Header: magic "GGUF", u32 version,
-# u64 tensor count, u64 KV count; KVs (string key, u32 value type, value); tensor infos (string name,
-# u32 n_dims, u64 ne[n_dims], u32 ggml type, u64 offset relative to the data section); padding to
-# general.alignment (default 32); tensor data, each tensor at an aligned offset. Strings are u64 length
-# + UTF-8 bytes; arrays are u32 element type + u64 count + elements.
-
-_SCALAR_FORMATS: dict[GGUFValueType, str] = {
-    GGUFValueType.UINT8: "<B",
-    GGUFValueType.INT8: "<b",
-    GGUFValueType.UINT16: "<H",
-    GGUFValueType.INT16: "<h",
-    GGUFValueType.UINT32: "<I",
-    GGUFValueType.INT32: "<i",
-    GGUFValueType.FLOAT32: "<f",
-    GGUFValueType.BOOL: "<?",
-    GGUFValueType.UINT64: "<Q",
-    GGUFValueType.INT64: "<q",
-    GGUFValueType.FLOAT64: "<d",
-}
-_MAX_STRING = 1 << 24  # sanity bounds against corrupt length fields
-_MAX_ARRAY = 1 << 28
-_MAX_DIMS = 4
-
-
-@dataclass(frozen=True)
-class GGUFValue:
-    """A metadata value with its GGUF type (``sub_type`` is the element type of an ARRAY)."""
-
-    value: Any
-    type: GGUFValueType
-    sub_type: GGUFValueType | None = None
-
-
-@dataclass(frozen=True)
-class GGUFTensorInfo:
-    """Where a tensor's data is: ``ne`` in ggml order (ne0 = row length first), absolute ``offset``."""
-
-    name: str
-    ne: tuple[int, ...]
-    type_id: int
-    offset: int
-    nbytes: int
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Numpy order (outermost first; the last axis is ne0)."""
-        return tuple(reversed(self.ne))
-
-    @property
-    def n_elements(self) -> int:
-        """Number of elements."""
-        return int(np.prod(self.ne, dtype=np.int64))
-
-    @property
-    def type_name(self) -> str:
-        """ "I2_S" or the gguf-py type name."""
-        return "I2_S" if self.type_id == I2S_TYPE_ID else Q(self.type_id).name
-
-
-class _Reader:
-    """Sequential little-endian reads with file-position-aware errors."""
-
-    def __init__(self, f: BinaryIO, path: Path, size: int) -> None:
-        self.f, self.path, self.size = f, path, size
-
-    def take(self, n: int) -> bytes:
-        data = self.f.read(n)
-        if len(data) != n:
-            raise CorruptCheckpointError(
-                f"{self.path}: truncated GGUF header (needed {n} bytes at {self.f.tell()})"
-            )
-        return data
-
-    def scalar(self, vtype: GGUFValueType) -> Any:
-        fmt = _SCALAR_FORMATS[vtype]
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
-
-    def string(self) -> str:
-        n = self.scalar(GGUFValueType.UINT64)
-        if n > _MAX_STRING:
-            raise CorruptCheckpointError(
-                f"{self.path}: string length {n} at byte {self.f.tell()} is implausible"
-            )
-        try:
-            return self.take(n).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CorruptCheckpointError(
-                f"{self.path}: invalid UTF-8 string in the GGUF header ({exc})"
-            ) from None
-
-    def value_type(self) -> GGUFValueType:
-        raw = self.scalar(GGUFValueType.UINT32)
-        try:
-            return GGUFValueType(raw)
-        except ValueError:
-            raise CorruptCheckpointError(
-                f"{self.path}: unknown GGUF value type {raw} at byte {self.f.tell() - 4}"
-            ) from None
-
-    def value(self, vtype: GGUFValueType) -> GGUFValue:
-        if vtype == GGUFValueType.STRING:
-            return GGUFValue(self.string(), vtype)
-        if vtype != GGUFValueType.ARRAY:
-            return GGUFValue(self.scalar(vtype), vtype)
-        sub = self.value_type()
-        count = self.scalar(GGUFValueType.UINT64)
-        if count > _MAX_ARRAY:
-            raise CorruptCheckpointError(f"{self.path}: array of {count} elements is implausible")
-        if sub == GGUFValueType.STRING:
-            return GGUFValue([self.string() for _ in range(count)], vtype, sub)
-        if sub == GGUFValueType.ARRAY:
-            raise UnsupportedCheckpointError(f"{self.path}: nested GGUF arrays are not supported")
-        fmt = _SCALAR_FORMATS[sub]
-        items = np.frombuffer(self.take(count * struct.calcsize(fmt)), dtype=np.dtype(fmt))
-        return GGUFValue(items.tolist(), vtype, sub)
-
-
-def _tensor_nbytes(path: Path, name: str, ne: tuple[int, ...], type_id: int) -> int:
-    n = int(np.prod(ne, dtype=np.int64))
-    if type_id == I2S_TYPE_ID:
-        if n % I2S_BLOCK:
-            raise CorruptCheckpointError(
-                f"{path}: I2_S tensor {name} has {n} elements, not a multiple of {I2S_BLOCK}"
-            )
-        return i2s_nbytes(n)
-    try:
-        block, type_size = GGML_QUANT_SIZES[Q(type_id)]
-    except (ValueError, KeyError):
-        raise UnsupportedCheckpointError(
-            f"{path}: tensor {name} has ggml type id {type_id}, which this importer does not know "
-            f"(it reads I2_S = {I2S_TYPE_ID} and the standard types; TL1/TL2 files from microsoft/BitNet are "
-            "tied to its kernels and not supported)"
-        ) from None
-    if ne[0] % block:
-        raise CorruptCheckpointError(f"{path}: tensor {name} row length {ne[0]} is not a multiple of {block}")
-    return n // block * type_size
-
-
-def read_gguf_header(path: str | os.PathLike[str]) -> tuple[dict[str, GGUFValue], list[GGUFTensorInfo]]:
-    """Read a GGUF file's metadata and tensor infos (tolerating type 36 = I2_S); data is not read.
-
-    Checks that every tensor's data lies inside the file and that tensors do not overlap.
-    """
-    p = Path(path)
-    size = p.stat().st_size
-    with p.open("rb") as f:
-        r = _Reader(f, p, size)
-        magic = f.read(4)
-        if magic != GGUF_MAGIC:
-            raise CorruptCheckpointError(f"{p}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
-        version = r.scalar(GGUFValueType.UINT32)
-        if version not in (2, 3):
-            swapped = " (a big-endian GGUF?)" if version > 0xFFFF else ""
-            raise UnsupportedCheckpointError(
-                f"{p}: GGUF version {version}{swapped} is not supported (2 and 3 are)"
-            )
-        n_tensors = r.scalar(GGUFValueType.UINT64)
-        n_kv = r.scalar(GGUFValueType.UINT64)
-        metadata: dict[str, GGUFValue] = {}
-        for _ in range(n_kv):
-            key = r.string()
-            metadata[key] = r.value(r.value_type())
-        raw_infos = []
-        for _ in range(n_tensors):
-            name = r.string()
-            n_dims = r.scalar(GGUFValueType.UINT32)
-            if not 1 <= n_dims <= _MAX_DIMS:
-                raise CorruptCheckpointError(f"{p}: tensor {name} has {n_dims} dimensions")
-            ne = tuple(int(r.scalar(GGUFValueType.UINT64)) for _ in range(n_dims))
-            type_id = r.scalar(GGUFValueType.UINT32)
-            offset = r.scalar(GGUFValueType.UINT64)
-            raw_infos.append((name, ne, type_id, offset))
-        alignment = int(
-            metadata.get("general.alignment", GGUFValue(GGUF_DEFAULT_ALIGNMENT, GGUFValueType.UINT32)).value
-        )
-        if alignment <= 0 or alignment & (alignment - 1):
-            raise CorruptCheckpointError(f"{p}: general.alignment {alignment} is not a power of two")
-        data_start = -(-f.tell() // alignment) * alignment
-    infos = []
-    for name, ne, type_id, offset in raw_infos:
-        nbytes = _tensor_nbytes(p, name, ne, type_id)
-        if offset % alignment:
-            raise CorruptCheckpointError(f"{p}: tensor {name} offset {offset} is not aligned to {alignment}")
-        infos.append(GGUFTensorInfo(name, ne, type_id, data_start + offset, nbytes))
-    end = data_start
-    for info in sorted(infos, key=lambda t: t.offset):
-        if info.offset < end:
-            raise CorruptCheckpointError(
-                f"{p}: tensor {info.name} overlaps the previous tensor or the header"
-            )
-        end = info.offset + info.nbytes
-    if end > size:
-        raise CorruptCheckpointError(
-            f"{p}: truncated: tensor data needs {end} bytes, the file has {size}. Download it again."
-        )
-    names = [t.name for t in infos]
-    if len(set(names)) != len(names):
-        raise CorruptCheckpointError(f"{p}: duplicate tensor names")
-    return metadata, infos
-
-
-def _write_value(f: IO[bytes], v: GGUFValue) -> None:
-    def string(s: str) -> None:
-        b = s.encode("utf-8")
-        f.write(struct.pack("<Q", len(b)) + b)
-
-    if v.type == GGUFValueType.STRING:
-        string(v.value)
-    elif v.type == GGUFValueType.ARRAY:
-        assert v.sub_type is not None, "an ARRAY value needs its sub_type"
-        f.write(struct.pack("<IQ", v.sub_type, len(v.value)))
-        for item in v.value:
-            if v.sub_type == GGUFValueType.STRING:
-                string(item)
-            else:
-                f.write(struct.pack(_SCALAR_FORMATS[v.sub_type], item))
-    else:
-        f.write(struct.pack(_SCALAR_FORMATS[v.type], v.value))
-
-
-def write_i2s_gguf(
-    path: str | os.PathLike[str],
-    metadata: Mapping[str, GGUFValue],
-    tensors: Sequence[tuple[str, tuple[int, ...], int, bytes | npt.NDArray[Any]]],
-    *,
-    alignment: int = GGUF_DEFAULT_ALIGNMENT,
-) -> None:
-    """Write a GGUF v3 file in microsoft's I2_S flavour (tests build fixtures with it).
-
-    ``tensors`` are ``(name, ne, type_id, data)`` with ``ne`` in ggml order and ``data`` the exact bytes
-    (for I2_S: :func:`pack_i2s`'s output). Not atomic: for fixtures, not for user outputs.
-    """
-    with open(path, "wb") as f:
-        f.write(GGUF_MAGIC + struct.pack("<IQQ", 3, len(tensors), len(metadata)))
-        for key, value in metadata.items():
-            b = key.encode("utf-8")
-            f.write(struct.pack("<Q", len(b)) + b + struct.pack("<I", value.type))
-            _write_value(f, value)
-        offset = 0
-        blobs = []
-        for name, ne, type_id, data in tensors:
-            b = name.encode("utf-8")
-            f.write(struct.pack("<Q", len(b)) + b + struct.pack("<I", len(ne)))
-            f.write(struct.pack(f"<{len(ne)}Q", *ne) + struct.pack("<IQ", type_id, offset))
-            raw = (
-                bytes(np.ascontiguousarray(data).view(np.uint8).reshape(-1))
-                if isinstance(data, np.ndarray)
-                else bytes(data)
-            )
-            blobs.append(raw)
-            offset += -(-len(raw) // alignment) * alignment
-        f.write(b"\0" * (-f.tell() % alignment))
-        for raw in blobs:
-            f.write(raw + b"\0" * (-len(raw) % alignment))
 
 
 # --- the model ---------------------------------------------------------------------------------------

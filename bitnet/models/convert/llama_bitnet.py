@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from bitnet.errors import UnsupportedCheckpointError
 from bitnet.models.convert.base import ArchConverter, register
-from bitnet.models.convert.errors import UnsupportedCheckpointError
 
 
 @register("LlamaForCausalLM")

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bitnet.engine.contract import QUANTIZE_BINARY
+from bitnet.errors import ConversionError
 from bitnet.models._tempfiles import new_temp
-from bitnet.models.convert.errors import ConversionError
 
 # --head-type values done by llama-quantize -> its type name
 ENGINE_HEAD_TYPES = {"q6_k": "q6_k"}
@@ -29,9 +30,9 @@ def requantize_head(
     src: Path, out: Path, *, head_type: str, outtype: str, build_dir: str | os.PathLike[str] = "build"
 ) -> None:
     """Write `out` = `src` with its head in `head_type`, atomically; every other tensor unchanged."""
-    from bitnet.runtime.runtime import BitNetRuntime
+    from bitnet.runtime import BitNetRuntime  # the runtime's public API: models sit below it
 
-    binary = BitNetRuntime(build_dir=str(build_dir)).find_binary("llama-quantize")
+    binary = BitNetRuntime(build_dir=str(build_dir)).find_binary(QUANTIZE_BINARY)
     qtype = ENGINE_HEAD_TYPES[head_type]
     tmp = new_temp(out)
     try:

@@ -19,7 +19,7 @@ from typing import Any
 
 from gguf import GGUFValueType, TokenType
 
-from bitnet.models.convert.errors import MissingCheckpointFileError, TokenizerError
+from bitnet.errors import MissingCheckpointFileError, TokenizerError
 from bitnet.models.formats.writer import Metadata
 
 logger = logging.getLogger(__name__)

@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bitnet.models.convert.checkpoint import Checkpoint
-from bitnet.models.convert.errors import (
+from bitnet.errors import (
     CheckpointDtypeError,
     CorruptCheckpointError,
     MissingConfigKeyError,
     UnsupportedCheckpointError,
 )
+from bitnet.models.convert.checkpoint import Checkpoint
 from bitnet.models.formats.packing import check_ternary, unpack_hf
 
 __all__ = ["BitNetQuantization", "LinearWeight", "read_linear", "ternarize"]

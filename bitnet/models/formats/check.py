@@ -48,11 +48,11 @@ import numpy as np
 
 from bitnet.engine.contract import GGUF_MAGIC
 from bitnet.errors import ModelFileError
+from bitnet.models.formats.i2s import I2S_TYPE_ID  # not loadable by this engine: `invoke convert` imports it
+from bitnet.models.formats.reader import GGUFTensorInfo
 
 __all__ = [
     "GGUFHeader",
-    "GGUFTensor",
-    "ModelFileError",
     "check_gguf",
     "read_gguf_header",
 ]
@@ -115,7 +115,6 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
     26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2),
     34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66), 39: ("MXFP4", 32, 17),
 }  # fmt: skip
-I2S_TYPE_ID = 36  # microsoft/BitNet's I2_S: not loadable by this engine, `invoke convert` imports it
 # float tensor types -> (their bits as unsigned ints, exponent mask): all exponent bits set = NaN or inf
 _FLOAT_TENSOR_MASKS: dict[int, tuple[np.dtype[Any], int]] = {
     0: (np.dtype("<u4"), 0x7F800000),  # F32
@@ -133,21 +132,6 @@ _SPECIAL_ID = re.compile(r"tokenizer\.ggml\.\w+_token_id")
 
 
 @dataclass(frozen=True)
-class GGUFTensor:
-    """One tensor info: ``ne`` in ggml order (row length first); ``offset`` absolute in the file."""
-
-    name: str
-    ne: tuple[int, ...]
-    type_id: int
-    offset: int
-    nbytes: int
-
-    @property
-    def type_name(self) -> str:
-        return GGML_TYPES[self.type_id][0]
-
-
-@dataclass(frozen=True)
 class GGUFHeader:
     """What `read_gguf_header` found. `metadata` maps keys to Python values (arrays of numbers as numpy
     arrays, arrays of strings as lists); `types` maps keys to (GGUF type id, element type id or None)."""
@@ -156,11 +140,11 @@ class GGUFHeader:
     version: int
     metadata: Mapping[str, Any]
     types: Mapping[str, tuple[int, int | None]]
-    tensors: tuple[GGUFTensor, ...]
+    tensors: tuple[GGUFTensorInfo, ...]
     alignment: int
     data_start: int
     file_size: int
-    tensor_by_name: Mapping[str, GGUFTensor] = field(default_factory=dict)
+    tensor_by_name: Mapping[str, GGUFTensorInfo] = field(default_factory=dict)
 
 
 class _Damaged(Exception):
@@ -315,7 +299,7 @@ def _parse(p: Path, mm: mmap.mmap, size: int) -> GGUFHeader:
     tensors = []
     for name, ne, type_id, offset in raw:
         tensors.append(_tensor(name, ne, type_id, offset, data_start, alignment, size))
-    by_name: dict[str, GGUFTensor] = {}
+    by_name: dict[str, GGUFTensorInfo] = {}
     end, previous = data_start, "the header"
     for t in sorted(tensors, key=lambda t: t.offset):
         if t.name in by_name:
@@ -329,7 +313,7 @@ def _parse(p: Path, mm: mmap.mmap, size: int) -> GGUFHeader:
 
 def _tensor(
     name: str, ne: tuple[int, ...], type_id: int, offset: int, data_start: int, alignment: int, size: int
-) -> GGUFTensor:
+) -> GGUFTensorInfo:
     if any(n <= 0 for n in ne):
         raise _Damaged(f"tensor {name!r} has shape {list(ne)}: every dimension must be positive")
     n = math.prod(ne)
@@ -353,7 +337,7 @@ def _tensor(
         raise _Damaged(
             f"truncated: tensor {name!r} needs bytes {start}..{start + nbytes}, the file has {size}"
         )
-    return GGUFTensor(name, ne, type_id, start, nbytes)
+    return GGUFTensorInfo(name, ne, type_id, start, nbytes)
 
 
 def _error(path: Path, reason: str, fix: str) -> ModelFileError:
@@ -506,7 +490,7 @@ def _check_vocab(h: GGUFHeader, a: str, n_embd: int) -> None:
 # ---------------------------------------------------------------------- NaN/inf scan
 
 
-def _windows(t: GGUFTensor) -> Iterator[tuple[int, int]]:
+def _windows(t: GGUFTensorInfo) -> Iterator[tuple[int, int]]:
     """(absolute offset, bytes) ranges of `t` to scan: all of it, or evenly spaced samples."""
     if t.nbytes <= SCAN_FULL_BYTES:
         yield t.offset, t.nbytes

@@ -122,7 +122,7 @@ class WriteResult:
 
 def _not_writable(message: str) -> Exception:
     # imported here: bitnet.models.convert imports this module, so a top-level import would be circular
-    from bitnet.models.convert.errors import OutputNotWritableError
+    from bitnet.errors import OutputNotWritableError
 
     return OutputNotWritableError(message)
 
