@@ -152,15 +152,7 @@ def tune(c, model="", threads=0, cols=128, reps=5, build_dir="build", out=""):
     with _user_errors():
         res = run_tune(model, build_dir=build_dir, out=out or None, threads=threads, cols=cols, reps=reps,
                        progress=print)  # fmt: skip
-    changed = {k: (res.before[k], res.after[k]) for k in res.after if res.before.get(k) != res.after[k]}
-    if changed:
-        print("tuned " + res.isa + ": " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
-        print(f"table: {res.out_path}")
-        if not out:
-            print("run `invoke build` to compile the engine with it (it reads <build-dir>/tuning.json)")
-    else:
-        print(f"tuned {res.isa}: the parameters in use were already the fastest measured; nothing to rebuild")
-        print(f"measurements: {res.out_path}")
+    print(res.report(table_used_by_build=not out))
 
 
 @task(
@@ -173,32 +165,11 @@ def tune(c, model="", threads=0, cols=128, reps=5, build_dir="build", out=""):
 )
 def doctor(c, build_dir="build", model="", json_out=False):
     """Report CPU features, the engine build, its active CPU variant and kernels, and problems."""
-    from bitnet.engine.build import read_build_info
-    from bitnet.runtime.runtime import BitNetRuntime
+    from bitnet.doctor import doctor_report, format_doctor
 
     with _user_errors():
-        diag = BitNetRuntime(build_dir=build_dir).diagnostics(model=model or None)
-        report = diag.as_dict()
-        report["build_info"] = read_build_info(build_dir)
-    if json_out:
-        print(json.dumps(report, indent=2, default=str))
-    else:
-        cpu = report["cpu"]
-        engine = report.get("engine") or {}
-        print(f"CPU:      {cpu['model']} ({cpu['arch']}, {report['cpu_count']} logical cores)")
-        print(f"features: {' '.join(cpu['features']) or '-'}")
-        print(f"build:    {report['build_dir']} variants={report['build_info'].get('variants', '-')}")
-        for name, path in report["binaries"].items():
-            print(f"  {name:18s} {path or 'missing'}")
-        print(f"engine:   {engine.get('version', '-')}")
-        print(f"variant:  {engine.get('cpu_variant') or '-'} (active for this CPU)")
-        isa = engine.get("kernels_isa")
-        print(f"kernels:  {engine.get('kernels', '-')}" + (f" ({isa})" if isa else ""))
-        if model:
-            print(f"model:    {model} gguf={report['model_is_gguf']}")
-            act = report.get("activation_quant")
-            if act:
-                print(f"numerics: activations {act['mode']} ({act['source']})")
+        report, diag = doctor_report(build_dir, model=model or None)
+    print(json.dumps(report, indent=2, default=str) if json_out else format_doctor(report))
     if not diag.usable:
         for problem in diag.problems:
             print(f"problem: {problem}", file=sys.stderr)
@@ -266,13 +237,11 @@ def convert(c, model_dir="", outtype="tq2_0", head_type="f16", outfile="", dry_r
             src, out, outtype=outtype, head_type=head_type, dry_run=dry_run, build_dir=build_dir
         )
     if dry_run:
-        for t in report.tensors:
-            print(f"{t.name:40s} {str(t.shape):>16s} {t.type:6s} {t.nbytes:>12,d}")
-        print(f"{len(report.tensors)} tensors, {report.tensor_bytes:,d} bytes")
+        print(report.format_plan())  # the plan, then its notes
+        return
     for note in report.notes:
         print(f"note: {note}")
-    if not dry_run:
-        print(f"wrote {report.outfile} ({report.file_bytes / 1e6:.1f} MB) in {report.seconds:.1f} s")
+    print(f"wrote {report.outfile} ({report.file_bytes / 1e6:.1f} MB) in {report.seconds:.1f} s")
 
 
 @task(
@@ -724,16 +693,14 @@ def serve_bench(
     import logging
 
     from bitnet.bench.results import DEFAULT_RESULTS_DIR
-    from bitnet.bench.serving import default_model, format_serving_table, load_serving_run, run_serving_bench
-    from bitnet.bench.sweep import DEFAULT_PLOTS_DIR, render_plots
-    from bitnet.runtime.runtime import BitNetRuntime
+    from bitnet.bench.serving import serve_bench as run
+    from bitnet.bench.sweep import DEFAULT_PLOTS_DIR
 
-    results = Path(results_dir or DEFAULT_RESULTS_DIR)
     with _user_errors():
         for name in ("httpx", "httpx2"):  # the openai client logs every request at INFO
             logging.getLogger(name).setLevel(logging.WARNING)
-        rows = run_serving_bench(
-            model or default_model(),
+        result = run(
+            model or None,
             concurrency=concurrency,
             requests_per_client=int(requests),
             max_tokens=int(max_tokens),
@@ -741,18 +708,10 @@ def serve_bench(
             parallel=int(parallel) or None,
             threads=int(threads) or None,
             timeout=float(timeout),
-            runtime=BitNetRuntime(build_dir=build_dir),
-            results_dir=results,
+            build_dir=build_dir,
+            results_dir=results_dir or DEFAULT_RESULTS_DIR,
+            plots_dir=None if no_plots else (plots_dir or DEFAULT_PLOTS_DIR),
         )
-        stored = load_serving_run(results, rows[0]["run_id"])
-        print(format_serving_table(stored))
-        print(f"rows: {results / stored['source'].iloc[0]}")
-        if not no_plots:  # the serving plot of this run only: never another task's files
-            source = results / stored["source"].iloc[0]
-            out = plots_dir or DEFAULT_PLOTS_DIR
-            written = render_plots(source, out, names=["serving"], owner="serve-bench")
-            print(f"plots: {out} ({len(written)} files)")
-    failed = sum(r["errors"] for r in rows)
-    if failed:
-        messages = sorted({m for r in rows for m in r["error_messages"]})
-        raise Exit(f"{failed} request(s) failed: {'; '.join(messages)}", code=1)
+    print(result.report())
+    if result.failed:
+        raise Exit(f"{result.failed} request(s) failed: {'; '.join(result.error_messages)}", code=1)

@@ -84,7 +84,6 @@ def bench_row(**fields: Any) -> dict[str, Any]:
         "rep": 0,
         "config": "ours",
         "kernels": "ours",
-        "kernels_in_engine": True,
         "cpu_variant": "avx2",
         "cpu_variant_requested": "auto",
         "cpu_model": "Fake CPU",

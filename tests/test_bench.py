@@ -413,7 +413,7 @@ def test_pipeline_end_to_end_on_the_tiny_model(
     assert (rows["n_layer"] == shape.n_layer).all() and (rows["n_embd"] == shape.n_embd).all()
     assert (rows["bytes_per_token"] == rows["model_size"]).all()
     assert set(rows["cpu_variant"]) <= {p.name[12:-3] for p in engine_bin_dir.glob("libggml-cpu-*.so")}
-    assert rows["kernels_in_engine"].map(type).eq(bool).all()
+    assert rows["run_id"].nunique() == 1 and rows["repo_commit"].notna().all()  # the recorder's header
     tg = rows[rows["test"] == "tg4"]
     assert (tg["roofline_frac"] > 0).all() and rows[rows["test"] == "pp16"]["roofline_frac"].isna().all()
     assert "vs stock" in run.table and "tg4" in run.table

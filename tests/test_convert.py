@@ -649,7 +649,7 @@ import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 from bitnet.models.convert import convert_checkpoint
-from bitnet.models.convert.errors import OutputNotWritableError
+from bitnet.errors import OutputNotWritableError
 try:
     convert_checkpoint({str(packed.path)!r}, {str(out_dir / "model.gguf")!r}, progress=False)
 except OutputNotWritableError as exc:

@@ -146,12 +146,6 @@ def test_table_shows_only_what_varies_and_says_the_rest_once():
     assert "ratio = median t/s / median t/s of stock" in table
 
 
-def test_table_says_when_ours_and_stock_are_the_same_code():
-    rows = _ab_rows([10.0], [10.0], kernels_in_engine=False)
-    assert "no BITNET_KERNELS switch yet" in format_table(pd.DataFrame(rows))
-    assert "no BITNET_KERNELS switch" not in format_table(pd.DataFrame(_ab_rows([10.0], [10.0])))
-
-
 def test_baseline_can_be_chosen_and_falls_back_with_a_note():
     df = pd.DataFrame(_ab_rows([10.0], [5.0]))
     assert "0.50x" in format_table(df, baseline="ours")

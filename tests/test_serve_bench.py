@@ -27,7 +27,7 @@ pytest_plugins = ["server_fixtures"]  # fixtures: tiny_model, runtime, no_leftov
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 
 SERVING_COLUMNS = {
-    "kind", "run_id", "date", "config", "kernels", "kernels_in_engine", "kernels_reported", "cpu_variant",
+    "kind", "run_id", "date", "config", "kernels", "kernels_reported", "cpu_variant",
     "repo_commit", "engine_pin", "cpu_model", "model_name", "weight_format", "n_threads", "concurrency",
     "parallel", "ctx_size", "n_requests", "requests_ok", "errors", "error_messages", "max_tokens",
     "n_prompt", "completion_tokens", "wall_s", "tokens_per_s", "latency_p50_s", "latency_p95_s",
@@ -66,8 +66,7 @@ def test_rows_are_stored_sane_and_plotted(tiny_model: Path, runtime: BitNetRunti
     assert (df["n_threads"] == 1).all() and (df["model_name"] == tiny_model.stem).all()
     built = {p.name[len("libggml-cpu-") : -3] for p in runtime.build_dir.glob("bin/libggml-cpu-*.so")}
     assert set(df["cpu_variant"]) <= built
-    if df["kernels_in_engine"].all():
-        assert set(df["kernels_reported"]) == {"on"} and set(df["config"]) == {"ours"}
+    assert set(df["kernels_reported"]) == {"on"} and set(df["config"]) == {"ours"}
 
     table = format_serving_table(load_serving_run(tmp_path / "results", returned[0]["run_id"]))
     lines = table.splitlines()

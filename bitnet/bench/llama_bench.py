@@ -6,39 +6,31 @@ Everything here is about the tool and the host it runs on, not about sweeps (bit
 - `parse_llama_bench_output` reads ``-o json`` / ``-o jsonl`` output (fields as in
   tools/llama-bench/llama-bench.cpp ``test::get_fields``, plus ``samples_ns``/``samples_ts``);
 - `loaded_cpu_variant` reads which ggml CPU library the engine loaded from its stderr;
-- `resolve_variants` checks ISA variant names against kernels/engine.toml, the CPU and the build;
-- `run_identity` collects the columns every row of a run shares (repo, engine, host).
+- `resolve_variants` checks ISA variant names against kernels/engine.toml, the CPU and the build.
+
+What every row of a run shares (run id, identity columns, the row header) is `bitnet.bench.recorder`'s.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
-import subprocess
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bitnet.bench.spec import REPO_ROOT
-from bitnet.engine.build import load_pin, read_build_info
-from bitnet.engine.contract import BENCH_BINARY, KERNELS_ENV, parse_engine_report
+from bitnet.engine.build import load_pin
+from bitnet.engine.contract import BENCH_BINARY, parse_engine_report
 from bitnet.engine.cpu import CpuInfo
 from bitnet.errors import BenchmarkError, BenchSpecError, BitNetError
 
 __all__ = [
     "BENCH_BINARY",
-    "engine_has_kernel_switch",
     "llama_bench_command",
     "loaded_cpu_variant",
-    "now_iso",
     "parse_llama_bench_output",
     "resolve_variants",
-    "run_identity",
 ]
 
-# ggml's loader logs `load_backend: loaded CPU backend from /path/libggml-cpu-avx2.so` on stderr.
-_KERNEL_SWITCH = KERNELS_ENV.encode()  # our kernels read this variable; an engine without it has none
 _REQUIRED_FIELDS = ("n_prompt", "n_gen", "n_threads", "avg_ts")
 
 
@@ -93,22 +85,6 @@ def loaded_cpu_variant(stderr: str) -> str | None:
     return parse_engine_report(stderr).cpu_variant
 
 
-def engine_has_kernel_switch(bin_dir: Path) -> bool:
-    """True if an engine library next to llama-bench contains the string BITNET_KERNELS.
-
-    Our kernels (issue 5) read that variable; until they are in the engine, "ours" and "stock" run the
-    same code, and results and tables say so.
-    """
-    for lib in sorted(bin_dir.glob("lib*.so*")) + sorted(bin_dir.glob("*.dll")):
-        try:
-            with lib.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                if mm.find(_KERNEL_SWITCH) >= 0:
-                    return True
-        except (OSError, ValueError):  # ValueError: an empty file cannot be mapped
-            continue
-    return False
-
-
 def resolve_variants(isa: Sequence[str], *, bin_dir: Path, cpu: CpuInfo) -> list[str | None]:
     """Turn ``isa`` items into CPU variants to force with GGML_CPU_VARIANT (None = ggml's choice).
 
@@ -151,49 +127,3 @@ def resolve_variants(isa: Sequence[str], *, bin_dir: Path, cpu: CpuInfo) -> list
             names = [item]
         out.extend(n for n in names if n not in out)
     return out
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(
-            # --no-optional-locks: `git status` must not refresh the index (other git users may hold it)
-            ["git", "--no-optional-locks", "-C", str(REPO_ROOT), *args],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip()
-
-
-def run_identity(build_dir: Path, bin_dir: Path, cpu: CpuInfo) -> dict[str, Any]:
-    """Columns every row of a run shares: this repo's commit, the engine pin and build, the host.
-
-    ``repo_dirty`` is True when tracked files differ from the commit (read-only ``git status``);
-    ``engine_build`` is the first 12 hex digits of the build fingerprint `invoke build` recorded.
-    """
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    try:
-        pin = load_pin()
-        engine_pin: str | None = f"{pin.package}=={pin.version}"
-    except BitNetError:
-        engine_pin = None
-    fingerprint = read_build_info(build_dir).get("fingerprint")
-    return {
-        "repo_commit": _git("rev-parse", "HEAD"),
-        "repo_dirty": None if status is None else bool(status),
-        "engine_pin": engine_pin,
-        "engine_build": str(fingerprint)[:12] if fingerprint else None,
-        "kernels_in_engine": engine_has_kernel_switch(bin_dir),
-        "cpu_model": cpu.model,
-        "cpu_arch": cpu.arch,
-        "cpu_flags": " ".join(cpu.features),
-        "cpu_cores": cpu.logical_cores,
-    }
-
-
-def now_iso() -> str:
-    """The current UTC time as ISO 8601 with a Z, to the second: the ``date`` of a row."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -30,15 +30,13 @@ import math
 import os
 import re
 import shlex
-import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bitnet.bench.llama_bench import now_iso, run_identity
-from bitnet.bench.results import DEFAULT_RESULTS_DIR, SCHEMA_VERSION, ResultsWriter, inspect_model
+from bitnet.bench.recorder import RunRecorder
+from bitnet.bench.results import DEFAULT_RESULTS_DIR, inspect_model
 from bitnet.bench.spec import VARIANT_ENV, Config
 from bitnet.engine.contract import KERNELS_ENV, PERPLEXITY_BINARY, VARIANT_REPORT_ENV, parse_engine_report
 from bitnet.engine.cpu import detect_cpu
@@ -299,10 +297,11 @@ def run_perplexity(
     if chunks is not None:
         command += ["--chunks", str(chunks)]
     env = {**runtime.environment, VARIANT_REPORT_ENV: "1"}
-    run_id = uuid.uuid4().hex
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    results_path = Path(results_dir) / f"{stamp}-perplexity-{run_id[:8]}.jsonl"
-    log_path = Path(results_dir).parent / "logs" / f"{results_path.stem}.log"
+    recorder = RunRecorder.start(
+        "perplexity", results_dir=results_dir, build_dir=runtime.build_dir, cpu=detect_cpu()
+    )
+    results_path = recorder.results_path
+    log_path = recorder.logs_dir.with_name(f"{results_path.stem}.log")
     log.info(
         "perplexity of %s on %s (%d bytes), context %d, %s chunks, %d threads; nothing more is "
         "printed until it finishes",
@@ -328,18 +327,13 @@ def run_perplexity(
     kernels = "stock" if env.get(KERNELS_ENV) == "0" else "ours"
     variant = env.get(VARIANT_ENV) or None
     report = parse_engine_report(outcome.stderr)
-    row: dict[str, Any] = {
-        "schema": SCHEMA_VERSION,
-        "kind": "perplexity",
-        "run_id": run_id,
-        "date": now_iso(),
+    fields: dict[str, Any] = {
         "config": Config(kernels=kernels, variant=variant).label,
         "kernels": kernels,
         "kernels_active": report.kernels,
         "kernels_isa": report.kernels_isa,
         "cpu_variant": report.cpu_variant or variant,
         "cpu_variant_requested": variant or "auto",
-        **run_identity(runtime.build_dir, binary.parent, detect_cpu()),
         "model_name": model_path.stem,
         "model_path": str(model_path),
         **_model_columns(model_path),
@@ -358,7 +352,7 @@ def run_perplexity(
         "seconds": round(outcome.duration, 3),
         "command": shlex.join(command),
     }
-    ResultsWriter(results_path).append([row])
+    recorder.append([recorder.row(fields)])
     return PerplexityResult(
         ppl=parsed.ppl,
         ppl_stderr=parsed.ppl_stderr,

@@ -246,13 +246,6 @@ def _caption(fig: Figure, rows: pd.DataFrame, *, bars: bool = False, extra: Sequ
     if "rep" in rows:
         bits.append("median of repetitions" + (", bars: min–max" if bars else ""))
     bits.extend(extra)
-    if (
-        "kernels" in rows
-        and rows["kernels"].nunique() > 1
-        and "kernels_in_engine" in rows
-        and not rows["kernels_in_engine"].fillna(False).astype(bool).all()
-    ):
-        bits.append("engine without our kernels yet: ours = stock")
     fig.text(0.01, 0.005, " · ".join(bits), fontsize=7, color="0.35", ha="left", va="bottom", wrap=True)
     engine: Any = fig.get_layout_engine()
     engine.set(rect=(0, 0.05, 1, 0.95))  # keep the caption clear of the axes

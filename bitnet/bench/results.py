@@ -7,8 +7,7 @@ identity columns, so a row read years later still says what was measured on what
 
     run_id, date (UTC, ISO 8601), spec, sweep, rep    which run, and which repetition within it
     test                                              "pp512", "tg128" (llama-bench's names)
-    config, kernels, kernels_in_engine                "stock+avx2"; ours|stock; whether this engine
-                                                      has the BITNET_KERNELS switch at all
+    config, kernels                                   "stock+avx2"; ours|stock (BITNET_KERNELS)
     cpu_variant, cpu_variant_requested                the ggml CPU library it loaded; what we forced
     repo_commit, repo_dirty, engine_pin, engine_build this repo's git commit; the llama.cpp pin; build
     cpu_model, cpu_arch, cpu_flags, cpu_cores         the host (bitnet.engine.cpu)
@@ -499,17 +498,6 @@ def format_table(df: pd.DataFrame, *, baseline: str | None = None) -> str:
         base = summary.attrs.get("baseline")
         table[f"vs {base}"] = summary["ratio"].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}x")
         notes.append(f"ratio = median t/s / median t/s of {base} (same model, threads, test)")
-    rows = bench_rows(df)
-    if (
-        "kernels" in rows
-        and rows["kernels"].nunique() > 1
-        and "kernels_in_engine" in rows
-        and not rows["kernels_in_engine"].fillna(False).astype(bool).all()
-    ):
-        notes.append(
-            "note: this engine has no BITNET_KERNELS switch yet (our kernels: issue 5), so 'ours' and "
-            "'stock' ran the same code; their ratio shows run-to-run noise only"
-        )
     if "note" in summary.attrs:
         notes.append(f"note: {summary.attrs['note']}")
     if flagged:

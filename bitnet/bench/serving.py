@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,18 +47,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bitnet.bench.llama_bench import now_iso, run_identity
+from bitnet.bench.recorder import RunRecorder
 from bitnet.bench.results import (
     DEFAULT_RESULTS_DIR,
     LOAD_PER_CORE_LIMIT,
-    SCHEMA_VERSION,
-    ResultsWriter,
     inspect_model,
     load_average,
     load_results,
     reliability,
 )
 from bitnet.bench.spec import VARIANT_ENV
+from bitnet.bench.sweep import DEFAULT_PLOTS_DIR
 from bitnet.engine.contract import KERNELS_ENV, SERVER_BINARY, VARIANT_REPORT_ENV, parse_engine_report
 from bitnet.engine.cpu import detect_cpu
 from bitnet.errors import BenchmarkError, BenchSpecError, RuntimeLaunchError
@@ -74,6 +72,8 @@ __all__ = [
     "format_serving_table",
     "load_serving_run",
     "run_serving_bench",
+    "serve_bench",
+    "ServingRun",
 ]
 
 log = logging.getLogger(__name__)
@@ -341,8 +341,8 @@ class _Bench:
     ctx_size: int | None
     timeout: float
     ready_timeout: float
-    run_id: str
-    static: dict[str, Any]  # the identity and model columns every row shares
+    recorder: RunRecorder
+    static: dict[str, Any]  # the model columns every row shares
 
     def run_level(self, concurrency: int, kernels: str | None) -> dict[str, Any]:
         """Start a server, load it with `concurrency` clients, stop it; return the level's row."""
@@ -402,12 +402,8 @@ class _Bench:
         reported = None if engine.kernels is None else ("on" if engine.kernels else "off")
         if reported and (reported == "on") != (label == "ours"):
             log.warning("%s: the engine reports its ternary kernels %s", what, reported)
-        row: dict[str, Any] = {
-            "schema": SCHEMA_VERSION,
-            "kind": "serving",
-            "run_id": self.run_id,
+        fields: dict[str, Any] = {
             "spec": "serving",
-            "date": now_iso(),
             "config": label,
             "kernels": label,
             "kernels_reported": reported,
@@ -427,8 +423,9 @@ class _Bench:
             "server_error": server_error,
             "server_log": server_log,
             "load_avg_1m": load,  # the machine's 1-minute load average while the level ran
-            "unreliable": reliability(load, self.static.get("cpu_cores"), None) != "",
+            "unreliable": reliability(load, self.recorder.identity.get("cpu_cores"), None) != "",
         }
+        row = self.recorder.row(fields)
         if row["errors"]:
             failed = f"{row['errors']} of {row['n_requests']} request(s) failed"
             log.warning("%s: %s: %s", what, failed, "; ".join(row["error_messages"]))
@@ -515,11 +512,9 @@ def run_serving_bench(
         )
     binary = runtime.find_binary(SERVER_BINARY)
     assert binary is not None
-    identity = run_identity(runtime.build_dir, binary.parent, detect_cpu())
-    if not identity["kernels_in_engine"] and len(configs) > 1:
-        from bitnet.bench.sweep import SAME_CODE_WARNING
-
-        log.warning("%s", SAME_CODE_WARNING)
+    recorder = RunRecorder.start(
+        "serving", results_dir=results_dir, build_dir=runtime.build_dir, cpu=detect_cpu()
+    )
 
     bench = _Bench(
         model=path,
@@ -532,26 +527,88 @@ def run_serving_bench(
         ctx_size=ctx_size,
         timeout=float(timeout),
         ready_timeout=float(ready_timeout),
-        run_id=uuid.uuid4().hex,
-        static={**identity, "model_name": path.stem, "model_path": str(path), **inspect_model(path).as_row()},
+        recorder=recorder,
+        static={"model_name": path.stem, "model_path": str(path), **inspect_model(path).as_row()},
     )
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    writer = ResultsWriter(Path(results_dir) / f"{stamp}-serving-{bench.run_id[:8]}.jsonl")
     rows: list[dict[str, Any]] = []
     for n in levels:
         for choice in configs:  # configs innermost: A B A B
             row = bench.run_level(n, choice)
-            writer.append([row])
+            recorder.append([row])
             rows.append(row)
     if not any(row["requests_ok"] for row in rows):
         first = next((m for row in rows for m in row["error_messages"]), "unknown")
         failed = f"{sum(r['errors'] for r in rows)} of {sum(r['n_requests'] for r in rows)}"
         raise BenchmarkError(
             f"every request failed ({failed}); the first error: {first}. The rows, with their errors, are in "
-            f"{writer.path}. Check that the model serves with `invoke serve --model {path}`; a context "
-            "error needs a larger ctx_size or a shorter prompt."
+            f"{recorder.results_path}. Check that the model serves with `invoke serve --model {path}`; a "
+            "context error needs a larger ctx_size or a shorter prompt."
         )
     return rows
+
+
+@dataclass
+class ServingRun:
+    """What `serve_bench` did: the rows (as stored), where they are, the table and the plots drawn."""
+
+    rows: list[dict[str, Any]]
+    results_path: Path
+    table: str
+    plots: list[Path]
+    plots_dir: Path | None
+
+    @property
+    def failed(self) -> int:
+        """Requests that failed, over all levels."""
+        return sum(int(r["errors"]) for r in self.rows)
+
+    @property
+    def error_messages(self) -> list[str]:
+        """The distinct error messages of the failed requests."""
+        return sorted({m for r in self.rows for m in r["error_messages"]})
+
+    def report(self) -> str:
+        """Everything `invoke serve-bench` prints after a run."""
+        lines = [self.table, f"rows: {self.results_path}"]
+        if self.plots_dir is not None:
+            lines.append(f"plots: {self.plots_dir} ({len(self.plots)} files)")
+        return "\n".join(lines)
+
+
+def serve_bench(
+    model: StrPath | None = None,
+    *,
+    build_dir: StrPath = "build",
+    results_dir: StrPath = DEFAULT_RESULTS_DIR,
+    plots_dir: StrPath | None = DEFAULT_PLOTS_DIR,
+    **options: Any,
+) -> ServingRun:
+    """`invoke serve-bench`: `run_serving_bench` on `model` (default: `default_model()`), then the table
+    of the stored rows and the serving plot of this run only (none when `plots_dir` is None).
+
+    `options` go to `run_serving_bench` (concurrency, requests_per_client, max_tokens, compare, ...).
+    Raises what `run_serving_bench` raises; failed requests are in the rows (`ServingRun.failed`).
+    """
+    rows = run_serving_bench(
+        model if model else default_model(),
+        runtime=BitNetRuntime(build_dir=build_dir),
+        results_dir=results_dir,
+        **options,
+    )
+    stored = load_serving_run(results_dir, rows[0]["run_id"])
+    path = Path(results_dir) / stored["source"].iloc[0]
+    plots: list[Path] = []
+    if plots_dir is not None:  # the serving plot of this run only: never another task's files
+        from bitnet.bench.plots import render_plots
+
+        plots = render_plots(path, plots_dir, names=["serving"], owner="serve-bench")
+    return ServingRun(
+        rows=rows,
+        results_path=path,
+        table=format_serving_table(stored),
+        plots=plots,
+        plots_dir=None if plots_dir is None else Path(plots_dir),
+    )
 
 
 # ---------------------------------------------------------------------------------------- reading

@@ -24,8 +24,6 @@ import logging
 import re
 import shlex
 import sys
-import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,17 +33,14 @@ from bitnet.bench.llama_bench import (
     BENCH_BINARY,
     llama_bench_command,
     loaded_cpu_variant,
-    now_iso,
     parse_llama_bench_output,
     resolve_variants,
-    run_identity,
 )
+from bitnet.bench.recorder import RunRecorder
 from bitnet.bench.results import (
     DEFAULT_RESULTS_DIR,
     LLAMA_BENCH_FIELDS,
-    SCHEMA_VERSION,
     ModelInfo,
-    ResultsWriter,
     bench_test_name,
     format_table,
     inspect_model,
@@ -96,9 +91,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODELS_DIR = None  # None: bitnet.models.installed.models_dir(), i.e. $BITNET_MODELS, else ./models
 DEFAULT_PLOTS_DIR = REPO_ROOT / "bench" / "plots"
-SAME_CODE_WARNING = (
-    "this engine has no BITNET_KERNELS switch yet (issue 5): 'ours' and 'stock' run the same code"
-)
 _MODEL_COLUMNS = tuple(f.name for f in dataclasses.fields(ModelInfo))
 
 
@@ -274,9 +266,7 @@ class _Sweep:
     binary: Path
     paths: dict[ModelRequest, Path]
     infos: dict[ModelRequest, ModelInfo | None]
-    identity: dict[str, Any]
-    writer: ResultsWriter
-    logs_dir: Path
+    recorder: RunRecorder
     fail_fast: bool
     progress: bool
 
@@ -329,7 +319,7 @@ class _Sweep:
             return
         load = max((v for v in (load_before, load_average()) if v is not None), default=None)
         rows = [self.row(entry, job, rep, stderr, load) for entry in entries]
-        self.writer.append(rows)
+        self.recorder.append(rows)
         self.run.rows.extend(rows)
 
     def fail(
@@ -345,10 +335,10 @@ class _Sweep:
         """Record a failed run with a log file holding its full output; raise when `fail_fast`."""
         safe = re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{job.model.label}-{job.config.label}")
         name = f"{len(self.run.failures) + 1:03d}-{safe}-t{job.n_threads}-rep{rep + 1}.log"
-        path: Path | None = self.logs_dir / name
+        path: Path | None = None
         try:
-            self.logs_dir.mkdir(parents=True, exist_ok=True)
-            (self.logs_dir / name).write_text(
+            path = self.recorder.log_path(name)
+            path.write_text(
                 f"$ {shlex.join(command)}\n# exit status: {returncode}\n# {message}\n"
                 f"\n## stdout\n{stdout}\n## stderr\n{stderr}"
             )
@@ -368,11 +358,7 @@ class _Sweep:
         whether it can be trusted (`load` is the 1-minute load average while it ran)."""
         n_prompt, n_gen = int(entry["n_prompt"]), int(entry["n_gen"])
         info = self.infos.get(job.model)
-        row: dict[str, Any] = {
-            "schema": SCHEMA_VERSION,
-            "kind": "llama-bench",
-            "run_id": self.run.run_id,
-            "date": now_iso(),
+        fields: dict[str, Any] = {
             "spec": self.run.spec.name,
             "sweep": job.sweep,
             "rep": rep,
@@ -381,11 +367,11 @@ class _Sweep:
             "kernels": job.config.kernels,
             "cpu_variant": loaded_cpu_variant(stderr) or job.config.variant,
             "cpu_variant_requested": job.config.variant or "auto",
-            **self.identity,
             "model_name": job.model.label,
             "model_path": str(self.paths[job.model]),
             **{k: entry.get(k) for k in LLAMA_BENCH_FIELDS},
         }
+        row = self.recorder.row(fields)
         row.update(info.as_row() if info else dict.fromkeys(_MODEL_COLUMNS))
         row.pop("arch", None)
         add_roofline(row, self.run.bandwidth.get(int(entry["n_threads"])))
@@ -524,27 +510,21 @@ def run_bench(
             log.warning("%s; its rows will have no shape or bytes-per-token columns", exc)
             infos[request] = None
 
-    run_id = uuid.uuid4().hex
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    results = Path(results_dir)
+    recorder = RunRecorder.start(
+        "llama-bench", results_dir=results_dir, build_dir=build_dir, name=bench_spec.name, cpu=cpu
+    )
     run = BenchRun(
-        run_id=run_id,
+        run_id=recorder.run_id,
         spec=bench_spec,
-        results_path=results / f"{stamp}-{bench_spec.name}-{run_id[:8]}.jsonl",
+        results_path=recorder.results_path,
         jobs=jobs,
         warnings=warnings,
         model_note=model_note,
     )
-    identity = run_identity(Path(build_dir), binary.parent, cpu)
-    writer = ResultsWriter(run.results_path)
-    if not identity["kernels_in_engine"] and len({j.config.kernels for j in jobs}) > 1:
-        run.warnings.append(SAME_CODE_WARNING)
-        log.warning("%s", SAME_CODE_WARNING)
     if bench_spec.roofline:
         for n in sorted({j.n_threads for j in jobs if j.n_gen}):
             run.bandwidth[n] = probe_bandwidth(n)
-            common = {"schema": SCHEMA_VERSION, "run_id": run_id, "date": now_iso(), "spec": bench_spec.name}
-            writer.append([{**common, **identity, **run.bandwidth[n].as_row()}])
+            recorder.append([recorder.row({"spec": bench_spec.name, **run.bandwidth[n].as_row()})])
 
     sweep = _Sweep(
         run=run,
@@ -552,9 +532,7 @@ def run_bench(
         binary=binary,
         paths=paths,
         infos=infos,
-        identity=identity,
-        writer=writer,
-        logs_dir=results.parent / "logs" / run.results_path.stem,
+        recorder=recorder,
         fail_fast=fail_fast,
         progress=progress,
     )

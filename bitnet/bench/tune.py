@@ -24,13 +24,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bitnet.bench.recorder import RunRecorder
 from bitnet.engine.build import DEFAULT_TUNING_FILE, KERNELS_DIR, TUNED_FILE_NAME, best_variant, load_pin
 from bitnet.engine.cpu import CpuInfo, detect_cpu
 from bitnet.errors import TuneError
@@ -85,6 +85,29 @@ class TuneResult:
     after: dict[str, int]
     trials: list[Trial] = field(default_factory=list)
     confirm: dict[str, float] = field(default_factory=dict)  # "current"/"tuned" -> median seconds
+
+    def report(self, *, table_used_by_build: bool = True) -> str:
+        """What `invoke tune` prints: the changed parameters and where the table is (or that none changed).
+
+        `table_used_by_build`: the table went to ``<build-dir>/tuning.json``, which `invoke build` reads.
+        """
+        changed = {
+            k: (self.before[k], self.after[k]) for k in self.after if self.before.get(k) != self.after[k]
+        }
+        if not changed:
+            return (
+                f"tuned {self.isa}: the parameters in use were already the fastest measured; nothing to "
+                f"rebuild\nmeasurements: {self.out_path}"
+            )
+        lines = [
+            f"tuned {self.isa}: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()),
+            f"table: {self.out_path}",
+        ]
+        if table_used_by_build:
+            lines.append(
+                "run `invoke build` to compile the engine with it (it reads <build-dir>/tuning.json)"
+            )
+        return "\n".join(lines)
 
 
 def model_shapes(model: Path) -> list[MatShape]:
@@ -310,12 +333,13 @@ def tune(
 
     data = json.loads(json.dumps(base))
     data["isa"][key] = best
+    # run id, date and identity columns (repo commit, engine build, CPU) as every measurement has them
+    recorder = RunRecorder.start("tune", results_dir=work, build_dir=build_dir, cpu=cpu or detect_cpu())
     data["_tuned"] = {
+        **recorder.header(),
         "model": str(model),
         "isa": key,
         "engine_variant": variant,
-        "cpu": (cpu or detect_cpu()).model,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "threads": nth,
         "gemm_cols_measured": cols,
         "reps": reps,
