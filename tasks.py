@@ -69,7 +69,7 @@ def _progress_bar() -> tuple[Callable[[str, int, int], None], Callable[[], None]
 class _OptionalBool(Argument):
     """A --flag / --no-flag pair whose value is None when neither is given (the "auto" default)."""
 
-    @property  # type: ignore[override]
+    @property
     def value(self) -> Any:
         return self._value
 

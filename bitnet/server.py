@@ -1,27 +1,4 @@
-"""`bitnet.server`, as the README documents it: the OpenAI-compatible server (bitnet/runtime/server.py)."""
+"""`bitnet.server`, as the README documents it: the OpenAI-compatible server of bitnet/runtime/server.py."""
 
-from bitnet.runtime.server import (
-    API_KEY_ENV,
-    LLAMA_API_KEY_ENV,
-    ServerHandle,
-    check_port_free,
-    cors_args,
-    is_loopback,
-    require_api_key,
-    serve,
-    serve_forever,
-    start_server,
-)
-
-__all__ = [
-    "API_KEY_ENV",
-    "LLAMA_API_KEY_ENV",
-    "ServerHandle",
-    "check_port_free",
-    "cors_args",
-    "is_loopback",
-    "require_api_key",
-    "serve",
-    "serve_forever",
-    "start_server",
-]
+from bitnet.runtime.server import *  # noqa: F403  (a re-export: the README's name for the module)
+from bitnet.runtime.server import __all__ as __all__

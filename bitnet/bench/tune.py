@@ -37,24 +37,15 @@ from bitnet.errors import TuneError
 
 log = logging.getLogger(__name__)
 
-# Engine CPU variant -> (kernels CMake variant, tuning.json ISA key).
-_ISA_OF_VARIANT = {
-    "sse42": ("sse42", "ssse3"),
-    "avx2": ("avx2", "avx2"),
-    "avxvnni": ("avxvnni", "avxvnni"),
-    "avx512": ("avx512", "avx512vnni"),
-    "neon": ("neon", "neon"),
-    "dotprod": ("dotprod", "neon_dotprod"),
-}
-
-# GEMM tiles worth trying per ISA key (row groups, columns); the kernels' #error checks have the last word.
+# GEMM tiles worth trying per kernel ISA (engine.toml `kernel_isa`): (row groups, columns); the kernels'
+# #error checks have the last word.
 _TILES: dict[str, list[tuple[int, int]]] = {
     "avx512vnni": [(rg, c) for rg in (1, 2) for c in (2, 4, 6, 8)],
     "ssse3": [(1, c) for c in (1, 2)],
     "avx2": [(1, c) for c in (2, 3, 4, 5, 6)],
     "avxvnni": [(1, c) for c in (2, 3, 4, 5, 6)],
     "neon": [(1, c) for c in (1, 2, 3, 4)],
-    "neon_dotprod": [(1, c) for c in (2, 4, 6, 8)],
+    "neon-dotprod": [(1, c) for c in (2, 4, 6, 8)],
     "scalar": [],
 }
 _PREFETCH = (0, 512, 2048)
@@ -146,12 +137,11 @@ def host_isa(cpu: CpuInfo | None = None) -> tuple[str, str, str]:
     cpu = cpu or detect_cpu()
     pin = load_pin()
     v = best_variant(pin.variants_for(cpu.arch), cpu)
-    if v is None or v.name not in _ISA_OF_VARIANT:
+    if v is None or not v.kernel_isa:
         raise TuneError(
             f"no engine CPU variant of ours runs on this {cpu.arch} CPU ({cpu.model}): nothing to tune"
         )
-    cm, key = _ISA_OF_VARIANT[v.name]
-    return v.name, cm, key
+    return v.name, v.name, v.kernel_isa  # the kernels' CMake project names its variants as the engine
 
 
 def _tool(name: str) -> str:
@@ -184,6 +174,7 @@ class _Bench:
         conf = self._run([
             cmake, "-S", str(KERNELS_DIR), "-B", str(self.build_dir), "-G", "Ninja",
             f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}", "-DCMAKE_BUILD_TYPE=Release",
+            f"-DPython3_EXECUTABLE={sys.executable}",
             f"-DBITNET_TUNING_FILE={table}",
         ])  # fmt: skip
         if conf.returncode != 0:

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from bitnet.engine.cpu import CpuInfo, detect_cpu, normalize_arch
 from bitnet.errors import EngineBuildError
@@ -101,10 +101,17 @@ def cache_root() -> Path:
 
 @dataclass(frozen=True)
 class Variant:
+    """One ISA variant of kernels/engine.toml (THE list: the engine, the kernels' CMake project, the tests
+    and `invoke tune` read it). `kernel_isa` is the ISA our kernels compile to with its flags (what the
+    engine reports as kernels_isa, and the key of tuning.json); `cflags` are those flags in the kernels'
+    standalone build. A kernel-only variant (the scalar reference, avxvnni_evex) has no ggml features."""
+
     name: str
     arch: str
     features: tuple[str, ...]
     requires: tuple[str, ...]
+    kernel_isa: str = ""
+    cflags: tuple[str, ...] = ()
 
     def cmake_item(self) -> str:
         return f"{self.name}:{'+'.join(self.features)}" if self.features else self.name
@@ -120,9 +127,26 @@ class EnginePin:
     targets: tuple[str, ...]
     cmake_args: tuple[str, ...]
     variants: tuple[Variant, ...]
+    kernel_variants: tuple[Variant, ...] = ()  # built only by the kernels' own CMake project
+    kernel_sources: tuple[str, ...] = ()  # relative to kernels/ternary
 
     def variants_for(self, arch: str) -> tuple[Variant, ...]:
         return tuple(v for v in self.variants if v.arch == normalize_arch(arch))
+
+    def kernel_variants_for(self, arch: str) -> tuple[Variant, ...]:
+        """What kernels/ternary/CMakeLists.txt builds for `arch`: the scalar reference, the engine's
+        variants, then the kernel-only ones (cmake/bitnet_variants.py keeps the same order)."""
+        arch = normalize_arch(arch)
+        extra = [v for v in self.kernel_variants if v.arch == arch]
+        return (
+            tuple(v for v in extra if v.name == "scalar")
+            + self.variants_for(arch)
+            + tuple(v for v in extra if v.name != "scalar")
+        )
+
+    def kernel_isas(self) -> set[str]:
+        """Every kernel ISA of every architecture: the keys tuning.json must have."""
+        return {v.kernel_isa for v in self.variants + self.kernel_variants}
 
 
 def load_pin(path: Path = ENGINE_TOML) -> EnginePin:
@@ -138,13 +162,23 @@ def load_pin(path: Path = ENGINE_TOML) -> EnginePin:
             subdir=src["subdir"],
             targets=tuple(build["targets"]),
             cmake_args=tuple(build["cmake_args"]),
-            variants=tuple(
-                Variant(v["name"], v["arch"], tuple(v["features"]), tuple(v["requires"]))
-                for v in data.get("variant", [])
-            ),
+            variants=tuple(_variant(v) for v in data.get("variant", [])),
+            kernel_variants=tuple(_variant(v) for v in data.get("kernel_variant", [])),
+            kernel_sources=tuple(data.get("kernels", {}).get("sources", ())),
         )
     except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as exc:
         raise EngineBuildError(f"cannot read the engine pin {path}: {exc!r}. Restore it from git.") from exc
+
+
+def _variant(v: dict[str, Any]) -> Variant:
+    return Variant(
+        v["name"],
+        v["arch"],
+        tuple(v.get("features", ())),
+        tuple(v.get("requires", ())),
+        kernel_isa=v["kernel_isa"],
+        cflags=tuple(v.get("cflags", ())),
+    )
 
 
 def best_variant(variants: Iterable[Variant], cpu: CpuInfo) -> Variant | None:
