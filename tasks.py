@@ -543,7 +543,13 @@ def serve(
         "fail_fast": "stop at the first failed engine run (default: report it and go on)",
         "no_plots": "do not draw plots after the run",
         "no_roofline": "skip the read-bandwidth probe (no %-of-roofline column)",
+        "compare_bin": "NAME=PATH: another engine's llama-bench (e.g. ik_llama.cpp's, built by you) run "
+        "in the same rounds; repeatable",
+        "compare_model": "NAME=FILE: that peer's own model file (default: the benchmarked model); repeatable",
+        "compare_args": "'NAME=ARGS': extra llama-bench arguments for that peer, e.g. 'ik=-fa 1 -rtr 1'",
+        "no_load": "skip the load probe per config and repetition (no load s column)",
     },
+    iterable=["compare_bin", "compare_model", "compare_args"],
 )
 def bench(
     c,
@@ -565,6 +571,10 @@ def bench(
     fail_fast=False,
     no_plots=False,
     no_roofline=False,
+    compare_bin=None,
+    compare_model=None,
+    compare_args=None,
+    no_load=False,
 ):
     """End-to-end throughput with llama-bench: stores tidy rows, prints a table, draws plots."""
     from bitnet.bench.results import DEFAULT_RESULTS_DIR
@@ -589,6 +599,10 @@ def bench(
             plots_dir=None if no_plots else (plots_dir or DEFAULT_PLOTS_DIR),
             fail_fast=fail_fast,
             roofline=False if no_roofline else None,
+            compare_bin=compare_bin or None,
+            compare_model=compare_model or None,
+            compare_args=compare_args or None,
+            load_probe=False if no_load else None,
         )
     print(run.report())
     if not run.ok:

@@ -55,24 +55,34 @@ sys.stdout.write(json.dumps(out, indent=2) + "\n")
 """
 
 
-def write_fake_llama_bench(build_dir: Path, *, garbage: bool = False) -> Path:
-    """Write the fake llama-bench into ``<build_dir>/bin`` (with two fake CPU variant libraries)."""
+def write_fake_llama_bench(
+    build_dir: Path, *, garbage: bool = False, ts: dict[str, float] | None = None
+) -> Path:
+    """Write the fake llama-bench into ``<build_dir>/bin`` (with two fake CPU variant libraries); `ts`
+    replaces FAKE_TS (avg_ts by BITNET_KERNELS, "1" when unset)."""
     bin_dir = build_dir / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     path = bin_dir / "llama-bench"
-    path.write_text(_FAKE.format(python=sys.executable, ts=FAKE_TS, garbage=garbage))
+    path.write_text(_FAKE.format(python=sys.executable, ts=ts or FAKE_TS, garbage=garbage))
     path.chmod(0o755)
     for variant in ("sse42", "avx2"):
         (bin_dir / f"libggml-cpu-{variant}.so").write_bytes(b"\x7fELF fake")
     return path
 
 
-def fake_calls(build_dir: Path) -> list[dict[str, Any]]:
-    """Every call the fake llama-bench recorded, in order."""
+def is_load_probe(call: dict[str, Any]) -> bool:
+    """True for bitnet.bench.sweep's load probe (``-p 1 -n 0``), which precedes each measurement."""
+    argv = call["argv"]
+    return argv[argv.index("-p") + 1] == "1" and argv[argv.index("-n") + 1] == "0"
+
+
+def fake_calls(build_dir: Path, *, probes: bool = False) -> list[dict[str, Any]]:
+    """Every call the fake llama-bench recorded, in order; load probes only with `probes`."""
     log = build_dir / "bin" / "calls.jsonl"
     if not log.exists():
         return []
-    return [json.loads(line) for line in log.read_text().splitlines()]
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    return calls if probes else [c for c in calls if not is_load_probe(c)]
 
 
 def bench_row(**fields: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from benchhelpers import FAKE_TS, fake_calls, write_fake_llama_bench
+from benchhelpers import FAKE_TS, fake_calls, is_load_probe, write_fake_llama_bench
 
 from bitnet.bench.llama_bench import (
     llama_bench_command,
@@ -263,6 +263,89 @@ def _run(tmp_path: Path, **kwargs):
         progress=False,
         **kwargs,
     )
+
+
+def test_every_row_has_peak_rss_and_the_load_probe_of_its_config(tmp_path: Path, tiny_model: Path):
+    """Each measurement is preceded by a one-token load probe of the same config (A: probe, run; B: ...);
+    rows carry the run's peak RSS (runtime.rusage) and the probe's wall time, and the table shows both."""
+    write_fake_llama_bench(tmp_path / "build")
+    run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=8, n_gen=4, reps=2, compare="stock")
+    calls = fake_calls(tmp_path / "build", probes=True)
+    assert [(c["kernels"], is_load_probe(c)) for c in calls] == [("1", True), ("1", False), ("0", True),
+                                                                  ("0", False)] * 2  # fmt: skip
+    stored = load_results(run.results_path)
+    assert stored["max_rss_mb"].notna().all() and (stored["max_rss_mb"] > 5).all()  # a Python process
+    assert stored["load_s"].notna().all() and (stored["load_s"] > 0).all()
+    assert "peak RSS MB" in run.table and "load s" in run.table
+    write_fake_llama_bench(tmp_path / "build2")
+    quiet = run_bench(build_dir=tmp_path / "build2", results_dir=tmp_path / "r2", plots_dir=None,
+                      model=tiny_model, threads=1, n_prompt=8, n_gen=0, reps=1, load_probe=False,
+                      roofline=False, progress=False)  # fmt: skip
+    assert not any(is_load_probe(c) for c in fake_calls(tmp_path / "build2", probes=True))
+    assert load_results(quiet.results_path)["load_s"].isna().all() and "load s" not in quiet.table
+
+
+def test_peer_binaries_run_in_the_same_rounds_on_their_own_model(tmp_path: Path, tiny_model: Path):
+    """--compare-bin NAME=PATH: the peer's llama-bench runs between ours and stock in every round, on
+    --compare-model's file with --compare-args, without our engine switches; its rows share the model
+    name, so the table gives it a ratio against stock."""
+    write_fake_llama_bench(tmp_path / "build")
+    peer_bin = write_fake_llama_bench(tmp_path / "ik", ts={"1": 120.0})
+    peer_model = tmp_path / "ik-model.gguf"
+    peer_model.write_bytes(tiny_model.read_bytes())
+    run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=8, n_gen=0, reps=2, compare="stock",
+               compare_bin=[f"ik={peer_bin}"], compare_model=[f"ik={peer_model}"],
+               compare_args=["ik=-fa 1 --repack 0"])  # fmt: skip
+    assert run.ok, run.report()
+    ours, peer = fake_calls(tmp_path / "build"), fake_calls(tmp_path / "ik")
+    assert [c["kernels"] for c in ours] == ["1", "0"] * 2 and len(peer) == 2
+    for call in peer:
+        argv = call["argv"]
+        assert argv[argv.index("-m") + 1] == str(peer_model) and argv[-4:] == ["-fa", "1", "--repack", "0"]
+        assert call["kernels"] is None and call["variant"] is None
+    stored = load_results(run.results_path)
+    assert list(stored["config"])[:3] == ["ours", "stock", "ik"]  # ours, stock, the peer: one round
+    ik = stored[stored["config"] == "ik"]
+    assert set(ik["model_name"]) == {"tiny"} and set(ik["model_path"]) == {str(peer_model)}
+    assert set(ik["engine_binary"]) == {str(peer_bin)} and set(ik["avg_ts"]) == {120.0}
+    line = next(ln for ln in run.table.splitlines() if " ik " in f" {ln} ")
+    assert "1.20x" in line  # 120 / 100 (stock), same model and test
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"compare_bin": ["ik"]}, "NAME=VALUE"),
+        ({"compare_bin": ["ik=/nonexistent/llama-bench"]}, "not an executable file"),
+        ({"compare_bin": ["stock=/bin/true"]}, "not one of our configs"),
+        ({"compare_bin": ["ik=/bin/true"], "compare_model": ["bn=/x.gguf"]}, "which no --compare-bin"),
+        ({"compare_bin": ["ik=/bin/true"], "compare_model": ["ik=/nonexistent.gguf"]}, "does not exist"),
+        ({"compare_bin": ["ik=/bin/true"], "compare_args": ["ik=-t 4"]}, "must not set -t"),
+        ({"compare_bin": ["ik=/bin/true", "ik=/bin/false"]}, "twice"),
+    ],
+)
+def test_bad_peer_flags_are_refused_before_anything_runs(tmp_path: Path, tiny_model: Path, flags, message):
+    write_fake_llama_bench(tmp_path / "build")
+    with pytest.raises(BenchSpecError, match=message):
+        _run(tmp_path, model=tiny_model, threads=1, n_prompt=8, n_gen=0, reps=1, **flags)
+    assert fake_calls(tmp_path / "build", probes=True) == []
+
+
+def test_a_spec_file_can_name_peers(tmp_path: Path, tiny_model: Path):
+    spec = tmp_path / "peers.toml"
+    spec.write_text(
+        f'reps = 1\nn_prompt = 8\nn_gen = 0\nthreads = [1]\nbaseline = "ik"\nload = false\n'
+        f'[[models]]\nfile = "{tiny_model}"\n'
+        f'[[peer]]\nname = "ik"\nbinary = "/bin/true"\nargs = "-fa 1"\n'
+    )
+    parsed = load_spec(spec)
+    assert [(p.name, p.binary, p.model, p.args) for p in parsed.peers] == [
+        ("ik", Path("/bin/true"), None, ("-fa", "1"))
+    ]
+    assert parsed.baseline == "ik" and parsed.load is False
+    spec.write_text(spec.read_text() + "bogus = 1\n")
+    with pytest.raises(BenchSpecError, match="bogus"):
+        load_spec(spec)
 
 
 def test_configs_alternate_within_each_repetition(tmp_path: Path, tiny_model: Path):

@@ -82,7 +82,13 @@ KEY_COLUMNS = (
     "cpu_model", "engine_pin", "repo_commit", "model_name", "weight_format", "head_format", "n_threads",
     "config", "cpu_variant",
 )  # fmt: skip
-_DERIVED = {"weight_format": "model_name", "head_format": "model_name", "cpu_variant": "config"}
+# A peer engine (bitnet.bench.spec.Peer) runs the same model_name from its own file and format: there
+# weight_format follows config.
+_DERIVED = {
+    "weight_format": ("model_name", "config"),
+    "head_format": ("model_name", "config"),
+    "cpu_variant": ("config",),
+}
 
 # When a measurement is not to be trusted (`reliability`): the machine was busier than it has cores
 # (the 1-minute load average above LOAD_PER_CORE_LIMIT × cores: something else competed for them), or
@@ -317,16 +323,18 @@ def bench_rows(df: pd.DataFrame) -> pd.DataFrame:
 def varying_columns(rows: pd.DataFrame, columns: Iterable[str], exclude: Sequence[str] = ()) -> list[str]:
     """The `columns` whose values differ between `rows` (missing counts as a value), minus `exclude`.
 
-    A derived column (weight_format, head_format from model_name; cpu_variant from config) is left
-    out when the column it derives from varies and already tells the rows apart the same way.
+    A derived column (weight_format, head_format from model_name or a peer's config; cpu_variant from
+    config) is left out when a column it derives from varies and already tells the rows apart the same way.
     """
     cols = [
         c for c in columns if c in rows and c not in exclude and rows[c].astype(str).nunique(dropna=False) > 1
     ]
     kept = []
     for col in cols:
-        parent = _DERIVED.get(col)
-        if parent in cols and rows.groupby(rows[parent].astype(str))[col].nunique(dropna=False).max() <= 1:
+        if any(
+            parent in cols and rows.groupby(rows[parent].astype(str))[col].nunique(dropna=False).max() <= 1
+            for parent in _DERIVED.get(col, ())
+        ):
             continue
         kept.append(col)
     return kept
@@ -440,6 +448,9 @@ def summarize(df: pd.DataFrame, *, baseline: str | None = None) -> pd.DataFrame:
         )
     if "roofline_frac" in rows and rows["roofline_frac"].notna().any():
         out["roofline_frac"] = grouped["roofline_frac"].median().to_numpy()
+    for col in ("max_rss_mb", "load_s"):  # memory and time to a loaded model (bitnet.bench.sweep)
+        if col in rows and rows[col].notna().any():
+            out[col] = grouped[col].median().to_numpy()
     cells = cell_reliability(rows, group)
     for col in ("spread", "load_avg_1m", "unreliable_rules", "unreliable"):
         out[col] = cells[col].to_numpy()
@@ -482,7 +493,7 @@ def format_table(df: pd.DataFrame, *, baseline: str | None = None) -> str:
         table["!"] = ["!" + r if r else "" for r in summary["unreliable_rules"]]
     for col in summary.columns:
         if col in ("n", "median_ts", "mean_ts", "sd_ts", "roofline_frac", "ratio", "spread", "load_avg_1m",
-                   "unreliable_rules", "unreliable"):  # fmt: skip
+                   "unreliable_rules", "unreliable", "max_rss_mb", "load_s"):  # fmt: skip
             continue
         values = summary[col].str[:12] if col == "repo_commit" else summary[col]
         table[col.replace("n_threads", "threads")] = values
@@ -493,11 +504,22 @@ def format_table(df: pd.DataFrame, *, baseline: str | None = None) -> str:
     ]
     if "roofline_frac" in summary:
         table["% roofline"] = summary["roofline_frac"].map(lambda v: "-" if pd.isna(v) else f"{100 * v:.0f}%")
+    if "max_rss_mb" in summary:
+        table["peak RSS MB"] = summary["max_rss_mb"].map(lambda v: "-" if pd.isna(v) else f"{v:.0f}")
+    if "load_s" in summary:
+        table["load s"] = summary["load_s"].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}")
     notes = []
     if "ratio" in summary:
         base = summary.attrs.get("baseline")
         table[f"vs {base}"] = summary["ratio"].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}x")
         notes.append(f"ratio = median t/s / median t/s of {base} (same model, threads, test)")
+    if "max_rss_mb" in summary:
+        notes.append("peak RSS MB: median peak resident memory of the llama-bench processes")
+    if "load_s" in summary:
+        notes.append(
+            "load s: median wall time of a one-token llama-bench run (process start to exit: the model read "
+            "or mapped, repacked, one token run)"
+        )
     if "note" in summary.attrs:
         notes.append(f"note: {summary.attrs['note']}")
     if flagged:

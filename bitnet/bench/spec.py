@@ -28,13 +28,25 @@ File format (every key optional except ``models``; the top level holds defaults 
     [[sweep]]                     # optional: several sweeps in one run, each overriding the
     name = "threads"              # defaults above (models, threads, n_prompt, n_gen, compare, isa)
     threads = "1..all"
+
+    [[peer]]                      # optional: another engine's llama-bench, run in the same rounds
+    name = "ik"                   # its config label in rows, tables and plots
+    binary = "/opt/ik_llama.cpp/build/bin/llama-bench"
+    model = "/models/bitnet-2B-iq2_bn.gguf"   # its own file (default: each sweep model's file)
+    args = ["-fa", "1", "-rtr", "1"]         # extra llama-bench arguments for it
+
+Peers are given by the user and never downloaded or built here (``invoke bench --compare-bin
+ik=PATH --compare-model ik=FILE --compare-args "ik=-fa 1 -rtr 1"``). Every config also gets a load
+probe per repetition (``load = false`` turns it off): see `bitnet.bench.sweep`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import re
+import shlex
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +74,7 @@ __all__ = [
     "BenchSpec",
     "Config",
     "ModelRequest",
+    "Peer",
     "Sweep",
     "expand_configs",
     "expand_threads",
@@ -80,7 +93,8 @@ DUMMY_SIZES = ("tiny", "125M", "350M", "700M", "1.3B", "2B", "3B", "7B", "13B")
 DEFAULT_N_PROMPT, DEFAULT_N_GEN, DEFAULT_REPS = 512, 128, 5
 DEFAULT_TIMEOUT = 1800.0
 
-_TOP_KEYS = {"description", "reps", "baseline", "roofline", "timeout", "sweep"}
+_TOP_KEYS = {"description", "reps", "baseline", "roofline", "timeout", "sweep", "peer", "load"}
+_PEER_KEYS = {"name", "binary", "model", "args"}
 _SWEEP_KEYS = {"models", "threads", "n_prompt", "n_gen", "compare", "isa"}
 _MODEL_KEYS = {"size", "outtype", "head_type", "file"}
 _NAME_RE = re.compile(r"^[a-z0-9_]+$")
@@ -130,24 +144,140 @@ TINY_MODEL = ModelRequest(size="tiny")  # the offline test model: a few MB, real
 
 @dataclass(frozen=True)
 class Config:
-    """An engine configuration: our kernels or stock ggml's, and a forced CPU variant (None = auto)."""
+    """An engine configuration: our kernels or stock ggml's, and a forced CPU variant (None = auto);
+    or a peer engine (`peer` is its name, kernels "peer")."""
 
     kernels: str = "ours"
     variant: str | None = None
+    peer: str | None = None
 
     @property
     def label(self) -> str:
-        """ "ours", "stock", "ours+avx2", ... (parseable back by `parse_config`)."""
+        """ "ours", "stock", "ours+avx2", ... (parseable back by `parse_config`), or the peer's name."""
+        if self.peer is not None:
+            return self.peer
         return self.kernels if self.variant is None else f"{self.kernels}+{self.variant}"
 
     def env(self) -> dict[str, str | None]:
         """Environment overrides for the engine; None means "remove the variable" (auto variant, the
-        file's own activation mode)."""
+        file's own activation mode). A peer gets none of our switches."""
+        if self.peer is not None:
+            return {KERNELS_ENV: None, ACT_QUANT_ENV: None, VARIANT_ENV: None}
         return {
             KERNELS_ENV: "0" if self.kernels == "stock" else "1",
             ACT_QUANT_ENV: "per_block" if self.kernels == "perblock" else None,
             VARIANT_ENV: self.variant,
         }
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Another engine's llama-bench-compatible binary, measured side by side with ours.
+
+    `model` is its own model file (None: the sweep's model, e.g. stock llama.cpp reading our GGUF);
+    `args` are extra llama-bench arguments (e.g. ``-fa 1 -rtr 1`` for ik_llama.cpp)."""
+
+    name: str
+    binary: Path
+    model: Path | None = None
+    args: tuple[str, ...] = ()
+
+    @property
+    def config(self) -> Config:
+        return Config(kernels="peer", peer=self.name)
+
+    def check(self) -> None:
+        """Raise `BenchSpecError` unless the binary is an executable file and the model a file."""
+        if not self.binary.is_file() or not os.access(self.binary, os.X_OK):
+            raise BenchSpecError(
+                f"peer {self.name!r}: {self.binary} is not an executable file. Give the path of that "
+                "engine's llama-bench (built outside this project): --compare-bin NAME=/path/llama-bench."
+            )
+        if self.model is not None and not self.model.is_file():
+            raise BenchSpecError(
+                f"peer {self.name!r}: model file {self.model} does not exist. Give that engine's own GGUF "
+                "with --compare-model NAME=FILE (or leave it out to use the benchmarked model)."
+            )
+
+
+def peers_from_flags(
+    bins: Sequence[str] | None, models: Sequence[str] | None = None, args: Sequence[str] | None = None
+) -> tuple[Peer, ...]:
+    """``--compare-bin NAME=PATH`` (repeatable) with optional ``--compare-model NAME=FILE`` and
+    ``--compare-args "NAME=ARGS"`` as peers, in the order given."""
+
+    def pairs(items: Sequence[str] | None, flag: str) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for item in items or ():
+            name, sep, value = str(item).partition("=")
+            name = name.strip().lower()
+            if not sep or not name or not value.strip():
+                raise BenchSpecError(f"{flag} takes NAME=VALUE, e.g. {flag} ik=/path. Got {item!r}.")
+            if name in out:
+                raise BenchSpecError(f"{flag} names {name!r} twice.")
+            out[name] = value.strip()
+        return out
+
+    binaries = pairs(bins, "--compare-bin")
+    model_files = pairs(models, "--compare-model")
+    extra = pairs(args, "--compare-args")
+    for flag, named in (("--compare-model", model_files), ("--compare-args", extra)):
+        stray = sorted(set(named) - set(binaries))
+        if stray:
+            raise BenchSpecError(f"{flag} names {', '.join(stray)}, which no --compare-bin NAME=PATH gives.")
+    return _peers_field(
+        [
+            {
+                "name": n,
+                "binary": b,
+                **({"model": model_files[n]} if n in model_files else {}),
+                "args": shlex.split(extra.get(n, "")),
+            }
+            for n, b in binaries.items()
+        ]  # fmt: skip
+    )
+
+
+def _peers_field(value: Any) -> tuple[Peer, ...]:
+    items = [value] if isinstance(value, dict) else value
+    if not isinstance(items, list) or not all(isinstance(v, dict) for v in items):
+        raise BenchSpecError(
+            'peer must be a list of tables ([[peer]] name = "ik", binary = "/path/llama-bench").'
+        )
+    peers: list[Peer] = []
+    for item in items:
+        unknown = set(item) - _PEER_KEYS
+        if unknown:
+            raise BenchSpecError(_unknown_keys(unknown, _PEER_KEYS, "peer entry"))
+        name = item.get("name")
+        if not isinstance(name, str) or not _NAME_RE.match(name) or name in (*KERNELS, "auto", "all", "peer"):
+            raise BenchSpecError(
+                f"peer name {name!r} must be lower-case letters, digits or _ and not one of our configs "
+                f"({', '.join(KERNELS)}, auto), e.g. ik or bitnet_cpp."
+            )
+        if any(p.name == name for p in peers):
+            raise BenchSpecError(f"peer {name!r} is given twice.")
+        binary, model = item.get("binary"), item.get("model")
+        if not isinstance(binary, str) or not binary:
+            raise BenchSpecError(f'peer {name!r} needs binary = "/path/to/llama-bench".')
+        if model is not None and (not isinstance(model, str) or not model):
+            raise BenchSpecError(f"peer {name!r}: model must be a path string. Got {model!r}.")
+        raw_args = item.get("args", [])
+        args = shlex.split(raw_args) if isinstance(raw_args, str) else raw_args
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+            raise BenchSpecError(
+                f"peer {name!r}: args must be a string or a list of strings. Got {raw_args!r}."
+            )
+        reserved = sorted({a for a in args if a in ("-m", "-p", "-n", "-t", "-r", "-o")})
+        if reserved:
+            raise BenchSpecError(
+                f"peer {name!r}: args must not set {', '.join(reserved)}: the benchmark sets the model, "
+                "tests, threads, repetitions and output itself."
+            )
+        peers.append(
+            Peer(name, Path(binary).expanduser(), Path(model).expanduser() if model else None, tuple(args))
+        )
+    return tuple(peers)
 
 
 def parse_config(text: str) -> tuple[str | None, str | None, bool]:
@@ -275,6 +405,8 @@ class BenchSpec:
     baseline: str | None = None
     roofline: bool = True
     timeout: float = DEFAULT_TIMEOUT
+    peers: tuple[Peer, ...] = ()
+    load: bool = True  # a load probe per config and repetition (load_s column)
     source: Path | None = field(default=None, compare=False)
 
     def with_overrides(
@@ -288,8 +420,10 @@ class BenchSpec:
         isa: Sequence[str] | None = None,
         reps: int | None = None,
         baseline: str | None = None,
+        peers: Sequence[Peer] | None = None,
     ) -> BenchSpec:
-        """A copy where every given (non-None) value replaces the spec's, in every sweep."""
+        """A copy where every given (non-None) value replaces the spec's, in every sweep; `peers` are
+        added to the spec's (a peer of the same name is replaced)."""
         sweep_changes: dict[str, Any] = {}
         if models is not None:
             sweep_changes["models"] = tuple(models)
@@ -309,8 +443,12 @@ class BenchSpec:
         top: dict[str, Any] = {"sweeps": sweeps}
         if reps is not None:
             top["reps"] = _positive(reps, "reps")
+        if peers:
+            given = {p.name for p in peers}
+            top["peers"] = (*(p for p in self.peers if p.name not in given), *peers)
         if baseline is not None:
-            top["baseline"] = _baseline_field(baseline)
+            names = [p.name for p in top.get("peers", self.peers)]
+            top["baseline"] = _baseline_field(baseline, names)
         return dataclasses.replace(self, **top)
 
 
@@ -365,15 +503,21 @@ def parse_spec(data: Mapping[str, Any], *, name: str, source: Path | None = None
     description = data.get("description", "")
     if not isinstance(description, str):
         raise BenchSpecError(f"description must be a string. Got {description!r}.")
+    load = data.get("load", True)
+    if not isinstance(load, bool):
+        raise BenchSpecError(f"load must be true or false. Got {load!r}.")
+    peers = _peers_field(data.get("peer", []))
     baseline = data.get("baseline")
     return BenchSpec(
         name=name,
         sweeps=tuple(sweeps),
         description=description,
         reps=_positive(data.get("reps", DEFAULT_REPS), "reps"),
-        baseline=None if baseline is None else _baseline_field(baseline),
+        baseline=None if baseline is None else _baseline_field(baseline, [p.name for p in peers]),
         roofline=roofline,
         timeout=float(timeout),
+        peers=peers,
+        load=load,
         source=source,
     )
 
@@ -520,9 +664,11 @@ def _isa_field(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _baseline_field(value: Any) -> str:
+def _baseline_field(value: Any, peers: Sequence[str] = ()) -> str:
     if not isinstance(value, str) or not value.strip():
         raise BenchSpecError(f'baseline must be a config name such as "stock". Got {value!r}.')
+    if value.strip().lower() in peers:
+        return value.strip().lower()
     kernels, variant, _ = parse_config(value)
     return Config(kernels=kernels or "ours", variant=variant).label
 

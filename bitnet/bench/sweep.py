@@ -12,7 +12,14 @@ Every run's rows are appended to ``bench/results/<date>-<spec>-<id>.jsonl`` as s
 with the tail of its stderr and a log file; the sweep goes on, or stops with ``fail_fast``.
 
 Configs are set through the engine's environment: ``BITNET_KERNELS=0`` selects stock ggml kernels
-(issue 5), ``GGML_CPU_VARIANT=<name>`` forces a CPU variant library (our engine patch 0002).
+(issue 5), ``GGML_CPU_VARIANT=<name>`` forces a CPU variant library (our engine patch 0002). A peer
+(`bitnet.bench.spec.Peer`: another engine's llama-bench, e.g. ik_llama.cpp's, on its own model file)
+is one more config in the same A B A B rounds.
+
+Memory and load: every llama-bench run goes through `bitnet.runtime.rusage`, so its rows carry ``max_rss_mb``
+(the process's peak RSS). Before it, with the spec's ``load`` on (the default), a load probe of the same
+binary, model and threads runs ``-p 1 -n 0 -r 1``: its wall time, process start to exit, is the
+row's ``load_s`` (time to a loaded model: the weights read or mapped, repacked, one token computed).
 """
 
 from __future__ import annotations
@@ -56,10 +63,12 @@ from bitnet.bench.spec import (
     BenchSpec,
     Config,
     ModelRequest,
+    Peer,
     expand_configs,
     expand_threads,
     load_spec,
     models_from_flags,
+    peers_from_flags,
     spec_from_flags,
 )
 from bitnet.engine.cpu import detect_cpu
@@ -72,6 +81,7 @@ from bitnet.errors import (
     tail_lines,
 )
 from bitnet.runtime.runtime import BitNetRuntime
+from bitnet.runtime.rusage import parse_rusage, rusage_command
 from bitnet.runtime.supervisor import RuntimeSupervisor
 
 __all__ = [
@@ -128,7 +138,7 @@ def plan_jobs(
     for sweep in spec.sweeps:
         threads, clamped = expand_threads(sweep.threads, cores)
         warnings.extend(w for w in clamped if w not in warnings)
-        configs = expand_configs(sweep.compare, variants_for(sweep.isa))
+        configs = expand_configs(sweep.compare, variants_for(sweep.isa)) + [p.config for p in spec.peers]
         for model in sweep.models:
             for n in threads:
                 for config in configs:
@@ -269,6 +279,7 @@ class _Sweep:
     recorder: RunRecorder
     fail_fast: bool
     progress: bool
+    peer_infos: dict[str, ModelInfo | None] = field(default_factory=dict)
 
     async def measure_all(self) -> None:
         """Every job once per repetition, configs alternating; rows stored after each run."""
@@ -294,20 +305,41 @@ class _Sweep:
                     await self.measure(supervisors[job.config], job, rep)
                     bar.update(1)
 
+    def peer(self, job: Job) -> Peer | None:
+        return next((p for p in self.run.spec.peers if p.config == job.config), None)
+
+    def command(self, job: Job, n_prompt: int, n_gen: int) -> list[str]:
+        """The llama-bench argv of `job` (ours or its peer's binary, model and extra arguments)."""
+        peer = self.peer(job)
+        binary = peer.binary if peer else self.binary
+        model = peer.model if peer and peer.model else self.paths[job.model]
+        command = llama_bench_command(binary, model, n_prompt=n_prompt, n_gen=n_gen, n_threads=job.n_threads)
+        return command + list(peer.args if peer else ())
+
+    async def probe_load(self, supervisor: RuntimeSupervisor, job: Job) -> float | None:
+        """Seconds from start to exit of a one-token llama-bench run of `job` (None if it failed)."""
+        try:
+            result = await supervisor.run_custom(
+                rusage_command(self.command(job, 1, 0)), timeout=self.run.spec.timeout
+            )
+        except RuntimeLaunchError as exc:
+            warning = f"load probe of {job.describe()} failed: {str(exc).splitlines()[0]}"
+            if warning not in self.run.warnings:
+                self.run.warnings.append(warning)
+                log.warning("%s", warning)
+            return None
+        usage = parse_rusage(result.stderr)
+        return usage.wall_s if usage else None
+
     async def measure(self, supervisor: RuntimeSupervisor, job: Job, rep: int) -> None:
         """One llama-bench process: its rows are stored, or its failure recorded (and raised if asked)."""
-        command = llama_bench_command(
-            self.binary,
-            self.paths[job.model],
-            n_prompt=job.n_prompt,
-            n_gen=job.n_gen,
-            n_threads=job.n_threads,
-        )
+        load_s = await self.probe_load(supervisor, job) if self.run.spec.load else None
+        command = self.command(job, job.n_prompt, job.n_gen)
         stdout = stderr = ""
         returncode: int | None = 0
         load_before = load_average()
         try:
-            result = await supervisor.run_custom(command, timeout=self.run.spec.timeout)
+            result = await supervisor.run_custom(rusage_command(command), timeout=self.run.spec.timeout)
             stdout, stderr = result.stdout, result.stderr
             entries = parse_llama_bench_output(stdout)
         except RuntimeLaunchError as exc:  # non-zero exit, timeout, could not start
@@ -318,7 +350,11 @@ class _Sweep:
             self.fail(job, rep, command, str(exc), returncode, stdout, stderr)
             return
         load = max((v for v in (load_before, load_average()) if v is not None), default=None)
+        usage = parse_rusage(stderr)
         rows = [self.row(entry, job, rep, stderr, load) for entry in entries]
+        for row in rows:
+            row["max_rss_mb"] = round(usage.max_rss_mb, 1) if usage else None
+            row["load_s"] = round(load_s, 3) if load_s is not None else None
         self.recorder.append(rows)
         self.run.rows.extend(rows)
 
@@ -357,7 +393,8 @@ class _Sweep:
         """A tidy row: identity columns, llama-bench's fields, the model's shape, the roofline, and
         whether it can be trusted (`load` is the 1-minute load average while it ran)."""
         n_prompt, n_gen = int(entry["n_prompt"]), int(entry["n_gen"])
-        info = self.infos.get(job.model)
+        peer = self.peer(job)
+        info = self.peer_infos.get(peer.name) if peer and peer.model else self.infos.get(job.model)
         fields: dict[str, Any] = {
             "spec": self.run.spec.name,
             "sweep": job.sweep,
@@ -367,8 +404,9 @@ class _Sweep:
             "kernels": job.config.kernels,
             "cpu_variant": loaded_cpu_variant(stderr) or job.config.variant,
             "cpu_variant_requested": job.config.variant or "auto",
-            "model_name": job.model.label,
-            "model_path": str(self.paths[job.model]),
+            "model_name": job.model.label,  # a peer's own file is the same model in its format
+            "model_path": str(peer.model if peer and peer.model else self.paths[job.model]),
+            "engine_binary": str(peer.binary if peer else self.binary),
             **{k: entry.get(k) for k in LLAMA_BENCH_FIELDS},
         }
         row = self.recorder.row(fields)
@@ -440,6 +478,10 @@ def run_bench(
     isa: str | Sequence[str] | None = None,
     spec: str | Path | BenchSpec | None = None,
     baseline: str | None = None,
+    compare_bin: str | Sequence[str] | None = None,
+    compare_model: str | Sequence[str] | None = None,
+    compare_args: str | Sequence[str] | None = None,
+    load_probe: bool | None = None,
     build_dir: str | Path = "build",
     results_dir: str | Path = DEFAULT_RESULTS_DIR,
     plots_dir: str | Path | None = DEFAULT_PLOTS_DIR,
@@ -457,6 +499,10 @@ def run_bench(
     tg`n_gen` (128), `reps` (5) times. With `spec` (a name in bench/specs, a TOML path or a
     `BenchSpec`), the flags given override the spec's values in every sweep. Thread counts above the
     host's cores are clamped, with a warning (logged and in `BenchRun.warnings`).
+
+    `compare_bin` ("NAME=PATH", repeatable) adds peers: another engine's llama-bench, run in the same
+    rounds on `compare_model` ("NAME=FILE", default: the benchmarked model) with `compare_args`
+    ("NAME=ARGS"); see `bitnet.bench.spec.Peer`. `load_probe` overrides the spec's ``load``.
 
     A failed engine run is recorded in `BenchRun.failures` (with its stderr tail and a log file under
     ``<results_dir>/../logs/``) and the sweep continues; with `fail_fast` it raises instead.
@@ -482,9 +528,16 @@ def run_bench(
         compare=_as_list(compare),
         isa=_as_list(isa),
         baseline=baseline,
+        peers=peers_from_flags(
+            _as_peer_list(compare_bin), _as_peer_list(compare_model), _as_peer_list(compare_args)
+        ),
     )
     if roofline is not None:
         bench_spec = dataclasses.replace(bench_spec, roofline=roofline)
+    if load_probe is not None:
+        bench_spec = dataclasses.replace(bench_spec, load=load_probe)
+    for peer in bench_spec.peers:
+        peer.check()
 
     runtime = BitNetRuntime(build_dir=build_dir, env=env)
     binary = runtime.find_binary(BENCH_BINARY)
@@ -509,6 +562,15 @@ def run_bench(
         except BenchmarkError as exc:
             log.warning("%s; its rows will have no shape or bytes-per-token columns", exc)
             infos[request] = None
+
+    peer_infos: dict[str, ModelInfo | None] = {}
+    for peer in bench_spec.peers:
+        if peer.model is not None:
+            try:
+                peer_infos[peer.name] = inspect_model(peer.model)
+            except BenchmarkError as exc:  # e.g. a type only that engine knows (ik_llama.cpp's IQ2_BN)
+                log.info("peer %s: %s; its rows will have no shape columns", peer.name, exc)
+                peer_infos[peer.name] = None
 
     recorder = RunRecorder.start(
         "llama-bench", results_dir=results_dir, build_dir=build_dir, name=bench_spec.name, cpu=cpu
@@ -535,6 +597,7 @@ def run_bench(
         recorder=recorder,
         fail_fast=fail_fast,
         progress=progress,
+        peer_infos=peer_infos,
     )
     asyncio.run(sweep.measure_all())
     if run.rows:
@@ -545,6 +608,13 @@ def run_bench(
             # only the plots of llama-bench rows, from this run: never another task's files (serving.png)
             run.plots = render_plots(run.results_path, plots_dir, names=BENCH_PLOT_NAMES, owner="bench")
     return run
+
+
+def _as_peer_list(value: str | Sequence[str] | None) -> list[str] | None:
+    """Peer flags: one "NAME=VALUE" string (values may hold commas and spaces) or a list of them."""
+    if not value:
+        return None
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _as_list(value: Any) -> list[Any] | None:

@@ -5,9 +5,10 @@
 // (compute_forward). GGUF files stay in upstream types. BITNET_KERNELS=0 in the environment disables
 // the buffer type, so the same binary runs stock ggml (for A/B benchmarks and tests).
 //
-// The fp16 (or bf16) tied embedding/output head (token_embd.weight / output.weight) is placed here too, unchanged:
-// GET_ROWS reads it through ggml as before, and a one-token MUL_MAT (decode) runs bitnet_gemv_f16, which
-// streams it faster than ggml's fp16 path (it was over half the bytes, and ~10% slower per byte).
+// The fp16 (or bf16) tied embedding/output head (token_embd.weight / output.weight) is not placed here: it
+// stays in ggml's own (memory-mapped) buffer, unchanged, and a one-token MUL_MAT with it (decode) runs
+// bitnet_gemv_f16, which streams it faster than ggml's fp16 path (it is over half the bytes, and ggml's
+// path is ~10% slower per byte). Copying it here cost 657 MB of RSS and its copy time at load for the 2B.
 //
 // Compiled into every CPU variant library by ggml-cpu-ternary.cmake; the variant's flags choose the
 // kernels' ISA. ref: ggml/src/ggml-cpu/traits.h, repack.cpp.
@@ -21,9 +22,14 @@
 #include "ggml-impl.h"
 #include "traits.h"
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+
+#if defined(__linux__)
+#    include <sys/mman.h>
+#endif
 
 namespace bitnet_ggml {
 
@@ -36,12 +42,13 @@ static bool shape_ok(const ggml_tensor * w) {
     return is_ternary(w->type) && ggml_n_dims(w) == 2 && w->ne[0] % BITNET_QK == 0 && ggml_is_contiguous(w);
 }
 
-// The fp16 or bf16 tied embedding / output head (BitNet's lm_head is token_embd.weight itself): kept in
-// ggml's layout (GET_ROWS reads it as usual); single-token MUL_MAT with it runs bitnet_gemv_f16 / _bf16
-// (f32 activations: exact products, where ggml's own path first rounds the activation to fp16 / bf16).
+// The fp16 or bf16 tied embedding / output head (BitNet's lm_head is token_embd.weight itself), in a host
+// buffer of ggml's: single-token MUL_MAT with it runs bitnet_gemv_f16 / _bf16 (f32 activations: exact
+// products, where ggml's own path first rounds the activation to fp16 / bf16).
 static bool is_head(const ggml_tensor * w) {
     // only where our fp16 GEMV is vectorized; elsewhere (sse42/scalar builds) ggml's path is faster
-    return bitnet_gemv_f16_native() && (w->type == GGML_TYPE_F16 || w->type == GGML_TYPE_BF16) && ggml_n_dims(w) == 2 &&
+    return bitnet_gemv_f16_native() && (w->type == GGML_TYPE_F16 || w->type == GGML_TYPE_BF16) &&
+           w->buffer != nullptr && ggml_backend_buffer_is_host(w->buffer) && ggml_n_dims(w) == 2 &&
            w->ne[0] % 64 == 0 && ggml_is_contiguous(w) &&
            (std::strcmp(w->name, "token_embd.weight") == 0 || std::strcmp(w->name, "output.weight") == 0);
 }
@@ -246,8 +253,6 @@ static enum ggml_status ternary_buffer_init_tensor(ggml_backend_buffer_t, ggml_t
     ggml::cpu::tensor_traits * traits = &bitnet_ggml::g_stock;
     if (bitnet_ggml::shape_ok(tensor)) {
         traits = &bitnet_ggml::g_ours;
-    } else if (bitnet_ggml::is_head(tensor)) {
-        traits = &bitnet_ggml::g_head;
     }
     tensor->extra = traits;
     return GGML_STATUS_SUCCESS;
@@ -276,6 +281,20 @@ static ggml_backend_buffer_t ternary_buft_alloc_buffer(ggml_backend_buffer_type_
     if (buffer == nullptr) {
         return nullptr;
     }
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    // Ask for transparent huge pages (the usual THP mode is "madvise"): loading writes every byte once, and
+    // 2 MiB pages take 512x fewer page faults for it; decode then streams the weights with fewer TLB misses.
+    // Advice only: without THP nothing changes.
+    {
+        const uintptr_t huge  = (uintptr_t) 2 << 20;
+        const uintptr_t base  = (uintptr_t) ggml_backend_buffer_get_base(buffer);
+        const uintptr_t first = (base + huge - 1) & ~(huge - 1);
+        const uintptr_t last  = (base + ggml_backend_buffer_get_size(buffer)) & ~(huge - 1);
+        if (last > first) {
+            (void) madvise((void *) first, last - first, MADV_HUGEPAGE);
+        }
+    }
+#endif
     buffer->buft              = buft;
     buffer->iface.init_tensor = ternary_buffer_init_tensor;
     buffer->iface.set_tensor  = ternary_buffer_set_tensor;
@@ -301,20 +320,21 @@ class extra_buffer_type : ggml::cpu::extra_buffer_type {
         }
         const ggml_tensor * x = op->src[1];
         const bool host_x = x && (x->buffer == nullptr || ggml_backend_buft_is_host(x->buffer->buft));
-        if (is_head(w)) {  // the embedding lookup stays ggml's; the head's MUL_MAT is ours for one token
-            return op->op == GGML_OP_GET_ROWS ||
-                   (op->op == GGML_OP_MUL_MAT && host_x && x->type == GGML_TYPE_F32 && x->ne[2] == 1 && x->ne[3] == 1);
-        }
         return op->op == GGML_OP_MUL_MAT && shape_ok(w) && host_x && x->type == GGML_TYPE_F32 && x->ne[2] == 1 &&
                x->ne[3] == 1;
     }
 
+    // ggml-cpu asks every extra buffer type about every op it runs (traits.cpp): ours are the MUL_MATs
+    // with weights in our buffer, and the head's MUL_MAT wherever ggml keeps it (head_traits declines all
+    // but one-token products, which ggml then runs itself)
     ggml::cpu::tensor_traits * get_tensor_traits(const ggml_tensor * op) override {
-        if (op->op == GGML_OP_MUL_MAT && op->src[0]->buffer &&
-            op->src[0]->buffer->buft == ggml_backend_cpu_ternary_buffer_type()) {
+        if (op->op != GGML_OP_MUL_MAT || op->src[0]->buffer == nullptr) {
+            return nullptr;
+        }
+        if (op->src[0]->buffer->buft == ggml_backend_cpu_ternary_buffer_type()) {
             return (ggml::cpu::tensor_traits *) op->src[0]->extra;
         }
-        return nullptr;
+        return is_head(op->src[0]) ? &g_head : nullptr;
     }
 };
 }  // namespace bitnet_ggml

@@ -44,11 +44,15 @@ int bitnet_repack(bitnet_layout layout, bitnet_src_type src_type, const void *sr
     uint16_t *scales = (uint16_t *)(codes + (size_t)ngroups * (size_t)nb * tile_bytes);
     uint8_t bad = 0; /* OR of (code & code>>1) over TQ2_0 codes: bit set iff some code is 3 */
 
-    memset(dst, 0, size); /* padding rows: zero codes, d = 0 */
     for (int64_t g = 0; g < ngroups; g++) {
+        const int partial = (g + 1) * BITNET_GROUP_ROWS > rows; /* the last group of rows % 16 != 0 */
         for (int64_t b = 0; b < nb; b++) {
             uint8_t *tile = codes + (size_t)(g * nb + b) * tile_bytes;
             uint16_t *d = scales + (size_t)(g * nb + b) * BITNET_GROUP_ROWS;
+            if (partial) { /* padding rows: zero codes, d = 0 (every other byte is written below once) */
+                memset(tile, 0, tile_bytes);
+                memset(d, 0, BITNET_GROUP_ROWS * sizeof *d);
+            }
             for (int r = 0; r < BITNET_GROUP_ROWS && g * BITNET_GROUP_ROWS + r < rows; r++) {
                 const uint8_t *blk = (const uint8_t *)src + ((size_t)(g * BITNET_GROUP_ROWS + r) * (size_t)nb +
                                                              (size_t)b) * src_block;
