@@ -22,7 +22,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from servertools import TINY_CHAT_TEMPLATE, add_chat_template  # noqa: E402
 from webui import Browser, chat_once, find_chromium  # noqa: E402
 
-from bitnet import BitNetRuntime, engine  # noqa: E402
+from bitnet import BitNetRuntime  # noqa: E402
+from bitnet.engine import build as engine  # noqa: E402
 from bitnet.runtime.server import serve  # noqa: E402
 
 

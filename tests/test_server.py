@@ -558,7 +558,7 @@ def readme_snippet() -> str:
     """The README's client snippet, read from README.md itself so the two cannot drift apart."""
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
-    found = [b for b in blocks if "from bitnet.runtime.server import serve" in b]
+    found = [b for b in blocks if "from bitnet.server import serve" in b]
     assert len(found) == 1, "README.md must hold exactly one serve() snippet"
     return found[0]
 

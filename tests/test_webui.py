@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from webui import ASSISTANT, Browser, chat_once, find_chromium
 
-from bitnet import BitNetRuntime, engine
+from bitnet import BitNetRuntime
+from bitnet.engine import build as engine
 from bitnet.runtime.server import serve
 
 pytest_plugins = ["server_fixtures"]  # fixtures: tiny_model, runtime, no_leftover_processes
