@@ -548,6 +548,8 @@ def serve(
         "compare_model": "NAME=FILE: that peer's own model file (default: the benchmarked model); repeatable",
         "compare_args": "'NAME=ARGS': extra llama-bench arguments for that peer, e.g. 'ik=-fa 1 -rtr 1'",
         "no_load": "skip the load probe per config and repetition (no load s column)",
+        "busy": "host conditions to measure under: idle (default), pinned (a busy loop on the last core), "
+        "free (the loop unpinned), e.g. idle,pinned",
     },
     iterable=["compare_bin", "compare_model", "compare_args"],
 )
@@ -575,6 +577,7 @@ def bench(
     compare_model=None,
     compare_args=None,
     no_load=False,
+    busy="",
 ):
     """End-to-end throughput with llama-bench: stores tidy rows, prints a table, draws plots."""
     from bitnet.bench.results import DEFAULT_RESULTS_DIR
@@ -603,6 +606,7 @@ def bench(
             compare_model=compare_model or None,
             compare_args=compare_args or None,
             load_probe=False if no_load else None,
+            busy=busy or None,
         )
     print(run.report())
     if not run.ok:
@@ -674,7 +678,9 @@ def ppl(c, model="", text="", ctx_size=512, chunks=0, threads=0, build_dir="buil
 @task(
     auto_shortflags=False,
     help={
-        "model": "GGUF file to serve (default: newest converted model, else synthetic 2B4T)",
+        "model": "GGUF file to serve (default as in invoke bench: the newest converted model, else 2B4T)",
+        "spec": 'serving spec: serve (bench/specs/serve.toml) or a .toml path with kind = "serve"; flags '
+        "override it",
         "concurrency": "concurrent clients, one level each: e.g. 1,2,4,8 (default; each 1..64)",
         "requests": "requests each client sends, one after the other (default 4)",
         "max_tokens": "tokens generated per request (default 32; exactly this many: EOS is ignored)",
@@ -691,13 +697,14 @@ def ppl(c, model="", text="", ctx_size=512, chunks=0, threads=0, build_dir="buil
 def serve_bench(
     c,
     model="",
-    concurrency="1,2,4,8",
-    requests=4,
-    max_tokens=32,
+    spec="",
+    concurrency="",
+    requests=0,
+    max_tokens=0,
     compare="",
     parallel=0,
     threads=0,
-    timeout=600,
+    timeout=0,
     build_dir="build",
     results_dir="",
     plots_dir="",
@@ -715,13 +722,14 @@ def serve_bench(
             logging.getLogger(name).setLevel(logging.WARNING)
         result = run(
             model or None,
-            concurrency=concurrency,
-            requests_per_client=int(requests),
-            max_tokens=int(max_tokens),
-            compare=compare,
+            spec=spec or None,
+            concurrency=concurrency or None,
+            requests_per_client=int(requests) or None,
+            max_tokens=int(max_tokens) or None,
+            compare=compare or None,
             parallel=int(parallel) or None,
             threads=int(threads) or None,
-            timeout=float(timeout),
+            timeout=float(timeout) or None,
             build_dir=build_dir,
             results_dir=results_dir or DEFAULT_RESULTS_DIR,
             plots_dir=None if no_plots else (plots_dir or DEFAULT_PLOTS_DIR),

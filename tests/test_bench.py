@@ -312,6 +312,22 @@ def test_peer_binaries_run_in_the_same_rounds_on_their_own_model(tmp_path: Path,
     assert "1.20x" in line  # 120 / 100 (stock), same model and test
 
 
+def test_busy_conditions_run_each_cell_with_and_without_a_busy_loop(tmp_path: Path, tiny_model: Path):
+    """busy = idle,pinned: every cell runs with nothing else and with bench.busy's loop on the host; the
+    loop's own share of the load average does not flag its rows."""
+    write_fake_llama_bench(tmp_path / "build")
+    run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=0, n_gen=4, reps=1, compare="stock",
+               busy="idle,pinned", load_probe=False)  # fmt: skip
+    calls = fake_calls(tmp_path / "build")
+    assert [(c["kernels"], c["busy_loops"]) for c in calls] == [("1", 0), ("0", 0), ("1", 1), ("0", 1)]
+    stored = load_results(run.results_path)
+    assert list(stored["busy"]) == ["idle", "idle", "pinned", "pinned"]
+    assert list(stored["busy_load"]) == [0.0, 0.0, 1.0, 1.0]
+    assert "pinned" in run.table and "busy" in run.table
+    with pytest.raises(BenchSpecError, match="not a host condition"):
+        _run(tmp_path, model=tiny_model, threads=1, n_prompt=0, n_gen=4, reps=1, busy="loaded")
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

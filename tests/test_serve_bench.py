@@ -17,9 +17,9 @@ import pytest
 from servertools import pid_gone
 
 from bitnet import BitNetRuntime
-from bitnet.bench import serving as serve_bench_module
 from bitnet.bench.results import load_results
 from bitnet.bench.serving import format_serving_table, load_serving_run, run_serving_bench
+from bitnet.bench import serving as serve_bench_module
 from bitnet.errors import BenchmarkError, BenchSpecError
 from bitnet.runtime.server import ServerHandle
 
@@ -195,3 +195,42 @@ def test_table_flags_levels_measured_on_a_busy_machine() -> None:
     assert lines[1].split()[0] == "!" and lines[3].startswith("!L") and not lines[2].startswith("!")
     assert "!L unreliable: the 1-minute load average (3.25 at worst) exceeded" in table
     assert "!" not in format_serving_table(pd.DataFrame([row(1, 0.5, 2)]))
+
+
+def test_serving_spec_file_gives_the_run_arguments_and_bad_ones_are_refused(tmp_path):
+    """bench/specs/serve.toml (kind = "serve") is what `invoke serve-bench --spec serve` runs."""
+    from bitnet.bench.serving import load_serve_spec
+    from bitnet.bench.spec import load_spec
+
+    assert load_serve_spec("serve") == {
+        "requests_per_client": 4, "max_tokens": 32, "concurrency": [1, 2, 4, 8], "compare": ["stock"]
+    }  # fmt: skip
+    with pytest.raises(BenchSpecError, match="serving spec"):
+        load_spec("serve")
+    with pytest.raises(BenchSpecError, match='kind = "serve"'):
+        load_serve_spec("quick")
+    bad = tmp_path / "s.toml"
+    for body, message in (
+        ('kind = "serve"\nconcurency = [1]\n', "unknown key"),
+        ('kind = "serve"\nconcurrency = [0]\n', "concurrency"),
+        ('kind = "serve"\ncompare = ["avx2"]\n', "compare"),
+        ('kind = "serve"\nmax_tokens = -1\n', "max_tokens"),
+    ):
+        bad.write_text(body)
+        with pytest.raises(BenchSpecError, match=message):
+            load_serve_spec(bad)
+    bad.unlink()
+    with pytest.raises(BenchSpecError, match="cannot read"):
+        load_serve_spec(bad)
+
+
+def test_every_bench_spec_in_the_repo_parses():
+    from bitnet.bench.serving import load_serve_spec
+    from bitnet.bench.spec import SPEC_DIR, load_spec
+
+    specs = sorted(SPEC_DIR.glob("*.toml"))
+    assert {p.stem for p in specs} >= {"quick", "full", "busy", "serve"}
+    for path in specs:
+        spec = load_serve_spec(path) if 'kind = "serve"' in path.read_text() else load_spec(path)
+        assert spec
+    assert load_spec("busy").sweeps[0].busy == ("idle", "pinned")

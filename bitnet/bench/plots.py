@@ -72,13 +72,13 @@ PALETTE = (
 )  # fmt: skip
 # Columns that tell series apart, most telling first (varying_columns keeps those that vary). The
 # model has panels of its own; "run" is a short label, set only when several runs are drawn together.
-_SERIES_COLUMNS = ("config", "cpu_variant", "n_threads", "run")
+_SERIES_COLUMNS = ("config", "busy", "cpu_variant", "n_threads", "run")
 _SHORT = {"model_name": "", "model": "", "format": "", "config": "", "n_threads": "t=", "cpu_variant": "",
-          "run": "", "test": ""}  # fmt: skip
+          "run": "", "test": "", "busy": "host "}  # fmt: skip
 # What a cell of `summarize` is besides its config: a ratio compares cells equal in these.
 _CELL_COLUMNS = (
     "cpu_model", "engine_pin", "repo_commit", "model_name", "weight_format", "head_format", "n_threads",
-    "test",
+    "busy", "test",
 )  # fmt: skip
 _UNRELIABLE_LABEL = "hollow/hatched: unreliable (see table)"
 
@@ -383,6 +383,7 @@ def speedups(df: pd.DataFrame, *, baseline: str | None = None) -> pd.DataFrame:
                 "model": model, "format": f"{weight} / {head} head",
                 "n_threads": cell.get("n_threads", constant.get("n_threads")), "test": cell["test"],
                 "config": cell["config"], "run": str(part["run"].iloc[0]), "speedup": float(cell["ratio"]),
+                "busy": str(cell.get("busy", constant.get("busy", "idle"))),
                 "baseline": base, "unreliable": bool(cell["unreliable"] or base_cells.get(key, False)),
             })  # fmt: skip
     if not records:
@@ -395,6 +396,8 @@ def speedups(df: pd.DataFrame, *, baseline: str | None = None) -> pd.DataFrame:
         shown.append("model")  # the format alone does not tell the models apart
     if out["n_threads"].nunique() > 1:
         shown.append("n_threads")
+    if out["busy"].nunique() > 1:
+        shown.append("busy")  # the host condition (bitnet.bench.busy)
     out["category"] = [
         "\n".join(_label(shown, tuple(r[c] for c in shown)).split(", ")) for _, r in out.iterrows()
     ]

@@ -80,7 +80,7 @@ LLAMA_BENCH_FIELDS = (
 # are shown only when `model_name` does not already say them; `cpu_variant` only when `config` does not.
 KEY_COLUMNS = (
     "cpu_model", "engine_pin", "repo_commit", "model_name", "weight_format", "head_format", "n_threads",
-    "config", "cpu_variant",
+    "busy", "config", "cpu_variant",
 )  # fmt: skip
 # A peer engine (bitnet.bench.spec.Peer) runs the same model_name from its own file and format: there
 # weight_format follows config.
@@ -401,7 +401,8 @@ def cell_reliability(rows: pd.DataFrame, group: list[str], *, value: str = "avg_
             return pd.Series(np.nan, index=spread.index)
         return pd.to_numeric(rows[col], errors="coerce").groupby(keys, sort=False, dropna=False).max()
 
-    load, cores = highest("load_avg_1m"), highest("cpu_cores")
+    # a benchmark's own busy loop (bitnet.bench.busy, column busy_load) is the condition measured, not noise
+    load, cores = highest("load_avg_1m") - highest("busy_load").fillna(0.0), highest("cpu_cores")
     triples = zip(load.to_numpy(), cores.to_numpy(), spread.to_numpy(), strict=True)
     rules = [reliability(lv, c, sp) for lv, c, sp in triples]
     out = (

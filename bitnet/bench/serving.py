@@ -70,6 +70,7 @@ __all__ = [
     "MAX_CONCURRENCY",
     "default_model",
     "format_serving_table",
+    "load_serve_spec",
     "load_serving_run",
     "run_serving_bench",
     "serve_bench",
@@ -162,6 +163,68 @@ def _slot_ctx(prompt: str, max_tokens: int) -> int:
     """
     need = len(prompt.encode()) + _TEMPLATE_TOKENS + max_tokens
     return -(-need // _SLOT_CTX_STEP) * _SLOT_CTX_STEP
+
+
+_SERVE_SPEC_KEYS = {"kind", "description", "model", "concurrency", "requests", "max_tokens", "compare",
+                    "parallel", "threads", "timeout"}  # fmt: skip
+
+
+def load_serve_spec(name_or_path: str | Path) -> dict[str, Any]:
+    """Read a serving spec (``kind = "serve"`` in bench/specs/NAME.toml or a .toml path) into the
+    keyword arguments of `run_serving_bench` (``model``: a GGUF file; without it `default_model`'s choice).
+    Flags given to ``invoke serve-bench`` override it.
+
+    Raises:
+        BenchSpecError: missing file, not TOML, not a serve spec, or an unknown key or bad value.
+    """
+    from bitnet.bench.spec import SPEC_DIR, tomllib  # tomli on Python 3.10
+
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        path = SPEC_DIR / f"{name_or_path}.toml"
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise BenchSpecError(
+            f"cannot read serving spec {path}: {exc}. Give a TOML file or a name in {SPEC_DIR}."
+        ) from exc
+    if data.get("kind") != "serve":
+        raise BenchSpecError(
+            f'{path} is not a serving spec: it needs kind = "serve" (use it with invoke bench).'
+        )
+    unknown = set(data) - _SERVE_SPEC_KEYS
+    if unknown:
+        raise BenchSpecError(
+            f"{path}: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"allowed: {', '.join(sorted(_SERVE_SPEC_KEYS))}."
+        )
+    out: dict[str, Any] = {}
+    names = {"requests": "requests_per_client", "max_tokens": "max_tokens", "parallel": "parallel",
+             "threads": "threads"}  # fmt: skip
+    for key, arg in names.items():
+        if key in data:
+            out[arg] = _positive(data[key], f"{path}: {key}", 1_000_000)
+    if "timeout" in data:
+        if (
+            isinstance(data["timeout"], bool)
+            or not isinstance(data["timeout"], (int, float))
+            or data["timeout"] <= 0
+        ):
+            raise BenchSpecError(f"{path}: timeout must be a number of seconds > 0. Got {data['timeout']!r}.")
+        out["timeout"] = float(data["timeout"])
+    if "concurrency" in data:
+        out["concurrency"] = _levels(data["concurrency"])
+    if "compare" in data:
+        compare = data["compare"]
+        items = [compare] if isinstance(compare, str) else compare
+        if not isinstance(items, list) or not all(c in ("ours", "stock") for c in items):
+            raise BenchSpecError(f'{path}: compare must be a list of "ours"/"stock". Got {compare!r}.')
+        out["compare"] = items
+    if "model" in data:
+        if not isinstance(data["model"], str) or not data["model"]:
+            raise BenchSpecError(f"{path}: model must be the path of a GGUF file. Got {data['model']!r}.")
+        out["model"] = data["model"]
+    return out
 
 
 def default_model(models_dir: StrPath | None = None) -> Path:
@@ -578,22 +641,27 @@ class ServingRun:
 def serve_bench(
     model: StrPath | None = None,
     *,
+    spec: str | Path | None = None,
     build_dir: StrPath = "build",
     results_dir: StrPath = DEFAULT_RESULTS_DIR,
     plots_dir: StrPath | None = DEFAULT_PLOTS_DIR,
     **options: Any,
 ) -> ServingRun:
-    """`invoke serve-bench`: `run_serving_bench` on `model` (default: `default_model()`), then the table
-    of the stored rows and the serving plot of this run only (none when `plots_dir` is None).
+    """`invoke serve-bench`: `run_serving_bench` with the serving `spec` (`load_serve_spec`), `options`
+    overriding it (an option that is None is not given), on `model` (else the spec's, else
+    `default_model()`); then the table of the stored rows and the serving plot of this run only (none
+    when `plots_dir` is None).
 
-    `options` go to `run_serving_bench` (concurrency, requests_per_client, max_tokens, compare, ...).
-    Raises what `run_serving_bench` raises; failed requests are in the rows (`ServingRun.failed`).
+    `options` are `run_serving_bench`'s (concurrency, requests_per_client, max_tokens, compare, ...).
+    Raises what `load_serve_spec` and `run_serving_bench` raise; failed requests are in the rows
+    (`ServingRun.failed`).
     """
+    given = load_serve_spec(spec) if spec else {}
+    given.update({k: v for k, v in options.items() if v is not None})
+    chosen = model or given.pop("model", None) or default_model()
+    given.pop("model", None)
     rows = run_serving_bench(
-        model if model else default_model(),
-        runtime=BitNetRuntime(build_dir=build_dir),
-        results_dir=results_dir,
-        **options,
+        chosen, runtime=BitNetRuntime(build_dir=build_dir), results_dir=results_dir, **given
     )
     stored = load_serving_run(results_dir, rows[0]["run_id"])
     path = Path(results_dir) / stored["source"].iloc[0]

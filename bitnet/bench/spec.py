@@ -14,6 +14,7 @@ File format (every key optional except ``models``; the top level holds defaults 
     threads = ["all"]             # ints, "all" (= the host's cores) or "1..all" (1, 2, 4, ..., cores)
     compare = ["stock"]           # configs besides "ours": ours|stock, an ISA variant, or "stock+avx2"
     isa = ["auto"]                # CPU variants to run every config on: auto (ggml picks), names, all
+    busy = ["idle"]               # host conditions: idle, pinned (a busy loop on the last core), free
     baseline = "stock"            # config the ratio column divides by (default: stock if present)
     roofline = true               # probe read bandwidth, report decode as a fraction of its bound
     timeout = 1800                # seconds one llama-bench run may take
@@ -95,7 +96,8 @@ DEFAULT_TIMEOUT = 1800.0
 
 _TOP_KEYS = {"description", "reps", "baseline", "roofline", "timeout", "sweep", "peer", "load"}
 _PEER_KEYS = {"name", "binary", "model", "args"}
-_SWEEP_KEYS = {"models", "threads", "n_prompt", "n_gen", "compare", "isa"}
+_SWEEP_KEYS = {"models", "threads", "n_prompt", "n_gen", "compare", "isa", "busy"}
+BUSY_CONDITIONS = ("idle", "pinned", "free")  # bitnet.bench.busy's conditions
 _MODEL_KEYS = {"size", "outtype", "head_type", "file"}
 _NAME_RE = re.compile(r"^[a-z0-9_]+$")
 _RANGE_RE = re.compile(r"^\s*(\d+|all)\s*\.\.\s*(\d+|all)\s*$")
@@ -392,6 +394,7 @@ class Sweep:
     n_gen: int = DEFAULT_N_GEN
     compare: tuple[str, ...] = ()
     isa: tuple[str, ...] = ("auto",)
+    busy: tuple[str, ...] = ("idle",)
 
 
 @dataclass(frozen=True)
@@ -421,6 +424,7 @@ class BenchSpec:
         reps: int | None = None,
         baseline: str | None = None,
         peers: Sequence[Peer] | None = None,
+        busy: Sequence[str] | None = None,
     ) -> BenchSpec:
         """A copy where every given (non-None) value replaces the spec's, in every sweep; `peers` are
         added to the spec's (a peer of the same name is replaced)."""
@@ -437,6 +441,8 @@ class BenchSpec:
             sweep_changes["compare"] = _compare_field(list(compare))
         if isa is not None:
             sweep_changes["isa"] = _isa_field(list(isa))
+        if busy is not None:
+            sweep_changes["busy"] = _busy_field(list(busy))
         sweeps = tuple(dataclasses.replace(s, **sweep_changes) for s in self.sweeps)
         for sweep in sweeps:
             _check_tests(sweep)
@@ -471,6 +477,10 @@ def load_spec(name_or_path: str | Path) -> BenchSpec:
         data = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise BenchSpecError(f"cannot read bench spec {path}: {exc}. Fix the file (it is TOML).") from exc
+    if data.get("kind") == "serve":
+        raise BenchSpecError(
+            f'{path} is a serving spec (kind = "serve"): run it with invoke serve-bench --spec.'
+        )
     try:
         return parse_spec(data, name=path.stem, source=path)
     except BenchSpecError as exc:
@@ -578,6 +588,7 @@ def _parse_sweep(name: str, raw: Mapping[str, Any]) -> Sweep:
         n_gen=_count(raw.get("n_gen", DEFAULT_N_GEN), "n_gen"),
         compare=_compare_field(raw.get("compare", [])),
         isa=_isa_field(raw.get("isa", ["auto"])),
+        busy=_busy_field(raw.get("busy", ["idle"])),
     )
     _check_tests(sweep)
     return sweep
@@ -662,6 +673,17 @@ def _isa_field(value: Any) -> tuple[str, ...]:
             raise BenchSpecError(f"isa {item!r} is not a CPU variant name (e.g. auto, all, avx2, avx512).")
         out.append(name)
     return tuple(out)
+
+
+def _busy_field(value: Any) -> tuple[str, ...]:
+    items = [v.lower() for v in _str_list(value, "busy")] if value else ["idle"]
+    for item in items:
+        if item not in BUSY_CONDITIONS:
+            raise BenchSpecError(
+                f"busy {item!r} is not a host condition: choose from {', '.join(BUSY_CONDITIONS)} "
+                "(pinned: a busy loop on the last core; free: the same loop, not pinned)."
+            )
+    return tuple(dict.fromkeys(items))
 
 
 def _baseline_field(value: Any, peers: Sequence[str] = ()) -> str:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bitnet.bench.busy import busy_host
 from bitnet.bench.llama_bench import (
     BENCH_BINARY,
     llama_bench_command,
@@ -117,16 +118,18 @@ class Job:
     config: Config
     n_prompt: int
     n_gen: int
+    busy: str = "idle"  # bitnet.bench.busy condition of the host while it runs
 
     @property
     def key(self) -> tuple[Any, ...]:
         """Two sweeps asking for the same measurement share it."""
-        return (self.model, self.n_threads, self.config, self.n_prompt, self.n_gen)
+        return (self.model, self.n_threads, self.config, self.n_prompt, self.n_gen, self.busy)
 
     def describe(self) -> str:
         """How progress lines and failures name a job, e.g. ``2B t=2 stock (pp512 tg128)``."""
         tests = " ".join(bench_test_name(p, g) for p, g in ((self.n_prompt, 0), (0, self.n_gen)) if p or g)
-        return f"{self.model.label} t={self.n_threads} {self.config.label} ({tests})"
+        host = "" if self.busy == "idle" else f" busy={self.busy}"
+        return f"{self.model.label} t={self.n_threads} {self.config.label}{host} ({tests})"
 
 
 def plan_jobs(
@@ -141,9 +144,10 @@ def plan_jobs(
         configs = expand_configs(sweep.compare, variants_for(sweep.isa)) + [p.config for p in spec.peers]
         for model in sweep.models:
             for n in threads:
-                for config in configs:
-                    job = Job(sweep.name, model, n, config, sweep.n_prompt, sweep.n_gen)
-                    jobs.setdefault(job.key, job)
+                for busy in sweep.busy:
+                    for config in configs:
+                        job = Job(sweep.name, model, n, config, sweep.n_prompt, sweep.n_gen, busy)
+                        jobs.setdefault(job.key, job)
     return list(jobs.values()), warnings
 
 
@@ -302,7 +306,8 @@ class _Sweep:
             for rep in range(spec.reps):
                 for job in run.jobs:  # configs innermost: A B A B within each repetition
                     bar.set_postfix_str(job.describe(), refresh=True)
-                    await self.measure(supervisors[job.config], job, rep)
+                    with busy_host(job.busy):
+                        await self.measure(supervisors[job.config], job, rep)
                     bar.update(1)
 
     def peer(self, job: Job) -> Peer | None:
@@ -404,6 +409,8 @@ class _Sweep:
             "kernels": job.config.kernels,
             "cpu_variant": loaded_cpu_variant(stderr) or job.config.variant,
             "cpu_variant_requested": job.config.variant or "auto",
+            "busy": job.busy,
+            "busy_load": 0.0 if job.busy == "idle" else 1.0,  # the busy loop's share of the load average
             "model_name": job.model.label,  # a peer's own file is the same model in its format
             "model_path": str(peer.model if peer and peer.model else self.paths[job.model]),
             "engine_binary": str(peer.binary if peer else self.binary),
@@ -416,7 +423,8 @@ class _Sweep:
         samples = entry.get("samples_ts")
         row["load_avg_1m"] = load
         row["spread"] = relative_spread(samples) if isinstance(samples, list) else None
-        row["unreliable"] = reliability(load, row.get("cpu_cores"), row["spread"]) != ""
+        own = None if load is None else load - row["busy_load"]
+        row["unreliable"] = reliability(own, row.get("cpu_cores"), row["spread"]) != ""
         return row
 
 
@@ -482,6 +490,7 @@ def run_bench(
     compare_model: str | Sequence[str] | None = None,
     compare_args: str | Sequence[str] | None = None,
     load_probe: bool | None = None,
+    busy: str | Sequence[str] | None = None,
     build_dir: str | Path = "build",
     results_dir: str | Path = DEFAULT_RESULTS_DIR,
     plots_dir: str | Path | None = DEFAULT_PLOTS_DIR,
@@ -502,7 +511,8 @@ def run_bench(
 
     `compare_bin` ("NAME=PATH", repeatable) adds peers: another engine's llama-bench, run in the same
     rounds on `compare_model` ("NAME=FILE", default: the benchmarked model) with `compare_args`
-    ("NAME=ARGS"); see `bitnet.bench.spec.Peer`. `load_probe` overrides the spec's ``load``.
+    ("NAME=ARGS"); see `bitnet.bench.spec.Peer`. `load_probe` overrides the spec's ``load``. `busy`
+    ("idle,pinned") measures every cell under each host condition of `bitnet.bench.busy`.
 
     A failed engine run is recorded in `BenchRun.failures` (with its stderr tail and a log file under
     ``<results_dir>/../logs/``) and the sweep continues; with `fail_fast` it raises instead.
@@ -528,6 +538,7 @@ def run_bench(
         compare=_as_list(compare),
         isa=_as_list(isa),
         baseline=baseline,
+        busy=_as_list(busy),
         peers=peers_from_flags(
             _as_peer_list(compare_bin), _as_peer_list(compare_model), _as_peer_list(compare_args)
         ),

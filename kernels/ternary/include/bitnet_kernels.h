@@ -146,6 +146,12 @@ size_t bitnet_weights_size(bitnet_layout layout, int64_t rows, int64_t k);
 int bitnet_repack(bitnet_layout layout, bitnet_src_type src_type, const void *src, int64_t rows, int64_t k,
                   void *dst);
 
+/* bitnet_repack of the 16-row groups [g0, g1) only (0 <= g0 <= g1 <= ceil(rows/16)); the other groups'
+ * bytes of dst are not touched, so threads may repack disjoint group ranges of one matrix at once. The
+ * union of the ranges gives bitnet_repack's bytes; BITNET_EBADCODE if a code in the range is 3. */
+int bitnet_repack_groups(bitnet_layout layout, bitnet_src_type src_type, const void *src, int64_t rows, int64_t k,
+                         void *dst, int64_t g0, int64_t g1);
+
 /* A repacked matrix, as the kernels take it. */
 typedef struct {
     const void *data; /* from bitnet_repack */

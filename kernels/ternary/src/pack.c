@@ -32,19 +32,24 @@ static void tq1_to_tq2_qs(const bitnet_block_tq1_0 *src, uint8_t qs[BITNET_QK / 
 
 int bitnet_repack(bitnet_layout layout, bitnet_src_type src_type, const void *src, int64_t rows, int64_t k,
                   void *dst) {
+    return bitnet_repack_groups(layout, src_type, src, rows, k, dst, 0, bitnet__groups(rows));
+}
+
+int bitnet_repack_groups(bitnet_layout layout, bitnet_src_type src_type, const void *src, int64_t rows, int64_t k,
+                         void *dst, int64_t g0, int64_t g1) {
     const size_t size = bitnet_weights_size(layout, rows, k);
     if (!src || !dst || size == 0) return BITNET_EINVAL;
     if (!((src_type == BITNET_SRC_TQ2_0 && layout == BITNET_LAYOUT_TK2) || src_type == BITNET_SRC_TQ1_0))
         return BITNET_EINVAL;
-
     const int64_t nb = k / BITNET_QK, ngroups = bitnet__groups(rows);
+    if (g0 < 0 || g1 > ngroups || g0 > g1) return BITNET_EINVAL;
     const size_t tile_bytes = bitnet__tile_bytes(layout);
     const size_t src_block = src_type == BITNET_SRC_TQ2_0 ? sizeof(bitnet_block_tq2_0) : sizeof(bitnet_block_tq1_0);
     uint8_t *codes = (uint8_t *)dst;
     uint16_t *scales = (uint16_t *)(codes + (size_t)ngroups * (size_t)nb * tile_bytes);
     uint8_t bad = 0; /* OR of (code & code>>1) over TQ2_0 codes: bit set iff some code is 3 */
 
-    for (int64_t g = 0; g < ngroups; g++) {
+    for (int64_t g = g0; g < g1; g++) {
         const int partial = (g + 1) * BITNET_GROUP_ROWS > rows; /* the last group of rows % 16 != 0 */
         for (int64_t b = 0; b < nb; b++) {
             uint8_t *tile = codes + (size_t)(g * nb + b) * tile_bytes;

@@ -117,8 +117,22 @@ static void free_matrix(t_matrix *m) {
 static void *repack(const t_matrix *m, bitnet_layout layout, bitnet_weights *w) {
     const size_t size = bitnet_weights_size(layout, m->rows, m->k);
     void *data = xalloc(size);
+    memset(data, 0xA5, size); /* garbage: bitnet_repack must write every byte, padding included */
     const int rc = bitnet_repack(layout, m->src, m->raw, m->rows, m->k, data);
     CHECK(rc == BITNET_OK, "bitnet_repack -> %d", rc);
+    /* bitnet_repack_groups over two ranges (threads at load) gives the same bytes */
+    const int64_t groups = (m->rows + 15) / 16, mid = groups / 2;
+    uint8_t *split = xalloc(size);
+    memset(split, 0x5A, size);
+    CHECK(bitnet_repack_groups(layout, m->src, m->raw, m->rows, m->k, split, mid, groups) == BITNET_OK &&
+              bitnet_repack_groups(layout, m->src, m->raw, m->rows, m->k, split, 0, mid) == BITNET_OK,
+          "bitnet_repack_groups");
+    CHECK(memcmp(split, data, size) == 0, "repack in two group ranges differs from one repack (rows %lld)",
+          (long long)m->rows);
+    CHECK(bitnet_repack_groups(layout, m->src, m->raw, m->rows, m->k, split, 0, groups + 1) == BITNET_EINVAL &&
+              bitnet_repack_groups(layout, m->src, m->raw, m->rows, m->k, split, 1, 0) == BITNET_EINVAL,
+          "group range outside the matrix accepted");
+    free(split);
     w->data = data;
     w->rows = m->rows;
     w->k = m->k;
