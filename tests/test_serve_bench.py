@@ -17,9 +17,9 @@ import pytest
 from servertools import pid_gone
 
 from bitnet import BitNetRuntime
+from bitnet.bench import serving as serve_bench_module
 from bitnet.bench.results import load_results
 from bitnet.bench.serving import format_serving_table, load_serving_run, run_serving_bench
-from bitnet.bench import serving as serve_bench_module
 from bitnet.errors import BenchmarkError, BenchSpecError
 from bitnet.runtime.server import ServerHandle
 
