@@ -30,8 +30,8 @@ def _user_errors() -> Iterator[None]:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from bitnet._process import StopRequested, stop_signals
-    from bitnet.errors import BitNetError
+    from bitnet.errors import BitNetError, StopRequested
+    from bitnet.runtime.process import stop_signals
 
     try:
         with stop_signals():
@@ -69,7 +69,7 @@ def _progress_bar() -> tuple[Callable[[str, int, int], None], Callable[[], None]
 class _OptionalBool(Argument):
     """A --flag / --no-flag pair whose value is None when neither is given (the "auto" default)."""
 
-    @property  # type: ignore[override]
+    @property
     def value(self) -> Any:
         return self._value
 
@@ -109,7 +109,7 @@ class _AutoFlagTask(Task):
 )
 def build(c, isa="all", jobs=0, llama_src="", build_dir="build", clean=False, ui=None):
     """Build the pinned llama.cpp engine with our BitNet patches into <build-dir>/bin."""
-    from bitnet.engine import build_engine
+    from bitnet.engine.build import build_engine
 
     with _user_errors():
         update, close = _progress_bar()
@@ -145,22 +145,14 @@ def build(c, isa="all", jobs=0, llama_src="", build_dir="build", clean=False, ui
 )
 def tune(c, model="", threads=0, cols=128, reps=5, build_dir="build", out=""):
     """Measure the kernels' tile parameters for this CPU on a model's shapes (`invoke build` uses them)."""
-    from bitnet.tune import tune as run_tune
+    from bitnet.bench.tune import tune as run_tune
 
     if not model:
         raise Exit("error: --model is required, e.g. `invoke tune --model models/tiny/ggml-model-tq2_0.gguf`")
     with _user_errors():
         res = run_tune(model, build_dir=build_dir, out=out or None, threads=threads, cols=cols, reps=reps,
                        progress=print)  # fmt: skip
-    changed = {k: (res.before[k], res.after[k]) for k in res.after if res.before.get(k) != res.after[k]}
-    if changed:
-        print("tuned " + res.isa + ": " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
-        print(f"table: {res.out_path}")
-        if not out:
-            print("run `invoke build` to compile the engine with it (it reads <build-dir>/tuning.json)")
-    else:
-        print(f"tuned {res.isa}: the parameters in use were already the fastest measured; nothing to rebuild")
-        print(f"measurements: {res.out_path}")
+    print(res.report(table_used_by_build=not out))
 
 
 @task(
@@ -173,32 +165,11 @@ def tune(c, model="", threads=0, cols=128, reps=5, build_dir="build", out=""):
 )
 def doctor(c, build_dir="build", model="", json_out=False):
     """Report CPU features, the engine build, its active CPU variant and kernels, and problems."""
-    from bitnet.engine import read_build_info
-    from bitnet.runtime import BitNetRuntime
+    from bitnet.doctor import doctor_report, format_doctor
 
     with _user_errors():
-        diag = BitNetRuntime(build_dir=build_dir).diagnostics(model=model or None)
-        report = diag.as_dict()
-        report["build_info"] = read_build_info(build_dir)
-    if json_out:
-        print(json.dumps(report, indent=2, default=str))
-    else:
-        cpu = report["cpu"]
-        engine = report.get("engine") or {}
-        print(f"CPU:      {cpu['model']} ({cpu['arch']}, {report['cpu_count']} logical cores)")
-        print(f"features: {' '.join(cpu['features']) or '-'}")
-        print(f"build:    {report['build_dir']} variants={report['build_info'].get('variants', '-')}")
-        for name, path in report["binaries"].items():
-            print(f"  {name:18s} {path or 'missing'}")
-        print(f"engine:   {engine.get('version', '-')}")
-        print(f"variant:  {engine.get('cpu_variant') or '-'} (active for this CPU)")
-        isa = engine.get("kernels_isa")
-        print(f"kernels:  {engine.get('kernels', '-')}" + (f" ({isa})" if isa else ""))
-        if model:
-            print(f"model:    {model} gguf={report['model_is_gguf']}")
-            act = report.get("activation_quant")
-            if act:
-                print(f"numerics: activations {act['mode']} ({act['source']})")
+        report, diag = doctor_report(build_dir, model=model or None)
+    print(json.dumps(report, indent=2, default=str) if json_out else format_doctor(report))
     if not diag.usable:
         for problem in diag.problems:
             print(f"problem: {problem}", file=sys.stderr)
@@ -216,7 +187,7 @@ def clean(c, build_dir="build", cache=False):
     """Delete the engine build (and with --cache the cached sources and ccache)."""
     import shutil
 
-    from bitnet.engine import cache_root
+    from bitnet.engine.build import cache_root
 
     for path in [Path(build_dir)] + ([cache_root()] if cache else []):
         if path.exists():
@@ -234,7 +205,7 @@ def clean(c, build_dir="build", cache=False):
 )
 def download(c, model="2B", revision="", local_dir=""):
     """Download a checkpoint from Hugging Face (only the files needed; HF_TOKEN, HF_HOME honoured)."""
-    from bitnet.hub import download_model
+    from bitnet.models.hub import download_model
 
     with _user_errors():
         path = download_model(model, revision=revision or None, local_dir=local_dir or None)
@@ -255,7 +226,7 @@ def download(c, model="2B", revision="", local_dir=""):
 )
 def convert(c, model_dir="", outtype="tq2_0", head_type="f16", outfile="", dry_run=False, build_dir="build"):
     """Convert a Hugging Face BitNet checkpoint (or the official I2_S GGUF) to our GGUF."""
-    from bitnet.convert import convert_checkpoint
+    from bitnet.models.convert import convert_checkpoint
 
     if not model_dir:
         raise Exit("error: --model-dir is required (a checkpoint directory or .gguf file)", code=2)
@@ -266,13 +237,11 @@ def convert(c, model_dir="", outtype="tq2_0", head_type="f16", outfile="", dry_r
             src, out, outtype=outtype, head_type=head_type, dry_run=dry_run, build_dir=build_dir
         )
     if dry_run:
-        for t in report.tensors:
-            print(f"{t.name:40s} {str(t.shape):>16s} {t.type:6s} {t.nbytes:>12,d}")
-        print(f"{len(report.tensors)} tensors, {report.tensor_bytes:,d} bytes")
+        print(report.format_plan())  # the plan, then its notes
+        return
     for note in report.notes:
         print(f"note: {note}")
-    if not dry_run:
-        print(f"wrote {report.outfile} ({report.file_bytes / 1e6:.1f} MB) in {report.seconds:.1f} s")
+    print(f"wrote {report.outfile} ({report.file_bytes / 1e6:.1f} MB) in {report.seconds:.1f} s")
 
 
 @task(
@@ -312,7 +281,7 @@ def check(
 
     Exits 1 when a per_token run's mean KL is above --max-kl or a decisive top token differs (gap >= 0.3
     nats); per_block and stock runs are reported for comparison only."""
-    from bitnet.numerics import DEFAULT_PROMPTS, check_reference, format_report, format_summary
+    from bitnet.bench.numerics import DEFAULT_PROMPTS, check_reference, format_report, format_summary
 
     if not model_dir:
         raise Exit("error: --model-dir is required (a Hugging Face BitNet checkpoint directory)", code=2)
@@ -351,7 +320,7 @@ def check(
         "size": "tiny (few MB, real tokenizer), 125M, 350M, 700M, 1.3B, 2B (exact 2B4T shape), 3B, 7B, 13B",
         "outtype": "tq2_0 (default) or tq1_0",
         "head_type": "tied embedding/head: f16 (default), bf16, f32, q8_0, q4_0, q6_k (via llama-quantize)",
-        "outfile": "GGUF to write (default: models/dummy/<size>-<outtype>.gguf)",
+        "outfile": "GGUF to write (default: where `invoke setup` puts it, models/dummy-2B/...)",
         "seed": "random seed (default 0)",
     },
 )
@@ -359,9 +328,9 @@ def dummy(c, size="tiny", outtype="tq2_0", head_type="f16", outfile="", seed=0):
     """Write a synthetic BitNet GGUF with random ternary weights and real shapes (no network)."""
     import time
 
-    from bitnet.pipeline import write_synthetic
+    from bitnet.models.synthetic import synthetic_model_path, write_synthetic
 
-    out = Path(outfile or f"models/dummy/{size}-{outtype}.gguf")
+    out = Path(outfile) if outfile else synthetic_model_path(size, outtype, head_type)
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with _user_errors():
@@ -393,7 +362,7 @@ def setup(  # noqa: A002
 ):
     """Build the engine if needed, get the model (make / download + convert) and smoke-run it."""
     if list:
-        from bitnet.catalog import format_catalog
+        from bitnet.models.catalog import format_catalog
 
         print(format_catalog())
         return
@@ -430,7 +399,7 @@ def setup(  # noqa: A002
 )
 def models(c, rm="", yes=False, json_out=False, models_dir=""):
     """List installed models (size, types, activation, numerics, source and revision) or remove one."""
-    from bitnet import models as installed
+    from bitnet.models import installed
 
     root = Path(models_dir) if models_dir else installed.models_dir()
     with _user_errors():
@@ -480,7 +449,7 @@ def infer(
     timeout=0.0,
 ):
     """One-shot generation through BitNetRuntime.run_inference: prints the prompt and its continuation."""
-    from bitnet.runtime import BitNetRuntime
+    from bitnet.runtime.runtime import BitNetRuntime
 
     if not model or not prompt:
         raise Exit("error: --model and --prompt are required", code=2)
@@ -531,8 +500,8 @@ def serve(
     """Serve a model over OpenAI-compatible HTTP (llama-server) until Ctrl-C; prints "ready: URL"."""
     import signal
 
-    from bitnet.runtime import BitNetRuntime
-    from bitnet.server import serve_forever
+    from bitnet.runtime.runtime import BitNetRuntime
+    from bitnet.runtime.server import serve_forever
 
     if not model:
         raise Exit("error: --model is required (a .gguf file; `invoke setup --model tiny` makes one)", code=2)
@@ -556,7 +525,7 @@ def serve(
 @task(
     auto_shortflags=False,
     help={
-        "model": "GGUF file to benchmark (default: the tiny synthetic model, made in models/dummy/)",
+        "model": "GGUF file to benchmark (default: newest converted model, else synthetic 2B4T)",
         "size": "synthetic model instead of --model: tiny 125M 350M 700M 1.3B 2B 3B 7B 13B",
         "outtype": "ternary format of a --size model: tq2_0 (default) or tq1_0",
         "head_type": "embedding/head format of a --size model: f16 (default), bf16, q8_0, q4_0",
@@ -611,8 +580,8 @@ def bench(
     busy="",
 ):
     """End-to-end throughput with llama-bench: stores tidy rows, prints a table, draws plots."""
-    from bitnet.bench import DEFAULT_PLOTS_DIR, run_bench
-    from bitnet.results import DEFAULT_RESULTS_DIR
+    from bitnet.bench.results import DEFAULT_RESULTS_DIR
+    from bitnet.bench.sweep import DEFAULT_PLOTS_DIR, run_bench
 
     with _user_errors():
         run = run_bench(
@@ -656,8 +625,8 @@ def bench(
 )
 def plot(c, results="", run="", all=False, out_dir=""):
     """Redraw the benchmark plots (PNG + SVG) from the stored rows of the latest run (or those asked)."""
-    from bitnet.bench import DEFAULT_PLOTS_DIR, render_plots
-    from bitnet.results import DEFAULT_RESULTS_DIR
+    from bitnet.bench.results import DEFAULT_RESULTS_DIR
+    from bitnet.bench.sweep import DEFAULT_PLOTS_DIR, render_plots
 
     with _user_errors():
         sources = [s for s in results.split(",") if s] or [DEFAULT_RESULTS_DIR]
@@ -689,7 +658,7 @@ def plot(c, results="", run="", all=False, out_dir=""):
 )
 def ppl(c, model="", text="", ctx_size=512, chunks=0, threads=0, build_dir="build"):
     """Perplexity of a model on a text file (llama-perplexity); stores a row in bench/results/."""
-    from bitnet.quality import run_perplexity
+    from bitnet.bench.perplexity import run_perplexity
 
     if not model or not text:
         raise Exit("error: --model and --text are required, e.g. --text wikitext-2-raw/wiki.test.raw", code=2)
@@ -744,46 +713,27 @@ def serve_bench(
     """llama-server throughput and latency under N concurrent clients (loopback): rows, table, plots."""
     import logging
 
-    from bitnet.bench import DEFAULT_PLOTS_DIR, render_plots
-    from bitnet.results import DEFAULT_RESULTS_DIR
-    from bitnet.runtime import BitNetRuntime
-    from bitnet.serve_bench import (
-        default_model,
-        format_serving_table,
-        load_serve_spec,
-        load_serving_run,
-        run_serving_bench,
-    )
+    from bitnet.bench.results import DEFAULT_RESULTS_DIR
+    from bitnet.bench.serving import serve_bench as run
+    from bitnet.bench.sweep import DEFAULT_PLOTS_DIR
 
-    results = Path(results_dir or DEFAULT_RESULTS_DIR)
     with _user_errors():
         for name in ("httpx", "httpx2"):  # the openai client logs every request at INFO
             logging.getLogger(name).setLevel(logging.WARNING)
-        given = load_serve_spec(spec) if spec else {}
-        flags = {
-            "concurrency": concurrency or None,
-            "requests_per_client": int(requests) or None,
-            "max_tokens": int(max_tokens) or None,
-            "compare": compare or None,
-            "parallel": int(parallel) or None,
-            "threads": int(threads) or None,
-            "timeout": float(timeout) or None,
-        }
-        given.update({k: v for k, v in flags.items() if v is not None})
-        chosen = model or given.pop("model", "") or default_model()
-        given.pop("model", None)
-        rows = run_serving_bench(
-            chosen, runtime=BitNetRuntime(build_dir=build_dir), results_dir=results, **given
+        result = run(
+            model or None,
+            spec=spec or None,
+            concurrency=concurrency or None,
+            requests_per_client=int(requests) or None,
+            max_tokens=int(max_tokens) or None,
+            compare=compare or None,
+            parallel=int(parallel) or None,
+            threads=int(threads) or None,
+            timeout=float(timeout) or None,
+            build_dir=build_dir,
+            results_dir=results_dir or DEFAULT_RESULTS_DIR,
+            plots_dir=None if no_plots else (plots_dir or DEFAULT_PLOTS_DIR),
         )
-        stored = load_serving_run(results, rows[0]["run_id"])
-        print(format_serving_table(stored))
-        print(f"rows: {results / stored['source'].iloc[0]}")
-        if not no_plots:  # the serving plot of this run only: never another task's files
-            source = results / stored["source"].iloc[0]
-            out = plots_dir or DEFAULT_PLOTS_DIR
-            written = render_plots(source, out, names=["serving"], owner="serve-bench")
-            print(f"plots: {out} ({len(written)} files)")
-    failed = sum(r["errors"] for r in rows)
-    if failed:
-        messages = sorted({m for r in rows for m in r["error_messages"]})
-        raise Exit(f"{failed} request(s) failed: {'; '.join(messages)}", code=1)
+    print(result.report())
+    if result.failed:
+        raise Exit(f"{result.failed} request(s) failed: {'; '.join(result.error_messages)}", code=1)

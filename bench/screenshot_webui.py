@@ -2,7 +2,7 @@
 
     python bench/screenshot_webui.py [--model M.gguf] [--build-dir build] [--out PNG] [--message TEXT]
 
-Serves the model with our llama-server (`bitnet.server.serve`, built with the web UI: `invoke build
+Serves the model with our llama-server (`bitnet.runtime.server.serve`, built with the web UI: `invoke build
 --ui`), opens `/` in headless Chromium, sends one message and saves the page once the answer is complete.
 Without --model it uses the offline tiny model (random weights: the answer is junk, the page is real).
 Uses the browser driver of the tests (tests/webui.py, which needs `websockets` and a system Chromium).
@@ -22,8 +22,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from servertools import TINY_CHAT_TEMPLATE, add_chat_template  # noqa: E402
 from webui import Browser, chat_once, find_chromium  # noqa: E402
 
-from bitnet import BitNetRuntime, engine  # noqa: E402
-from bitnet.server import serve  # noqa: E402
+from bitnet import BitNetRuntime  # noqa: E402
+from bitnet.engine import build as engine  # noqa: E402
+from bitnet.runtime.server import serve  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bitnet-shot-") as tmp:
         model = Path(args.model) if args.model else None
         if model is None:
-            from bitnet.dummy import write_dummy_model
+            from bitnet.models.synthetic import write_dummy_model
 
             plain = Path(tmp) / "tiny-plain.gguf"
             write_dummy_model("tiny", plain, progress=False)

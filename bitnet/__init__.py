@@ -1,9 +1,7 @@
 """BitNet b1.58 CPU toolkit: build the llama.cpp engine, convert checkpoints, run, serve and benchmark."""
 
-from bitnet.diagnostics import RuntimeDiagnostics
 from bitnet.errors import ModelFileError, RuntimeConfigurationError, RuntimeLaunchError, RuntimeTimeoutError
-from bitnet.runtime import BitNetRuntime
-from bitnet.supervisor import RuntimeResult, RuntimeSupervisor
+from bitnet.runtime import BitNetRuntime, RuntimeDiagnostics, RuntimeResult, RuntimeSupervisor
 
 __version__ = "0.1.0"
 

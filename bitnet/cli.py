@@ -28,11 +28,11 @@ try:
 except ImportError:  # pragma: no cover - Windows
     termios = None  # type: ignore[assignment]
 
-from bitnet._process import StopRequested, stop_signals
-from bitnet.diagnostics import INFERENCE_BINARY, SERVER_BINARY
-from bitnet.errors import RuntimeConfigurationError, RuntimeLaunchError, RuntimeTimeoutError
-from bitnet.runtime import BitNetRuntime
-from bitnet.server import API_KEY_ENV, cors_args, require_api_key, serve_forever
+from bitnet.errors import RuntimeConfigurationError, RuntimeLaunchError, RuntimeTimeoutError, StopRequested
+from bitnet.runtime.diagnostics import INFERENCE_BINARY, SERVER_BINARY
+from bitnet.runtime.process import stop_signals
+from bitnet.runtime.runtime import BitNetRuntime
+from bitnet.runtime.server import API_KEY_ENV, cors_args, require_api_key, serve_forever
 
 __all__ = ["build_inference_parser", "build_server_parser", "inference_main", "main", "server_main"]
 

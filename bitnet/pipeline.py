@@ -1,7 +1,7 @@
 """`invoke setup`: engine → model (synthetic, or download + convert) → smoke generation.
 
 Each step is skipped when its result is already there and verified, so a second run is quick:
-the engine build is fingerprinted (bitnet.engine); a model file is reused when it is a readable GGUF
+the engine build is fingerprinted (bitnet.engine.build); a model file is reused when it is a readable GGUF
 of the bitnet architecture that carries the FFN activation key our engine reads.
 """
 
@@ -10,23 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bitnet.contract import ACTIVATION_QUANT, HIDDEN_ACTIVATION, gguf_key
-from bitnet.engine import ProgressFn
-from bitnet.errors import BitNetError, RuntimeLaunchError
-from bitnet.models import LOCK_NAME, ModelLock, resolved_revision, write_lock
+from bitnet.engine.build import ProgressFn
+from bitnet.engine.contract import ACTIVATION_QUANT, HIDDEN_ACTIVATION, gguf_key
+from bitnet.errors import RuntimeLaunchError, SetupError
+from bitnet.models.installed import LOCK_NAME, ModelLock, model_path, resolved_revision, write_lock
+from bitnet.models.synthetic import write_synthetic
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODELS_DIR = Path("models")  # ./models; `bitnet.models.models_dir()` adds $BITNET_MODELS
 SMOKE_PROMPT = "The capital of France is"
-
-
-class SetupError(BitNetError, RuntimeError):
-    """A setup step failed; the message names the step and how to go on."""
 
 
 @dataclass
@@ -35,13 +30,6 @@ class SetupReport:
     gguf: Path
     steps: list[str] = field(default_factory=list)  # one human line per step: done / skipped
     smoke_output: str = ""
-
-
-def model_path(name: str, models_dir: Path, outtype: str, head_type: str) -> Path:
-    """Where `invoke setup` puts a model: models/<name>/ggml-model-<outtype>[-<head>].gguf."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-    suffix = outtype if head_type == "f16" else f"{outtype}-head_{head_type}"
-    return models_dir / safe / f"ggml-model-{suffix}.gguf"
 
 
 def verify_gguf(path: Path) -> str | None:
@@ -84,17 +72,17 @@ def setup_model(
     local Hugging Face checkpoint or official .gguf) is given. Synthetic catalogue models are made
     locally and need no network. `revision` downloads that branch/tag/commit instead of the
     catalogue's pin. `progress(phase, done, total)` is told how the engine build goes (as for
-    `bitnet.engine.build_engine`). The model's folder gets a ``model.lock.json`` saying where it came
+    `bitnet.engine.build.build_engine`). The model's folder gets a ``model.lock.json`` saying where it came
     from (the commit a download resolved to included). `models_dir` None: $BITNET_MODELS, else ./models.
     """
-    from bitnet.catalog import get_model
-    from bitnet.models import models_dir as default_models_dir
+    from bitnet.models.catalog import get_model
+    from bitnet.models.installed import models_dir as default_models_dir
 
     steps: list[str] = []
     # the name first: a typo must not cost a 15-minute engine build before it is reported
     entry = None if model_dir is not None or "/" in model else get_model(model)
     if build:
-        from bitnet.engine import build_engine
+        from bitnet.engine.build import build_engine
 
         if progress is not None:
             log.info(
@@ -123,8 +111,8 @@ def setup_model(
         steps.append(f"model: wrote synthetic {entry.dummy_size} model {out}")
         _lock(out, ModelLock(name=name, source="synthetic", outtype=outtype, head_type=head_type))
     else:
-        from bitnet.convert import convert_checkpoint
-        from bitnet.hub import resolve_checkpoint
+        from bitnet.models.convert import convert_checkpoint
+        from bitnet.models.hub import resolve_checkpoint
 
         source = resolve_checkpoint(model_dir if model_dir is not None else model, revision=revision)
         steps.append(f"checkpoint: {source}")
@@ -167,36 +155,10 @@ def _lock(out: Path, lock: ModelLock) -> None:
     write_lock(out.parent, lock)
 
 
-def write_synthetic(
-    size: str,
-    out: Path,
-    *,
-    outtype: str = "tq2_0",
-    head_type: str = "f16",
-    seed: int = 0,
-    build_dir: str | os.PathLike[str] = "build",
-) -> Path:
-    """bitnet.dummy's model; a head type only the engine can write (q6_k) is requantized by it."""
-    from bitnet._tempfiles import new_temp
-    from bitnet.convert.requantize import ENGINE_HEAD_TYPES, requantize_head
-    from bitnet.dummy import write_dummy_model
-
-    if head_type.lower() not in ENGINE_HEAD_TYPES:
-        write_dummy_model(size, out, outtype=outtype, head_type=head_type, seed=seed)
-        return out
-    tmp = new_temp(out, "-f16head")
-    try:
-        write_dummy_model(size, tmp, outtype=outtype, head_type="f16", seed=seed)
-        requantize_head(tmp, out, head_type=head_type.lower(), outtype=outtype.lower(), build_dir=build_dir)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
-
-
 def smoke_generate(model: Path, *, build_dir: str | os.PathLike[str], n_predict: int = 8) -> str:
     """Greedy-generate a few tokens through the runtime wrapper; return the text. Raise on failure."""
-    from bitnet.runtime import BitNetRuntime
-    from bitnet.supervisor import RuntimeSupervisor
+    from bitnet.runtime.runtime import BitNetRuntime
+    from bitnet.runtime.supervisor import RuntimeSupervisor
 
     runtime = BitNetRuntime(build_dir=str(build_dir))
 

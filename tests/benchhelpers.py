@@ -24,7 +24,7 @@ args = sys.argv[1:]
 opt = {{args[i]: args[i + 1] for i in range(0, len(args) - 1, 2)}}
 here = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(here, "calls.jsonl"), "a") as fh:
-    loops = 0  # bitnet.busy's busy loops running now
+    loops = 0  # bitnet.bench.busy's busy loops running now
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open("/proc/%s/cmdline" % pid, "rb") as c:
@@ -78,7 +78,7 @@ def write_fake_llama_bench(
 
 
 def is_load_probe(call: dict[str, Any]) -> bool:
-    """True for bitnet.bench's load probe (``-p 1 -n 0``), which precedes each measurement."""
+    """True for bitnet.bench.sweep's load probe (``-p 1 -n 0``), which precedes each measurement."""
     argv = call["argv"]
     return argv[argv.index("-p") + 1] == "1" and argv[argv.index("-n") + 1] == "0"
 
@@ -93,7 +93,7 @@ def fake_calls(build_dir: Path, *, probes: bool = False) -> list[dict[str, Any]]
 
 
 def bench_row(**fields: Any) -> dict[str, Any]:
-    """A llama-bench row as bitnet.bench stores it, with defaults for what a test does not care about."""
+    """A llama-bench row as bitnet.bench.sweep stores it, with defaults for what a test ignores."""
     row: dict[str, Any] = {
         "kind": "llama-bench",
         "run_id": "r1",
@@ -101,7 +101,6 @@ def bench_row(**fields: Any) -> dict[str, Any]:
         "rep": 0,
         "config": "ours",
         "kernels": "ours",
-        "kernels_in_engine": True,
         "cpu_variant": "avx2",
         "cpu_variant_requested": "auto",
         "cpu_model": "Fake CPU",
@@ -129,7 +128,7 @@ def write_bitnet_gguf(path: Path, *, tied: bool = True, n_embd: int = 256, n_voc
     """A minimal 'bitnet' GGUF (1 layer, TQ2_0 linears, F16 embedding, optional untied F16 output)."""
     from gguf import GGMLQuantizationType, GGUFWriter
 
-    from bitnet.packing import random_tq2_0
+    from bitnet.models.formats.packing import random_tq2_0
 
     rng = np.random.default_rng(0)
     w = GGUFWriter(str(path), "bitnet")

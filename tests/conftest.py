@@ -15,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def engine_build_dir() -> Path:
     """Build (or verify) the engine and return its build dir."""
-    from bitnet.engine import build_engine
+    from bitnet.engine.build import build_engine
 
     build_dir = Path(os.environ.get("BITNET_TEST_BUILD_DIR", REPO_ROOT / "build"))
     result = build_engine(build_dir=build_dir)

@@ -178,7 +178,7 @@ class FakeBinaries:
 
 
 def write_model(path: Path, magic: bytes = b"GGUF") -> Path:
-    """A minimal GGUF that passes the runtime's checks (bitnet.gguf_check): the hyper-parameters, a
+    """A minimal GGUF that passes the runtime's checks (bitnet.models.formats.check): the hyper-parameters, a
     4-token vocabulary and a zero token_embd.weight; no layers, so a real engine would refuse it."""
 
     def string(text: str) -> bytes:

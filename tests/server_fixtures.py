@@ -25,8 +25,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(model_dir: Path) -> Path:
-    """The offline default model (bitnet.dummy "tiny"), with a chat template added."""
-    from bitnet.dummy import write_dummy_model
+    """The offline default model (bitnet.models.synthetic "tiny"), with a chat template added."""
+    from bitnet.models.synthetic import write_dummy_model
 
     plain = model_dir / "tiny-plain.gguf"
     write_dummy_model("tiny", plain, progress=False)

@@ -15,7 +15,7 @@ from pathlib import Path
 # A chat template the engine recognises both through jinja (llama-server) and through its built-in
 # template detection (llama-completion without --jinja: "USER: " + "ASSISTANT: " + "SYSTEM: " is
 # llama.cpp's vicuna-orca format). It ends assistant turns with the tiny vocabulary's EOS.
-from bitnet.dummy import TINY_CHAT_TEMPLATE as TINY_CHAT_TEMPLATE  # noqa: E402  (re-exported)
+from bitnet.models.synthetic import TINY_CHAT_TEMPLATE as TINY_CHAT_TEMPLATE  # noqa: E402  (re-exported)
 
 
 def add_chat_template(src: Path, dst: Path, template: str) -> Path:

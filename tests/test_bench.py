@@ -1,4 +1,4 @@
-"""bitnet.bench, bitnet.bench_spec, bitnet.llama_bench: specs, llama-bench parsing, thread clamping,
+"""bitnet.bench.sweep, .spec, .llama_bench: specs, llama-bench parsing, thread clamping,
 the sweep loop (A B A B order, failures, fail_fast) against a fake llama-bench, and the whole
 pipeline on the real engine and the tiny model. No test asserts a time."""
 
@@ -14,11 +14,15 @@ import pandas as pd
 import pytest
 from benchhelpers import FAKE_TS, fake_calls, is_load_probe, write_fake_llama_bench
 
-from bitnet.bench import BenchmarkRunError, plan_jobs, run_bench
-from bitnet.bench_spec import (
+from bitnet.bench.llama_bench import (
+    llama_bench_command,
+    loaded_cpu_variant,
+    parse_llama_bench_output,
+    resolve_variants,
+)
+from bitnet.bench.results import inspect_model, load_results
+from bitnet.bench.spec import (
     DEFAULT_MODEL,
-    BenchmarkError,
-    BenchSpecError,
     Config,
     ModelRequest,
     expand_configs,
@@ -27,22 +31,17 @@ from bitnet.bench_spec import (
     parse_spec,
     spec_from_flags,
 )
-from bitnet.cpu import CpuInfo
-from bitnet.llama_bench import (
-    llama_bench_command,
-    loaded_cpu_variant,
-    parse_llama_bench_output,
-    resolve_variants,
-)
-from bitnet.results import inspect_model, load_results
+from bitnet.bench.sweep import plan_jobs, run_bench
+from bitnet.engine.cpu import CpuInfo
+from bitnet.errors import BenchmarkError, BenchmarkRunError, BenchSpecError
 
 DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The offline default model, written once for this module by bitnet.dummy."""
-    from bitnet.dummy import write_dummy_model
+    """The offline default model, written once for this module by bitnet.models.synthetic."""
+    from bitnet.models.synthetic import write_dummy_model
 
     path = tmp_path_factory.mktemp("models") / "tiny.gguf"
     write_dummy_model("tiny", path, progress=False)
@@ -201,7 +200,7 @@ def test_model_entries_expand_to_every_combination():
     spec = parse_spec({"models": [{"size": ["tiny", "2B"], "outtype": ["tq2_0", "tq1_0"]}]}, name="t")
     labels = [m.label for m in spec.sweeps[0].models]
     assert labels == ["tiny", "tiny-tq1_0-f16", "2B", "2B-tq1_0-f16"]
-    assert spec.sweeps[0].models[1].path(Path("models")) == Path("models/dummy/bitnet-tiny-tq1_0-f16.gguf")
+    assert spec.sweeps[0].models[1].path(Path("models")) == Path("models/tiny/ggml-model-tq1_0.gguf")
 
 
 @pytest.mark.parametrize(
@@ -268,7 +267,7 @@ def _run(tmp_path: Path, **kwargs):
 
 def test_every_row_has_peak_rss_and_the_load_probe_of_its_config(tmp_path: Path, tiny_model: Path):
     """Each measurement is preceded by a one-token load probe of the same config (A: probe, run; B: ...);
-    rows carry the run's peak RSS (bitnet.rusage) and the probe's wall time, and the table shows both."""
+    rows carry the run's peak RSS (runtime.rusage) and the probe's wall time, and the table shows both."""
     write_fake_llama_bench(tmp_path / "build")
     run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=8, n_gen=4, reps=2, compare="stock")
     calls = fake_calls(tmp_path / "build", probes=True)
@@ -314,7 +313,7 @@ def test_peer_binaries_run_in_the_same_rounds_on_their_own_model(tmp_path: Path,
 
 
 def test_busy_conditions_run_each_cell_with_and_without_a_busy_loop(tmp_path: Path, tiny_model: Path):
-    """busy = idle,pinned: every cell runs with nothing else and with bitnet.busy's loop on the host; the
+    """busy = idle,pinned: every cell runs with nothing else and with bench.busy's loop on the host; the
     loop's own share of the load average does not flag its rows."""
     write_fake_llama_bench(tmp_path / "build")
     run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=0, n_gen=4, reps=1, compare="stock",
@@ -390,10 +389,10 @@ def test_threads_flag_above_the_cores_is_clamped(tmp_path: Path, tiny_model: Pat
 
 
 def test_rows_carry_identity_shape_and_roofline(tmp_path: Path, tiny_model: Path, monkeypatch):
-    from bitnet.roofline import Bandwidth
+    from bitnet.bench.roofline import Bandwidth
 
-    monkeypatch.setattr("bitnet.bench.probe_bandwidth", lambda n: Bandwidth(3.0, (3.0,), n, 1 << 20))
-    monkeypatch.setattr("bitnet.roofline.llc_bytes", lambda: 1 << 10)  # let the tiny model count as big
+    monkeypatch.setattr("bitnet.bench.sweep.probe_bandwidth", lambda n: Bandwidth(3.0, (3.0,), n, 1 << 20))
+    monkeypatch.setattr("bitnet.bench.roofline.llc_bytes", lambda: 1 << 10)  # let the tiny model count as big
     write_fake_llama_bench(tmp_path / "build")
     run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=8, n_gen=4, reps=1, isa="sse42", roofline=True)
     df = load_results(run.results_path)
@@ -461,17 +460,17 @@ def test_missing_model_file_and_engine_fail_before_anything_runs(tmp_path: Path)
 def test_synthetic_models_are_made_once_and_remade_when_their_shape_changed(tmp_path: Path):
     from benchhelpers import write_bitnet_gguf
 
-    from bitnet.bench import _prepare_model
-    from bitnet.dummy import SIZES
+    from bitnet.bench.sweep import prepare_model
+    from bitnet.models.synthetic import SIZES
 
     request = ModelRequest(size="tiny")
     path = request.path(tmp_path)
     path.parent.mkdir(parents=True)
     write_bitnet_gguf(path)  # a 1-layer file where the tiny model goes: made by an older generator
-    assert _prepare_model(request, tmp_path) == path
+    assert prepare_model(request, tmp_path) == path
     assert inspect_model(path).n_layer == SIZES["tiny"].n_layer
     stamp = path.stat().st_mtime_ns
-    assert _prepare_model(request, tmp_path) == path and path.stat().st_mtime_ns == stamp  # reused
+    assert prepare_model(request, tmp_path) == path and path.stat().st_mtime_ns == stamp  # reused
 
 
 # ---------------------------------------------------------------------------------------- the real engine
@@ -483,11 +482,13 @@ def test_pipeline_end_to_end_on_the_tiny_model(
 ):
     import matplotlib.image
 
-    from bitnet.dummy import SIZES
-    from bitnet.plots import make_figures
+    from bitnet.bench.plots import make_figures
+    from bitnet.models.synthetic import SIZES
 
-    monkeypatch.setattr("bitnet.roofline.default_buffer_bytes", lambda: 64 << 20)  # plumbing, not numbers
-    monkeypatch.setattr("bitnet.roofline.llc_bytes", lambda: 1 << 10)  # let the tiny model count as big
+    monkeypatch.setattr(
+        "bitnet.bench.roofline.default_buffer_bytes", lambda: 64 << 20
+    )  # plumbing, not numbers
+    monkeypatch.setattr("bitnet.bench.roofline.llc_bytes", lambda: 1 << 10)  # let the tiny model count as big
     run = run_bench(
         build_dir=engine_bin_dir.parent,
         model=tiny_model,
@@ -511,7 +512,7 @@ def test_pipeline_end_to_end_on_the_tiny_model(
     assert (rows["n_layer"] == shape.n_layer).all() and (rows["n_embd"] == shape.n_embd).all()
     assert (rows["bytes_per_token"] == rows["model_size"]).all()
     assert set(rows["cpu_variant"]) <= {p.name[12:-3] for p in engine_bin_dir.glob("libggml-cpu-*.so")}
-    assert rows["kernels_in_engine"].map(type).eq(bool).all()
+    assert rows["run_id"].nunique() == 1 and rows["repo_commit"].notna().all()  # the recorder's header
     tg = rows[rows["test"] == "tg4"]
     assert (tg["roofline_frac"] > 0).all() and rows[rows["test"] == "pp16"]["roofline_frac"].isna().all()
     assert "vs stock" in run.table and "tg4" in run.table
@@ -553,9 +554,9 @@ def test_real_engine_failure_is_reported_and_the_sweep_continues(
 def test_default_model_is_a_converted_model_else_the_2b_shape_never_tiny(tmp_path: Path, tiny_model: Path):
     import shutil
 
-    from bitnet.bench import default_model
-    from bitnet.bench_spec import TINY_MODEL
-    from bitnet.models import ModelLock, write_lock
+    from bitnet.bench.spec import TINY_MODEL
+    from bitnet.bench.sweep import default_model
+    from bitnet.models.installed import ModelLock, write_lock
 
     request, note = default_model(tmp_path)
     assert request == DEFAULT_MODEL and request.size == "2B" and request != TINY_MODEL
@@ -577,8 +578,8 @@ def test_rows_record_the_load_average_and_say_when_they_are_unreliable(
     tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ):
     loads = iter([0.5, 0.7, 9.0, 9.5])  # quiet around the first run, busy around the second
-    monkeypatch.setattr("bitnet.bench.load_average", lambda: next(loads))
-    monkeypatch.setattr("bitnet.bench.detect_cpu", lambda: CpuInfo("x86_64", "Fake CPU", 2, ("avx2",)))
+    monkeypatch.setattr("bitnet.bench.sweep.load_average", lambda: next(loads))
+    monkeypatch.setattr("bitnet.bench.sweep.detect_cpu", lambda: CpuInfo("x86_64", "Fake CPU", 2, ("avx2",)))
     write_fake_llama_bench(tmp_path / "build")
     run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=0, n_gen=4, reps=1, compare="stock")
     stored = load_results(run.results_path)
@@ -588,8 +589,8 @@ def test_rows_record_the_load_average_and_say_when_they_are_unreliable(
 
 
 def test_bench_never_deletes_the_serving_plot(tmp_path: Path, tiny_model: Path):
-    from bitnet.plots import render_plots
-    from bitnet.results import ResultsWriter
+    from bitnet.bench.plots import render_plots
+    from bitnet.bench.results import ResultsWriter
 
     plots = tmp_path / "bench" / "plots"
     serving = tmp_path / "bench" / "results" / "20260101-000000-serving-s1.jsonl"

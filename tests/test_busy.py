@@ -1,4 +1,4 @@
-"""bitnet.busy: the busy loop benchmarks run beside the engine (bench specs' `busy`)."""
+"""bitnet.bench.busy: the busy loop benchmarks run beside the engine (bench specs' `busy`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from bitnet.busy import busy_host
+from bitnet.bench.busy import busy_host
 
 
 def _alive(pid: int) -> bool:

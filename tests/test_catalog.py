@@ -1,4 +1,4 @@
-"""The model catalogue (models/catalog.toml) and its loader bitnet.catalog."""
+"""The model catalogue (models/catalog.toml) and its loader bitnet.models.catalog."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
-from bitnet.catalog import (
+from bitnet.errors import CatalogError, UnknownModelError
+from bitnet.models.catalog import (
     CATALOG_PATH,
-    CatalogError,
     ModelEntry,
-    UnknownModelError,
     format_bytes,
     format_catalog,
     format_count,
@@ -71,7 +70,7 @@ def test_revisions_are_pinned_or_flagged() -> None:
 
 
 def test_synthetic_entries_match_bitnet_dummy() -> None:
-    from bitnet.dummy import SIZES
+    from bitnet.models.synthetic import SIZES
 
     synthetic = {e.dummy_size or "": e for e in load_catalog().values() if e.is_synthetic}
     assert set(synthetic) == set(SIZES)
@@ -116,7 +115,7 @@ def test_format_catalog_table() -> None:
     ]
     assert rows["2B-bf16"].split()[-1] == "main*"
     assert rows["large"].split()[-1] == "85d047191d"  # pinned: the first 10 hex digits
-    assert "(local, bitnet.dummy)" in rows["tiny"] and "synthetic" in rows["tiny"]
+    assert "(local, bitnet.models.synthetic)" in rows["tiny"] and "synthetic" in rows["tiny"]
     assert lines[-1].startswith("* not pinned")
     # only what is passed is listed; no footnote without unpinned entries
     one = format_catalog([get_model("2B")])

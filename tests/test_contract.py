@@ -1,4 +1,4 @@
-"""The engine contract: bitnet/contract.py, kernels/ternary/include/bitnet_contract.h and our llama.cpp
+"""The engine contract: bitnet/engine/contract.py, kernels/ternary/include/bitnet_contract.h and our llama.cpp
 patches spell every shared name the same; the report parser reads what the real engine prints."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bitnet import contract
+from bitnet.engine import contract
 
 REPO = Path(__file__).resolve().parent.parent
 HEADER = REPO / "kernels" / "ternary" / "include" / "bitnet_contract.h"
@@ -93,7 +93,7 @@ def test_the_real_engine_report_parses(engine_bin_dir: Path, tmp_path: Path) -> 
     import os
     import subprocess
 
-    from bitnet.dummy import write_dummy_model
+    from bitnet.models.synthetic import write_dummy_model
 
     model = tmp_path / "tiny.gguf"
     write_dummy_model("tiny", model, progress=False)

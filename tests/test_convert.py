@@ -1,4 +1,4 @@
-"""bitnet.convert on tiny checkpoints saved by transformers: read the GGUF back with gguf-py's reader and
+"""bitnet.models.convert on tiny transformers checkpoints: read the GGUF back with gguf-py's reader and
 check the ternary values round-trip exactly, the scales bit for bit, the metadata and the tokenizer;
 then every bad input gives a typed error with a useful message and leaves no file behind."""
 
@@ -30,9 +30,7 @@ from tinymodels import (
     make_llama_checkpoint,
 )
 
-from bitnet import packing
-from bitnet.convert import ConversionReport, convert_checkpoint, registered_architectures
-from bitnet.convert.errors import (
+from bitnet.errors import (
     CheckpointDtypeError,
     ConversionError,
     CorruptCheckpointError,
@@ -42,6 +40,8 @@ from bitnet.convert.errors import (
     UnknownArchitectureError,
     UnsupportedCheckpointError,
 )
+from bitnet.models.convert import ConversionReport, convert_checkpoint, registered_architectures
+from bitnet.models.formats import packing
 
 UNPACK = {Q.TQ2_0: packing.unpack_tq2_0, Q.TQ1_0: packing.unpack_tq1_0, Q.Q8_0: packing.unpack_q8_0}
 LINEARS = {
@@ -313,7 +313,7 @@ def test_widths_not_multiple_of_256_fall_back_exactly(
     # hidden 320 (% 32 == 0 -> Q8_0), n_ff 272 (% 32 != 0 -> F16), like 1bitLLM 3B's 3200 / 8640
     shape = TinyShape(hidden=320, n_ff=272, layers=2, heads=5, kv_heads=1)
     ckpt = make_checkpoint(tmp_path / "ckpt", shape=shape)
-    with caplog.at_level(logging.WARNING, logger="bitnet.convert"):
+    with caplog.at_level(logging.WARNING, logger="bitnet.models.convert"):
         report, g = convert(ckpt.path, tmp_path)
     for i in range(2):
         for gguf_name, hf_name in LINEARS.items():
@@ -453,7 +453,7 @@ def test_tensors_are_streamed_one_at_a_time(tmp_path: Path) -> None:
     import gc
     import weakref
 
-    from bitnet.gguf_writer import Metadata, TensorSpec, write_gguf
+    from bitnet.models.formats.writer import Metadata, TensorSpec, write_gguf
 
     alive: list[weakref.ref[np.ndarray]] = []
 
@@ -474,7 +474,7 @@ def test_tensors_are_streamed_one_at_a_time(tmp_path: Path) -> None:
 
 
 def test_interrupted_write_leaves_old_file_and_no_temp(tmp_path: Path) -> None:
-    from bitnet.gguf_writer import Metadata, TensorSpec, write_gguf
+    from bitnet.models.formats.writer import Metadata, TensorSpec, write_gguf
 
     out = tmp_path / "m.gguf"
     out.write_bytes(b"previous version")
@@ -648,8 +648,8 @@ def test_full_disk_leaves_no_partial_file(packed: Any, tmp_path: Path) -> None:
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
-from bitnet.convert import convert_checkpoint
-from bitnet.convert.errors import OutputNotWritableError
+from bitnet.models.convert import convert_checkpoint
+from bitnet.errors import OutputNotWritableError
 try:
     convert_checkpoint({str(packed.path)!r}, {str(out_dir / "model.gguf")!r}, progress=False)
 except OutputNotWritableError as exc:
@@ -668,7 +668,7 @@ def test_bad_outtype(packed: Any, tmp_path: Path) -> None:
 
 
 def test_gguf_input_goes_to_the_i2s_importer(tmp_path: Path) -> None:
-    from bitnet.dummy import write_dummy_model
+    from bitnet.models.synthetic import write_dummy_model
 
     src = tmp_path / "not-i2s.gguf"
     write_dummy_model("tiny", src, progress=False)
@@ -680,8 +680,8 @@ def test_gguf_input_goes_to_the_i2s_importer(tmp_path: Path) -> None:
 
 
 def test_llama_head_dim_other_than_hidden_over_heads_writes_key_lengths() -> None:
-    from bitnet.convert.base import HParams, add_model_metadata
-    from bitnet.gguf_writer import Metadata
+    from bitnet.models.convert.base import HParams, add_model_metadata
+    from bitnet.models.formats.writer import Metadata
 
     hp = HParams(512, 3072, 8192, 2, 8, 4, 256, 4096, 1000042.0, 1e-6, "silu", False)  # 8 x 256 != 3072
     md = Metadata()

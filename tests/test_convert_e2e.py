@@ -56,7 +56,7 @@ from tinymodels import (
     runnable_variants,
 )
 
-from bitnet.convert import convert_checkpoint
+from bitnet.models.convert import convert_checkpoint
 
 pytestmark = pytest.mark.engine
 

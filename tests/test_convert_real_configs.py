@@ -38,8 +38,8 @@ from test_convert import convert
 from test_convert_e2e import N_NEW, assert_engine_matches, engine_bin, engine_greedy  # noqa: F401
 from tinymodels import BOS, EOS, PROMPT, disable_torch_compile, greedy, incomplete_utf8_ids, save_tokenizer
 
-from bitnet.convert import convert_checkpoint
-from bitnet.convert.errors import UnsupportedCheckpointError
+from bitnet.errors import UnsupportedCheckpointError
+from bitnet.models.convert import convert_checkpoint
 
 # --- the released config.json files, verbatim ---------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""bitnet.dummy: synthetic GGUFs with the real shapes, valid ternary data, a real tokenizer, made
+"""bitnet.models.synthetic: synthetic GGUFs with the real shapes, valid ternary data, a real tokenizer, made
 deterministically; the tiny model runs in the engine and does not just echo its prompt."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
-from bitnet import packing
-from bitnet.convert.errors import ConversionError
-from bitnet.dummy import SIZES, train_tiny_tokenizer, write_dummy_model
+from bitnet.errors import ConversionError
+from bitnet.models.formats import packing
+from bitnet.models.synthetic import SIZES, train_tiny_tokenizer, write_dummy_model
 
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 

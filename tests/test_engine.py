@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from bitnet import engine
-from bitnet.cpu import detect_cpu
+from bitnet.engine import build as engine
+from bitnet.engine.cpu import detect_cpu
 from bitnet.errors import EngineBuildError
+from bitnet.paths import REPO_ROOT
 
 # --------------------------------------------------------------------------------------------------
 # pin, source and patches (no compiler needed)
@@ -32,7 +33,7 @@ def test_pin_is_complete_and_has_variants_for_this_host():
 def test_the_per_token_tag_is_spelled_the_same_in_the_patch_and_the_kernel_header():
     """Patch 0006 tags per-token matmuls in llama.cpp (which cannot include our header); the buffer type
     reads the tag with the header's names. A mismatch would silently run every model per block."""
-    root = Path(engine.__file__).resolve().parent.parent
+    root = REPO_ROOT
     header = (root / "kernels/ternary/include/bitnet_kernels.h").read_text()
     patch = (root / "kernels/patches/0006-bitnet-per-token-activation-quant.patch").read_text()
     slot = re.search(r"#define BITNET_OP_PARAM_ACT_QUANT (\d+)", header)
@@ -183,7 +184,7 @@ def test_ui_auto_builds_with_node_20_and_skips_older_with_one_line(
     assert engine.resolve_ui(None) is True
     assert engine.resolve_ui(False) is False
     monkeypatch.setenv("PATH", str(_node_dir(tmp_path, "v18.19.1")))
-    with caplog.at_level("WARNING", logger="bitnet.engine"):
+    with caplog.at_level("WARNING", logger="bitnet.engine.build"):
         assert engine.resolve_ui(None) is False
     [line] = [r.getMessage() for r in caplog.records]
     assert "web UI not built" in line and "older than 20" in line
@@ -364,7 +365,7 @@ def test_best_variant_is_loaded_and_one_can_be_forced(engine_bin_dir: Path):
 def test_ternary_weights_use_our_buffer_type_unless_switched_off(
     engine_bin_dir: Path, tmp_path: Path, outtype: str
 ):
-    from bitnet.dummy import write_dummy_model
+    from bitnet.models.synthetic import write_dummy_model
 
     model = tmp_path / f"tiny-{outtype}.gguf"
     write_dummy_model("tiny", model, outtype=outtype)
@@ -405,9 +406,7 @@ def test_invoke_build_isa_gives_a_forced_variant_that_doctor_reports(engine_buil
     build_dir = tmp_path / "b"
     repo = Path(__file__).resolve().parent.parent
     # a table from `invoke tune` in the build dir is what this build compiles the kernels with
-    from bitnet.tune import _ISA_OF_VARIANT
-
-    isa_key = _ISA_OF_VARIANT[forced][1]
+    isa_key = {v.name: v.kernel_isa for v in engine.load_pin().variants}[forced]
     table = json.loads(engine.DEFAULT_TUNING_FILE.read_text())
     table["isa"][isa_key]["prefetch_bytes"] = 320  # a value no checked-in entry uses
     build_dir.mkdir()
@@ -436,7 +435,7 @@ def test_invoke_build_isa_gives_a_forced_variant_that_doctor_reports(engine_buil
 @pytest.mark.engine
 @pytest.mark.parametrize("kernels", ["1", "0"])
 def test_doctor_reports_what_the_engine_says_about_our_kernels(engine_build_dir: Path, kernels: str):
-    from bitnet.runtime import BitNetRuntime
+    from bitnet.runtime.runtime import BitNetRuntime
 
     report = BitNetRuntime(
         build_dir=str(engine_build_dir), env={**os.environ, "BITNET_KERNELS": kernels}
@@ -444,11 +443,48 @@ def test_doctor_reports_what_the_engine_says_about_our_kernels(engine_build_dir:
     engine_info = report.engine or {}
     assert engine_info["kernels"] == ("ours" if kernels == "1" else "off")
     # the ISA of the kernels inside the loaded CPU variant, as the engine itself printed it
-    expected_isa = {
-        "sse42": "ssse3",
-        "avx2": "avx2",
-        "avx512": "avx512vnni",
-        "neon": "neon",
-        "dotprod": "neon-dotprod",
-    }
+    expected_isa = {v.name: v.kernel_isa for v in engine.load_pin().variants}  # engine.toml's kernel_isa
+    assert expected_isa["sse42"] == "ssse3" and expected_isa["avx512"] == "avx512vnni"  # the table is read
     assert engine_info["kernels_isa"] == expected_isa[str(engine_info["cpu_variant"])]
+
+
+# ---------------------------------------------------------------- the ISA variants: one list, engine.toml
+
+
+def test_tuning_json_is_keyed_by_the_kernel_isas_of_engine_toml():
+    pin = engine.load_pin()
+    table = json.loads(engine.DEFAULT_TUNING_FILE.read_text())
+    assert set(table["isa"]) == pin.kernel_isas()
+    assert "neon-dotprod" in pin.kernel_isas()  # dotprod's kernel ISA, spelled as the kernels report it
+
+
+def test_every_variant_has_a_kernel_isa_and_flags():
+    pin = engine.load_pin()
+    for v in pin.variants + pin.kernel_variants:
+        assert v.kernel_isa, v
+        assert v.cflags or v.name == "scalar", v
+    names = [v.name for v in pin.kernel_variants_for("x86_64")]
+    assert names[0] == "scalar" and {"sse42", "avx2", "avxvnni", "avx512", "avxvnni_evex"} <= set(names)
+    assert [v.name for v in pin.kernel_variants_for("aarch64")] == ["scalar", "neon", "dotprod"]
+
+
+def test_the_engine_compiles_the_kernel_sources_of_engine_toml():
+    """kernels/ternary/ggml/ggml-cpu-ternary.cmake (the engine's list) names the same C sources as engine.toml
+    (which the kernels' own CMake project reads), so the two builds cannot drift apart."""
+    text = (engine.KERNELS_DIR / "ggml" / "ggml-cpu-ternary.cmake").read_text()
+    in_engine = re.findall(r'"\$\{BITNET_KERNELS_DIR\}/(src/[\w.]+\.c)"', text)
+    assert in_engine == list(engine.load_pin().kernel_sources) and len(in_engine) >= 7
+
+
+def test_the_cmake_variant_table_is_generated_from_engine_toml(tmp_path: Path):
+    """cmake/bitnet_variants.py (what CMakeLists.txt runs) turns engine.toml into the variant table."""
+    script = engine.KERNELS_DIR / "cmake" / "bitnet_variants.py"
+    out = tmp_path / "v.cmake"
+    subprocess.run([sys.executable, str(script), str(engine.ENGINE_TOML), str(out)], check=True)
+    text = out.read_text()
+    pin = engine.load_pin()
+    for arch in ("x86_64", "aarch64"):
+        names = " ".join(v.name for v in pin.kernel_variants_for(arch))
+        assert f"set(BITNET_VARIANTS_{arch} {names})" in text
+    assert "set(BITNET_ISA_aarch64_dotprod neon-dotprod)" in text
+    assert "set(BITNET_FLAGS_x86_64_avxvnni -msse4.2 -mavx -mf16c -mfma -mavx2 -mbmi2 -mavxvnni)" in text

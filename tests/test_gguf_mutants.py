@@ -1,4 +1,4 @@
-"""Damaged model files: the pre-check (bitnet.gguf_check), the engine (patch 0008), serve() and the Python
+"""Damaged model files: the pre-check (models.formats.check), the engine (patch 0008), serve() and the Python
 GGUF reader on a few hundred mutants of the tiny model (tests/gguf_mutants.py makes them, seeded).
 
 Every mutant is damaged. The pre-check either refuses it with ModelFileError or passes it; those it passes
@@ -21,11 +21,10 @@ from fakebin import write_model
 from gguf_mutants import Mutant, make_mutants
 
 from bitnet import BitNetRuntime
-from bitnet.bench_spec import BenchmarkError
-from bitnet.errors import ModelFileError, RuntimeLaunchError
-from bitnet.gguf_check import check_gguf
-from bitnet.results import inspect_model
-from bitnet.server import serve
+from bitnet.bench.results import inspect_model
+from bitnet.errors import BenchmarkError, ModelFileError, RuntimeLaunchError
+from bitnet.models.formats.check import check_gguf
+from bitnet.runtime.server import serve
 
 ENGINE_TIMEOUT_S = 30.0  # a good run of the tiny model takes ~0.05 s; a hang is a hang
 PROMPT = "Once upon a time"
@@ -43,7 +42,7 @@ ENGINE_MUST_FAIL = [
 
 @pytest.fixture(scope="module")
 def tiny_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    from bitnet.dummy import write_dummy_model
+    from bitnet.models.synthetic import write_dummy_model
 
     path = tmp_path_factory.mktemp("tiny") / "tiny.gguf"
     write_dummy_model("tiny", path, progress=False)

@@ -1,4 +1,4 @@
-"""bitnet.hub against real huggingface_hub code: a hand-built HF cache (HF_HUB_OFFLINE=1) and a tiny
+"""bitnet.models.hub against real huggingface_hub code: a hand-built HF cache (HF_HUB_OFFLINE=1) and a tiny
 in-process fake Hub on 127.0.0.1 that speaks the few Hub HTTP routes snapshot_download uses. No test
 talks to the internet.
 
@@ -28,8 +28,9 @@ import pytest
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.utils import _http as hf_http
 
-from bitnet.catalog import ModelEntry, UnknownModelError, get_model
-from bitnet.hub import ModelDownloadError, download_model, resolve_checkpoint
+from bitnet.errors import ModelDownloadError, UnknownModelError
+from bitnet.models.catalog import ModelEntry, get_model
+from bitnet.models.hub import download_model, resolve_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMMIT_A = "a" * 40
@@ -357,7 +358,7 @@ def test_environment_variables_alone_are_honoured(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
     env.update(HF_HOME=str(home), HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
     code = (
-        "from bitnet.hub import download_model, ModelDownloadError\n"
+        "from bitnet.models.hub import download_model, ModelDownloadError\n"
         "print(download_model('org/model'))\n"
         "try:\n    download_model('org/missing')\n"
         "except ModelDownloadError as e:\n    print('MISS', 'HF_HUB_OFFLINE' in str(e))\n"

@@ -1,4 +1,4 @@
-"""bitnet.convert.i2s: the I2_S bit layout, the tolerant GGUF reader, and the lossless import of a
+"""bitnet.models.convert.i2s: the I2_S bit layout, the tolerant GGUF reader, and the lossless import of a
 small fake official I2_S GGUF (arch "bitnet-b1.58", I2_S linears, F32 norms, F16 token_embd) into a
 "bitnet" GGUF read back with gguf-py's own reader."""
 
@@ -16,20 +16,12 @@ from gguf import GGUFValueType as VT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitnet import packing
-from bitnet.convert.errors import ConversionError, CorruptCheckpointError, UnsupportedCheckpointError
-from bitnet.convert.i2s import (
-    I2S_TYPE_ID,
-    GGUFValue,
-    I2SModel,
-    i2s_nbytes,
-    import_i2s_gguf,
-    iter_i2s_model,
-    pack_i2s,
-    read_gguf_header,
-    read_i2s_tensor,
-    write_i2s_gguf,
-)
+from bitnet.errors import ConversionError, CorruptCheckpointError, UnsupportedCheckpointError
+from bitnet.models.convert.i2s import I2SModel, import_i2s_gguf, iter_i2s_model
+from bitnet.models.formats import packing
+from bitnet.models.formats.i2s import I2S_TYPE_ID, i2s_nbytes, pack_i2s, read_i2s_tensor
+from bitnet.models.formats.reader import GGUFValue, read_gguf_header
+from bitnet.models.formats.reader import write_raw_gguf as write_i2s_gguf
 
 # ---------------------------------------------------------------------------------------------------
 # The bit layout
@@ -334,7 +326,7 @@ def test_dry_run_plans_without_writing(official: tuple[Path, dict[str, Any]], tm
 
 
 def test_convert_checkpoint_routes_gguf_here(official: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
-    from bitnet.convert import convert_checkpoint
+    from bitnet.models.convert import convert_checkpoint
 
     out = tmp_path / "via-convert.gguf"
     report = convert_checkpoint(official[0], out, progress=False)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from bitnet.engine.build import load_pin
+
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -41,13 +43,14 @@ def _host_has_avx_vnni() -> bool:
         return False
 
 
-# Must match BITNET_VARIANTS in kernels/ternary/CMakeLists.txt. "avxvnni" (VEX vpdpbusd) is run where the
-# CPU has AVX-VNNI; elsewhere test_avxvnni_library_uses_vex_vpdpbusd checks it was built, and
-# "avxvnni_evex" runs the same code with the EVEX encoding on AVX-512 VNNI hosts.
+# The variants CMakeLists.txt builds: kernels/engine.toml's list for each architecture (the scalar
+# reference, the engine's variants, the kernel-only ones). "avxvnni" (VEX vpdpbusd) is run where the CPU
+# has AVX-VNNI; elsewhere test_avxvnni_library_uses_vex_vpdpbusd checks it was built, and "avxvnni_evex"
+# runs the same code with the EVEX encoding on AVX-512 VNNI hosts.
+BUILT = {arch: [v.name for v in load_pin().kernel_variants_for(arch)] for arch in ("x86_64", "aarch64")}
 VARIANTS = {
-    "x86_64": ["scalar", "sse42", "avx2", "avxvnni_evex", "avx512"]
-    + (["avxvnni"] if _host_has_avx_vnni() else []),
-    "aarch64": ["scalar", "neon", "dotprod"],
+    "x86_64": [v for v in BUILT["x86_64"] if v != "avxvnni" or _host_has_avx_vnni()],
+    "aarch64": BUILT["aarch64"],
 }
 CROSS_TOOLS = ("aarch64-linux-gnu-gcc", "qemu-aarch64")
 CROSS_INSTALL_HINT = "apt-get install -y gcc-aarch64-linux-gnu qemu-user"
@@ -113,6 +116,7 @@ def _build(build_dir: Path, extra_args: list[str]) -> KernelBuild:
             "-G",
             "Ninja",
             f"-DCMAKE_MAKE_PROGRAM={_tool('ninja')}",
+            f"-DPython3_EXECUTABLE={sys.executable}",  # reads kernels/engine.toml (cmake/bitnet_variants.py)
             *extra_args,
         ],
         log,
@@ -187,6 +191,13 @@ def _run_variant(build: KernelBuild, variant: str) -> None:
             f"this CPU cannot run the {variant} variant (all {s.total} tests exited 77 after the CPU check)"
         )
     assert s.skipped == 0, f"{s.skipped} of {s.total} {variant} tests skipped, the rest ran:\n{output}"
+
+
+def test_cmake_builds_the_variants_of_engine_toml(native_build: KernelBuild) -> None:
+    """CMakeLists.txt reads the variant list from kernels/engine.toml (cmake/bitnet_variants.py)."""
+    cache = (native_build.build_dir / "CMakeCache.txt").read_text()
+    built = re.search(r"^BITNET_VARIANTS:STRING=(.*)$", cache, flags=re.M)
+    assert built is not None and built.group(1).split(";") == BUILT.get(HOST_ARCH, ["scalar"])
 
 
 @pytest.mark.parametrize("variant", VARIANTS.get(HOST_ARCH, ["scalar"]))

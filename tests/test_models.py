@@ -14,11 +14,10 @@ import pytest
 from test_hub import COMMIT_A, hf_env, make_hf_cache  # noqa: F401 - hf_env is a fixture
 from tinymodels import make_checkpoint
 
-from bitnet.catalog import UnknownModelError
-from bitnet.models import (
+from bitnet.errors import ModelNotFoundError, UnknownModelError
+from bitnet.models.installed import (
     LOCK_NAME,
     ModelLock,
-    ModelNotFoundError,
     format_models,
     list_models,
     models_dir,

@@ -6,7 +6,7 @@ hidden = n_ff = 256), a large final-norm weight (wide logits), relu² and SiLU, 
 master (online) weights, AutoBitLinear and BitLinear, TQ2_0 and TQ1_0, an f32 head, and a prompt of
 ~300 tokens (one prefill batch: the GEMM tiles run; then 15 one-token steps: the GEMV runs).
 
-The reference is unmodified transformers (bitnet.numerics.reference_model). Teacher-forced along its
+The reference is unmodified transformers (bitnet.bench.numerics.reference_model). Teacher-forced along its
 greedy path, the engine must give mean KL(ref || engine) <= 0.002 nats and the same top token wherever
 the reference's top-1/top-2 gap is >= 0.3 nats. The per-block mode (BITNET_ACT_QUANT=per_block, ggml's
 q8_K: what stock ggml computes) must measurably miss that bar on the same model: the test can fail.
@@ -38,8 +38,7 @@ from tinymodels import (
     runnable_variants,
 )
 
-from bitnet.convert import convert_checkpoint
-from bitnet.numerics import (
+from bitnet.bench.numerics import (
     DECISIVE_GAP,
     DEFAULT_MAX_MEAN_KL,
     EXACT_ENGINE_ARGS,
@@ -49,8 +48,9 @@ from bitnet.numerics import (
     reference_greedy,
     reference_model,
 )
-from bitnet.runtime import BitNetRuntime
-from bitnet.server import serve
+from bitnet.models.convert import convert_checkpoint
+from bitnet.runtime.runtime import BitNetRuntime
+from bitnet.runtime.server import serve
 
 pytestmark = pytest.mark.engine
 
@@ -310,7 +310,8 @@ def test_invoke_check_bad_checkpoints_get_one_clear_line(tmp_path: Path, make: A
 
 
 def test_check_without_torch_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from bitnet.numerics import NumericsCheckError, check_reference
+    from bitnet.bench.numerics import check_reference
+    from bitnet.errors import NumericsCheckError
 
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
     with pytest.raises(
@@ -322,7 +323,8 @@ def test_check_without_torch_says_what_to_install(monkeypatch: pytest.MonkeyPatc
 
 
 def test_check_refuses_unknown_modes(tmp_path: Path) -> None:
-    from bitnet.numerics import NumericsCheckError, check_reference
+    from bitnet.bench.numerics import check_reference
+    from bitnet.errors import NumericsCheckError
 
     with pytest.raises(NumericsCheckError, match="unknown mode"):
         check_reference(tmp_path, modes=["per_channel"])
@@ -334,7 +336,7 @@ def test_check_refuses_unknown_modes(tmp_path: Path) -> None:
 def test_f32_to_bf16_rounds_like_torch() -> None:
     import torch
 
-    from bitnet.packing import bf16_to_f32, f32_to_bf16
+    from bitnet.models.formats.packing import bf16_to_f32, f32_to_bf16
 
     rng = np.random.default_rng(0)
     x = np.concatenate(
@@ -376,7 +378,7 @@ def test_dummy_bf16_head_runs_in_our_buffer_type(engine_build_dir: Path, tmp_pat
     decodes with (the bf16 GEMV). Not compared with stock ggml's bf16 path token for token: that one rounds
     the activation to bf16 first (a different function; on this random model the texts part after a few
     tokens). Its exactness is checked against transformers in the `invoke check` test (bf16 = f32 head)."""
-    from bitnet.dummy import write_dummy_model
+    from bitnet.models.synthetic import write_dummy_model
 
     gguf = tmp_path / "tiny-bf16.gguf"
     write_dummy_model("tiny", gguf, head_type="bf16", progress=False)
@@ -399,7 +401,7 @@ def test_dummy_bf16_head_runs_in_our_buffer_type(engine_build_dir: Path, tmp_pat
 
 
 def test_setup_reconverts_a_file_made_before_the_activation_key(tmp_path: Path) -> None:
-    from bitnet.dummy import write_dummy_model
+    from bitnet.models.synthetic import write_dummy_model
     from bitnet.pipeline import verify_gguf
 
     gguf = tmp_path / "m.gguf"
@@ -420,8 +422,8 @@ def test_setup_reconverts_a_file_made_before_the_activation_key(tmp_path: Path) 
 def test_doctor_reports_the_activation_mode(
     tmp_path: Path, env: dict[str, str], mode: str, source: str
 ) -> None:
-    from bitnet.diagnostics import activation_quant_mode
-    from bitnet.dummy import write_dummy_model
+    from bitnet.models.synthetic import write_dummy_model
+    from bitnet.runtime.diagnostics import activation_quant_mode
 
     gguf = tmp_path / "m.gguf"
     write_dummy_model("tiny", gguf, progress=False)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from bitnet import engine
-from bitnet.cpu import detect_cpu
+from bitnet.engine import build as engine
+from bitnet.engine.cpu import detect_cpu
 
 pytestmark = pytest.mark.engine
 

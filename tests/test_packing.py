@@ -1,4 +1,4 @@
-"""bitnet.packing: every pack/unpack pair round-trips exactly (hypothesis), and our bytes are ggml's:
+"""models.formats.packing: every pack/unpack pair round-trips exactly (hypothesis), and our bytes are ggml's:
 equal to gguf-py's quantizers (which gguf-py's own tests check bit for bit against ggml's C code) and to
 transformers' pack_weights for the HF layout."""
 
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from bitnet import packing
+from bitnet.models.formats import packing
 
 PAIRS = {
     "tq2_0": (packing.pack_tq2_0, packing.unpack_tq2_0, 256, Q.TQ2_0),

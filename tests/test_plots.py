@@ -1,4 +1,4 @@
-"""bitnet.plots: every figure is drawn from stored rows, has the expected series and values, and is
+"""bitnet.bench.plots: every figure is drawn from stored rows, has the expected series and values, and is
 written as valid PNG and SVG. Rows are built by hand with known medians."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from benchhelpers import bench_row
 from matplotlib.collections import LineCollection, PathCollection
 
-from bitnet.plots import (
+from bitnet.bench.plots import (
     DPI,
     MAX_WIDTH_PX,
     PALETTE,
@@ -22,7 +22,7 @@ from bitnet.plots import (
     select_runs,
     speedups,
 )
-from bitnet.results import ResultsWriter, load_results, summarize
+from bitnet.bench.results import ResultsWriter, load_results, summarize
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
 ISSUE5 = RESULTS / "20261126-172256-issue5-8d743e5a.jsonl"

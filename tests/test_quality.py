@@ -1,4 +1,4 @@
-"""`bitnet.quality`: llama-perplexity run, parsed and stored as a row; and what bad input gets.
+"""`bitnet.bench.perplexity`: llama-perplexity run, parsed and stored as a row; and what bad input gets.
 
 The engine tests run the real llama-perplexity on the tiny synthetic model with a text made from
 CPython's own documentation (pydoc_data.topics, the text its tokenizer was trained on), context 64.
@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from bitnet.errors import PerplexityError, RuntimeConfigurationError, RuntimeLaunchError, TextTooShortError
-from bitnet.quality import (
+from bitnet.bench.perplexity import (
     REFERENCE_PPL,
     PerplexityResult,
     parse_perplexity_output,
     run_perplexity,
 )
-from bitnet.results import load_results
+from bitnet.bench.results import load_results
+from bitnet.errors import PerplexityError, RuntimeConfigurationError, RuntimeLaunchError, TextTooShortError
 
 CTX = 64
 
@@ -37,7 +37,7 @@ def _pydoc_text(path: Path, n_chars: int) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from bitnet.dummy import write_dummy_model
+    from bitnet.models.synthetic import write_dummy_model
 
     path = tmp_path_factory.mktemp("model") / "tiny.gguf"
     write_dummy_model("tiny", path, progress=False)
@@ -79,7 +79,7 @@ def ours(
 
 @pytest.mark.engine
 def test_perplexity_of_the_tiny_model_is_parsed_and_stored(ours: PerplexityResult, text_file: Path):
-    from bitnet.dummy import SIZES
+    from bitnet.models.synthetic import SIZES
 
     assert math.isfinite(ours.ppl) and ours.ppl > 1
     assert math.isfinite(ours.ppl_stderr) and 0 < ours.ppl_stderr < ours.ppl
@@ -195,7 +195,7 @@ def test_engine_failure_names_the_log(
 ):
     cut = tmp_path / "cut.gguf"
     # A tensor renamed: the pre-check (structure, hyper-parameters) passes it, the engine misses the tensor.
-    # (A truncated file no longer gets that far: bitnet.gguf_check refuses it before the engine starts.)
+    # (A truncated file no longer gets that far: the GGUF check refuses it before the engine starts.)
     cut.write_bytes(tiny_model.read_bytes().replace(b"output_norm.weight", b"output_norX.weight", 1))
     with pytest.raises(RuntimeLaunchError) as info:
         run_perplexity(

@@ -1,4 +1,4 @@
-"""bitnet.results and bitnet.roofline: model inspection, atomic row storage, loading, the comparison
+"""bitnet.bench.results and .roofline: model inspection, atomic row storage, loading, the comparison
 table (only what varies, ratio vs the baseline) and the roofline fields. Inputs are built by hand."""
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 from benchhelpers import bench_row, write_bitnet_gguf
 
-from bitnet.bench_spec import BenchmarkError
-from bitnet.results import (
+from bitnet.bench.results import (
     ResultsWriter,
     bench_test_name,
     default_baseline,
@@ -23,7 +22,8 @@ from bitnet.results import (
     load_results,
     summarize,
 )
-from bitnet.roofline import Bandwidth, add_roofline, llc_bytes, probe_bandwidth
+from bitnet.bench.roofline import Bandwidth, add_roofline, llc_bytes, probe_bandwidth
+from bitnet.errors import BenchmarkError
 
 TQ2_0_BLOCK = 66  # bytes per 256 weights: 64 bytes of 2-bit codes + an fp16 scale (ggml-common.h)
 
@@ -146,12 +146,6 @@ def test_table_shows_only_what_varies_and_says_the_rest_once():
     assert "ratio = median t/s / median t/s of stock" in table
 
 
-def test_table_says_when_ours_and_stock_are_the_same_code():
-    rows = _ab_rows([10.0], [10.0], kernels_in_engine=False)
-    assert "no BITNET_KERNELS switch yet" in format_table(pd.DataFrame(rows))
-    assert "no BITNET_KERNELS switch" not in format_table(pd.DataFrame(_ab_rows([10.0], [10.0])))
-
-
 def test_baseline_can_be_chosen_and_falls_back_with_a_note():
     df = pd.DataFrame(_ab_rows([10.0], [5.0]))
     assert "0.50x" in format_table(df, baseline="ours")
@@ -218,7 +212,7 @@ def test_one_measurement_of_one_sample_has_no_spread():
 
 
 def test_a_cell_is_unreliable_when_the_machine_was_busy_or_its_repetitions_disagree():
-    from bitnet.results import LOAD_PER_CORE_LIMIT, SPREAD_LIMIT, reliability
+    from bitnet.bench.results import LOAD_PER_CORE_LIMIT, SPREAD_LIMIT, reliability
 
     assert (LOAD_PER_CORE_LIMIT, SPREAD_LIMIT) == (1.0, 0.10)
     quiet = {"cpu_cores": 2, "load_avg_1m": 1.9}

@@ -21,8 +21,8 @@ from fakebin import FAKE_DEVICES_OUTPUT, FAKE_VERSION_OUTPUT, FakeBinaries, asse
 
 import bitnet
 from bitnet import BitNetRuntime, RuntimeConfigurationError, RuntimeLaunchError
-from bitnet import diagnostics as diagnostics_module
-from bitnet import runtime as runtime_module
+from bitnet.runtime import diagnostics as diagnostics_module
+from bitnet.runtime import runtime as runtime_module
 
 pytest_plugins = ["fakebin"]  # fixtures: fakes, model
 
@@ -31,7 +31,7 @@ NAME = "llama-completion"
 
 @pytest.fixture(autouse=True)
 def _restore_runtime_logger_level() -> Iterator[None]:
-    logger = logging.getLogger("bitnet.runtime")
+    logger = logging.getLogger("bitnet.runtime.runtime")
     level = logger.level
     yield
     logger.setLevel(level)
@@ -146,7 +146,7 @@ def test_log_level_sets_only_the_module_logger(fakes: FakeBinaries, level: Any, 
     package_level = logging.getLogger("bitnet").level
     root_level = logging.getLogger().level
     make_runtime(fakes, log_level=level)
-    assert logging.getLogger("bitnet.runtime").level == expected
+    assert logging.getLogger("bitnet.runtime.runtime").level == expected
     assert logging.getLogger("bitnet").level == package_level
     assert logging.getLogger().level == root_level
 
@@ -159,7 +159,7 @@ def test_bad_log_level_is_rejected(fakes: FakeBinaries, level: Any) -> None:
 
 
 def test_library_adds_no_log_handlers(fakes: FakeBinaries, model: Path) -> None:
-    names = ["", "bitnet", "bitnet.runtime", "bitnet.supervisor"]
+    names = ["", "bitnet", "bitnet.runtime.runtime", "bitnet.runtime.supervisor"]
     before = {name: list(logging.getLogger(name).handlers) for name in names}
     root_level = logging.getLogger().level
     fakes.write(NAME, version_output=FAKE_VERSION_OUTPUT)
@@ -273,11 +273,13 @@ def test_threads_above_core_count_are_clamped_with_a_warning(
     fakes: FakeBinaries, caplog: pytest.LogCaptureFixture
 ) -> None:
     rt = make_runtime(fakes)
-    with caplog.at_level(logging.WARNING, logger="bitnet.runtime"):
+    with caplog.at_level(logging.WARNING, logger="bitnet.runtime.runtime"):
         argv = rt.run_inference(model="m.gguf", prompt="hi", threads=rt.cpu_count + 3, dry_run=True)
     assert isinstance(argv, list)
     assert argv[argv.index("-t") + 1] == str(rt.cpu_count)
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "bitnet.runtime"]
+    warnings = [
+        r for r in caplog.records if r.levelno == logging.WARNING and r.name == "bitnet.runtime.runtime"
+    ]
     assert len(warnings) == 1
     assert str(rt.cpu_count + 3) in warnings[0].getMessage()
 
@@ -286,7 +288,7 @@ def test_threads_within_core_count_are_not_clamped(
     fakes: FakeBinaries, caplog: pytest.LogCaptureFixture
 ) -> None:
     rt = make_runtime(fakes)
-    with caplog.at_level(logging.WARNING, logger="bitnet.runtime"):
+    with caplog.at_level(logging.WARNING, logger="bitnet.runtime.runtime"):
         argv = rt.run_inference(model="m.gguf", prompt="hi", threads=1, dry_run=True)
     assert isinstance(argv, list)
     assert argv[argv.index("-t") + 1] == "1"
@@ -296,7 +298,7 @@ def test_threads_within_core_count_are_not_clamped(
 def test_server_prompt_is_ignored_with_a_warning(
     fakes: FakeBinaries, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="bitnet.runtime"):
+    with caplog.at_level(logging.WARNING, logger="bitnet.runtime.runtime"):
         argv = make_runtime(fakes).run_server(model="m.gguf", prompt="You are terse.", dry_run=True)
     assert isinstance(argv, list)
     assert "You are terse." not in argv and "-p" not in argv

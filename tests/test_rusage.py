@@ -1,4 +1,4 @@
-"""bitnet.rusage: the wrapper the benchmarks run engines through, for their peak RSS and wall time."""
+"""bitnet.runtime.rusage: the wrapper the benchmarks run engines through, for their peak RSS and wall time."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from bitnet.rusage import parse_rusage, rusage_command
+from bitnet.runtime.rusage import parse_rusage, rusage_command
 
 
 def _run(code: str, **kwargs) -> subprocess.CompletedProcess[str]:

@@ -1,4 +1,4 @@
-"""The serving benchmark (bitnet.serve_bench): real llama-server on the tiny model, real `openai` clients,
+"""The serving benchmark (bitnet.bench.serving): real llama-server on the tiny model, real `openai` clients,
 rows stored and read back, the serving plot drawn from them, failures counted instead of raised.
 
 Plumbing only: no test asserts a time, only that measured values are consistent with each other.
@@ -17,17 +17,17 @@ import pytest
 from servertools import pid_gone
 
 from bitnet import BitNetRuntime
-from bitnet import serve_bench as serve_bench_module
-from bitnet.bench_spec import BenchmarkError, BenchSpecError
-from bitnet.results import load_results
-from bitnet.serve_bench import format_serving_table, load_serving_run, run_serving_bench
-from bitnet.server import ServerHandle
+from bitnet.bench import serving as serve_bench_module
+from bitnet.bench.results import load_results
+from bitnet.bench.serving import format_serving_table, load_serving_run, run_serving_bench
+from bitnet.errors import BenchmarkError, BenchSpecError
+from bitnet.runtime.server import ServerHandle
 
 pytest_plugins = ["server_fixtures"]  # fixtures: tiny_model, runtime, no_leftover_processes
 pytestmark = pytest.mark.usefixtures("no_leftover_processes")
 
 SERVING_COLUMNS = {
-    "kind", "run_id", "date", "config", "kernels", "kernels_in_engine", "kernels_reported", "cpu_variant",
+    "kind", "run_id", "date", "config", "kernels", "kernels_reported", "cpu_variant",
     "repo_commit", "engine_pin", "cpu_model", "model_name", "weight_format", "n_threads", "concurrency",
     "parallel", "ctx_size", "n_requests", "requests_ok", "errors", "error_messages", "max_tokens",
     "n_prompt", "completion_tokens", "wall_s", "tokens_per_s", "latency_p50_s", "latency_p95_s",
@@ -44,7 +44,7 @@ def _bench(tiny_model: Path, runtime: BitNetRuntime, results: Path, **kwargs: An
 def test_rows_are_stored_sane_and_plotted(tiny_model: Path, runtime: BitNetRuntime, tmp_path: Path) -> None:
     import matplotlib.image
 
-    from bitnet.plots import make_figures, render_plots
+    from bitnet.bench.plots import make_figures, render_plots
 
     returned = _bench(tiny_model, runtime, tmp_path / "results")
     df = load_results(tmp_path / "results")
@@ -66,8 +66,7 @@ def test_rows_are_stored_sane_and_plotted(tiny_model: Path, runtime: BitNetRunti
     assert (df["n_threads"] == 1).all() and (df["model_name"] == tiny_model.stem).all()
     built = {p.name[len("libggml-cpu-") : -3] for p in runtime.build_dir.glob("bin/libggml-cpu-*.so")}
     assert set(df["cpu_variant"]) <= built
-    if df["kernels_in_engine"].all():
-        assert set(df["kernels_reported"]) == {"on"} and set(df["config"]) == {"ours"}
+    assert set(df["kernels_reported"]) == {"on"} and set(df["config"]) == {"ours"}
 
     table = format_serving_table(load_serving_run(tmp_path / "results", returned[0]["run_id"]))
     lines = table.splitlines()
@@ -200,8 +199,8 @@ def test_table_flags_levels_measured_on_a_busy_machine() -> None:
 
 def test_serving_spec_file_gives_the_run_arguments_and_bad_ones_are_refused(tmp_path):
     """bench/specs/serve.toml (kind = "serve") is what `invoke serve-bench --spec serve` runs."""
-    from bitnet.bench_spec import load_spec
-    from bitnet.serve_bench import load_serve_spec
+    from bitnet.bench.serving import load_serve_spec
+    from bitnet.bench.spec import load_spec
 
     assert load_serve_spec("serve") == {
         "requests_per_client": 4, "max_tokens": 32, "concurrency": [1, 2, 4, 8], "compare": ["stock"]
@@ -226,8 +225,8 @@ def test_serving_spec_file_gives_the_run_arguments_and_bad_ones_are_refused(tmp_
 
 
 def test_every_bench_spec_in_the_repo_parses():
-    from bitnet.bench_spec import SPEC_DIR, load_spec
-    from bitnet.serve_bench import load_serve_spec
+    from bitnet.bench.serving import load_serve_spec
+    from bitnet.bench.spec import SPEC_DIR, load_spec
 
     specs = sorted(SPEC_DIR.glob("*.toml"))
     assert {p.stem for p in specs} >= {"quick", "full", "busy", "serve"}

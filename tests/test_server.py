@@ -26,9 +26,9 @@ from fakebin import FakeBinaries, write_model
 from servertools import TINY_CHAT_TEMPLATE, FdReader, pid_gone
 
 from bitnet import BitNetRuntime, RuntimeConfigurationError, RuntimeLaunchError, RuntimeTimeoutError
-from bitnet import server as server_module
 from bitnet.errors import ModelFileError, PortInUseError
-from bitnet.server import ServerHandle, is_loopback, require_api_key, serve
+from bitnet.runtime import server as server_module
+from bitnet.runtime.server import ServerHandle, is_loopback, require_api_key, serve
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MAX_TOKENS = 12

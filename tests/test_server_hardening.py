@@ -22,7 +22,7 @@ import pytest
 from servertools import add_chat_template
 
 from bitnet import BitNetRuntime, RuntimeConfigurationError
-from bitnet.server import ServerHandle, cors_args, serve
+from bitnet.runtime.server import ServerHandle, cors_args, serve
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GIB_KIB = 1024 * 1024  # /proc/PID/status counts in KiB

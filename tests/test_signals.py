@@ -21,8 +21,9 @@ from fakebin import FakeBinaries, assert_gone, is_running
 from servertools import FdReader, pid_gone, processes_using
 
 from bitnet import BitNetRuntime
-from bitnet._process import StopRequested, die_with_parent, stop_signals
-from bitnet._tempfiles import new_temp, remove_stale_temps
+from bitnet.errors import StopRequested
+from bitnet.models._tempfiles import new_temp, remove_stale_temps
+from bitnet.runtime.process import die_with_parent, stop_signals
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["fakebin", "server_fixtures"]
@@ -119,7 +120,7 @@ def test_die_with_parent_kills_the_child_when_the_parent_exits() -> None:
     """Even a parent that just returns (no handler runs, nothing is stopped) takes the child along."""
     code = (
         "import subprocess, sys\n"
-        "from bitnet._process import die_with_parent\n"
+        "from bitnet.runtime.process import die_with_parent\n"
         "hook = die_with_parent()\n"
         "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], preexec_fn=hook)\n"
         "print(p.pid, flush=True)\n"
@@ -258,7 +259,7 @@ def test_an_interrupted_write_removes_its_temp_file(tmp_path: Path, sig: int, co
 
 @pytest.mark.slow
 def test_a_later_write_removes_the_temp_of_a_killed_writer(tmp_path: Path) -> None:
-    from bitnet.dummy import write_dummy_model
+    from bitnet.models.synthetic import write_dummy_model
 
     out = tmp_path / "model.gguf"
     proc = start_dummy_write(out)

@@ -18,7 +18,7 @@ import pytest
 from servertools import pid_gone
 
 from bitnet import BitNetRuntime
-from bitnet.server import ServerHandle, serve
+from bitnet.runtime.server import ServerHandle, serve
 
 pytest_plugins = ["server_fixtures"]  # fixtures: tiny_model, runtime, no_leftover_processes
 pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.usefixtures("no_leftover_processes")]

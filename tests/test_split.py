@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from bitnet.contract import BARRIER_SPIN_ENV, KERNELS_ENV, SPLIT_ENV
-from bitnet.numerics import EXACT_ENGINE_ARGS
-from bitnet.runtime import BitNetRuntime
-from bitnet.server import serve
+from bitnet.bench.numerics import EXACT_ENGINE_ARGS
+from bitnet.engine.contract import BARRIER_SPIN_ENV, KERNELS_ENV, SPLIT_ENV
+from bitnet.runtime.runtime import BitNetRuntime
+from bitnet.runtime.server import serve
 
 pytestmark = pytest.mark.engine
 
@@ -58,7 +58,7 @@ def _complete(url: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module", params=[("tq2_0", "f16"), ("tq1_0", "bf16")], ids=lambda p: f"{p[0]}-{p[1]}")
 def tiny_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from bitnet.dummy import write_dummy_model
+    from bitnet.models.synthetic import write_dummy_model
 
     outtype, head = request.param
     path = tmp_path_factory.mktemp("split") / f"tiny-{outtype}-{head}.gguf"
@@ -101,7 +101,7 @@ def test_guided_chunks_give_bitwise_the_static_splits_output(
 def test_an_unknown_split_value_is_named_and_the_default_runs(engine_bin_dir: Path, tmp_path: Path) -> None:
     import subprocess
 
-    from bitnet.dummy import write_dummy_model
+    from bitnet.models.synthetic import write_dummy_model
 
     model = tmp_path / "tiny.gguf"
     write_dummy_model("tiny", model, progress=False)

@@ -12,7 +12,7 @@ import pytest
 from servertools import processes_using
 
 from bitnet import BitNetRuntime, RuntimeConfigurationError, RuntimeTimeoutError
-from bitnet.supervisor import RuntimeSupervisor
+from bitnet.runtime.supervisor import RuntimeSupervisor
 
 pytest_plugins = ["server_fixtures"]  # fixtures: tiny_model, runtime, no_leftover_processes
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("no_leftover_processes")]

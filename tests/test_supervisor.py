@@ -23,7 +23,7 @@ from bitnet import (
     RuntimeSupervisor,
     RuntimeTimeoutError,
 )
-from bitnet import supervisor as supervisor_module
+from bitnet.runtime import supervisor as supervisor_module
 
 pytest_plugins = ["fakebin"]  # fixtures: fakes, model
 

@@ -1,4 +1,4 @@
-"""`invoke tune` (bitnet/tune.py): the model's shapes, bad input, and a real (narrowed) tuning run that
+"""`invoke tune` (bitnet/bench/tune.py): the model's shapes, bad input, and a real (narrowed) tuning run that
 builds and times the kernels' benchmark with candidate tables and writes a table the kernels build with."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import gguf
 import numpy as np
 import pytest
 
-from bitnet import engine
-from bitnet.dummy import write_dummy_model
-from bitnet.tune import TuneError, host_isa, model_shapes, tune
+from bitnet.bench.tune import host_isa, model_shapes, tune
+from bitnet.engine import build as engine
+from bitnet.errors import TuneError
+from bitnet.models.synthetic import write_dummy_model
 
 REPO = Path(__file__).resolve().parent.parent
 

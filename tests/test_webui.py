@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from webui import ASSISTANT, Browser, chat_once, find_chromium
 
-from bitnet import BitNetRuntime, engine
-from bitnet.server import serve
+from bitnet import BitNetRuntime
+from bitnet.engine import build as engine
+from bitnet.runtime.server import serve
 
 pytest_plugins = ["server_fixtures"]  # fixtures: tiny_model, runtime, no_leftover_processes
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("no_leftover_processes")]

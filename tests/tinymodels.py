@@ -75,7 +75,7 @@ def save_tokenizer(model_dir: Path, vocab_size: int = 512, chat_template: str | 
     """Train the tiny byte-level BPE tokenizer and save it as transformers would (tokenizer.json + config)."""
     from transformers import PreTrainedTokenizerFast
 
-    from bitnet.dummy import train_tiny_tokenizer
+    from bitnet.models.synthetic import train_tiny_tokenizer
 
     tok = train_tiny_tokenizer(vocab_size)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS)
@@ -198,15 +198,15 @@ def make_checkpoint(
 
 def reference_model(model_dir: Path, activation: str | None = None) -> Any:
     """transformers' model for a tiny checkpoint with its BitNet linear layers (the package's loader,
-    bitnet.numerics.reference_model: what `invoke check` runs). `activation` overrides hidden_act."""
-    from bitnet.numerics import reference_model as load
+    bitnet.bench.numerics.reference_model: what `invoke check` runs). `activation` overrides hidden_act."""
+    from bitnet.bench.numerics import reference_model as load
 
     return load(model_dir, activation=activation)
 
 
 def greedy(model: Any, prompt_ids: list[int], n_new: int) -> tuple[list[int], np.ndarray]:
     """Greedy continuation (full recompute per step, no KV cache) and each step's logits (n_new, vocab)."""
-    from bitnet.numerics import reference_greedy
+    from bitnet.bench.numerics import reference_greedy
 
     return reference_greedy(model, prompt_ids, n_new)
 
@@ -336,8 +336,8 @@ def llama_reference_model(model_dir: Path) -> Any:
 
 def runnable_variants() -> list[str]:
     """The engine's CPU variants this host can run (each carries our kernels for its ISA)."""
-    from bitnet.cpu import detect_cpu
-    from bitnet.engine import load_pin
+    from bitnet.engine.build import load_pin
+    from bitnet.engine.cpu import detect_cpu
 
     cpu = detect_cpu()
     return [v.name for v in load_pin().variants_for(cpu.arch) if cpu.has(*v.requires)]

@@ -2,7 +2,7 @@
 #
 # Turns the per-ISA tile table in tuning.json into a C header of macros
 #   #define BITNET_TUNE_<ISA>_<PARAM> <int>
-# (ISA and PARAM upper-cased), written only when its content changes, and makes CMake re-run when the
+# (ISA and PARAM upper-cased, ISA made a C identifier: neon-dotprod -> NEON_DOTPROD), written only when its content changes, and makes CMake re-run when the
 # JSON changes. Used by this project and, next, by the llama.cpp integration (include this file and
 # call it for the ggml-cpu target). Every ISA must define every parameter in BITNET_TUNING_PARAMS.
 set(BITNET_TUNING_PARAMS gemm_row_groups gemm_cols prefetch_bytes tq1_base3)
@@ -19,6 +19,7 @@ function(bitnet_generate_tuning_header json_file out_file)
     foreach(i RANGE ${last})
         string(JSON isa MEMBER "${json}" isa ${i})
         string(TOUPPER "${isa}" ISA)
+        string(MAKE_C_IDENTIFIER "${ISA}" ISA) # neon-dotprod -> NEON_DOTPROD
         foreach(p IN LISTS BITNET_TUNING_PARAMS)
             string(JSON v ERROR_VARIABLE err GET "${json}" isa "${isa}" "${p}")
             if(err OR NOT v MATCHES "^[0-9]+$")
