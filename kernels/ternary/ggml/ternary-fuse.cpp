@@ -215,15 +215,19 @@ void quantize_phase(const ggml_compute_params * params, const chain & c, bitnet_
     }
 }
 
-void matmul_rows(const part & p, const bitnet_act_block * xq, int64_t ncols, int64_t r0, int64_t r1) {
+// The unscaled product into p.y's buffer (scaled in place when no epilogue follows: the epilogues
+// apply the scale in their own pass).
+void matmul_rows(const part & p, const bitnet_act_block * xq, int64_t ncols, int64_t r0, int64_t r1, bool scale) {
     const bitnet_weights wt = { p.w->data, p.w->ne[1], p.w->ne[0], layout_of(p.w) };
     auto *               y  = (float *) p.y->data;
     const int rc = bitnet_matmul(&wt, xq, ncols, p.w->ne[0] / BITNET_QK, y, ld(p.y), r0, r1);
     GGML_ASSERT(rc == BITNET_OK);
-    if (p.scale) {
+    if (scale && p.scale) {
         bitnet_scale_rows(y, ld(p.y), ncols, r0, r1, value(p.scale));
     }
 }
+
+const float * scale_of(const part & p) { return p.scale ? (const float *) p.scale->data : nullptr; }
 
 void run(const ggml_compute_params * params, const chain & c) {
     const int64_t K = c.x->ne[0], ncols = c.x->ne[1];
@@ -259,16 +263,17 @@ void run(const ggml_compute_params * params, const chain & c) {
             return;
         }
         if (c.epi == epilogue::relu2) {
-            matmul_rows(c.p[0], xq, ncols, r0, r1);  // up
-            matmul_rows(c.p[1], xq, ncols, r0, r1);  // gate
+            matmul_rows(c.p[0], xq, ncols, r0, r1, false);  // up
+            matmul_rows(c.p[1], xq, ncols, r0, r1, false);  // gate
             bitnet_relu2_mul_rows((float *) c.out->data, ld(c.out), (const float *) c.p[1].y->data, ld(c.p[1].y),
-                                  (const float *) c.p[0].y->data, ld(c.p[0].y), ncols, r0, r1);
+                                  scale_of(c.p[1]), (const float *) c.p[0].y->data, ld(c.p[0].y), scale_of(c.p[0]),
+                                  ncols, r0, r1);
             return;
         }
-        matmul_rows(c.p[i], xq, ncols, r0, r1);
+        matmul_rows(c.p[i], xq, ncols, r0, r1, c.epi == epilogue::none);
         if (c.epi == epilogue::add) {
-            bitnet_add_rows((float *) c.out->data, ld(c.out), (const float *) c.p[0].y->data, ld(c.p[0].y),
-                            (const float *) c.other->data, ld(c.other), ncols, r0, r1);
+            bitnet_scale_add_rows((float *) c.out->data, ld(c.out), (const float *) c.p[0].y->data, ld(c.p[0].y),
+                                  scale_of(c.p[0]), (const float *) c.other->data, ld(c.other), ncols, r0, r1);
         }
     };
     int64_t r0 = 0, r1 = 0;

@@ -259,15 +259,17 @@ void bitnet_ref_sumsq_rows(const float *x, int64_t ldx, int64_t k, int64_t rows,
 void bitnet_ref_rms_norm(const float *x, int64_t ldx, int64_t k, int64_t rows, const float *w, float eps, float *y,
                          int64_t ldy);
 /* Epilogues on rows [r0, r1) of columns 0 .. ncols-1 of a matmul output (column c at + c*ld); out may be
- * any of the inputs (element i is read before it is written):
- *   scale:     y = y * s                                (MUL by the per-tensor weight scale)
- *   add:       out = a + b                              (ADD, the residual)
- *   relu2_mul: out = ((g > 0 ? g : 0) * (g > 0 ? g : 0)) * u   (RELU, SQR, MUL: BitNet's relu^2 FFN gate) */
+ * any of the inputs (element i is read before it is written); s / sg / su point to the one value of a
+ * weight's `.scale` (its MUL node), or are NULL when there is none:
+ *   scale:      y = y * s
+ *   scale_add:  out = y * s + b                     (MUL, then ADD: the residual; two roundings)
+ *   relu2_mul:  g' = g * sg, u' = u * su, r = g' > 0 ? g' : 0, out = (r * r) * u'
+ *                                                   (MUL, MUL, RELU, SQR, MUL: BitNet's relu^2 FFN gate) */
 void bitnet_scale_rows(float *y, int64_t ldy, int64_t ncols, int64_t r0, int64_t r1, float s);
-void bitnet_add_rows(float *out, int64_t ldo, const float *a, int64_t lda, const float *b, int64_t ldb,
-                     int64_t ncols, int64_t r0, int64_t r1);
-void bitnet_relu2_mul_rows(float *out, int64_t ldo, const float *g, int64_t ldg, const float *u, int64_t ldu,
-                           int64_t ncols, int64_t r0, int64_t r1);
+void bitnet_scale_add_rows(float *out, int64_t ldo, const float *y, int64_t ldy, const float *s, const float *b,
+                           int64_t ldb, int64_t ncols, int64_t r0, int64_t r1);
+void bitnet_relu2_mul_rows(float *out, int64_t ldo, const float *g, int64_t ldg, const float *sg, const float *u,
+                           int64_t ldu, const float *su, int64_t ncols, int64_t r0, int64_t r1);
 
 /* Thread ith of nth gets rows [*r0, *r1): contiguous, 16-aligned, balanced in groups; may be empty. */
 void bitnet_split_rows(int64_t rows, int ith, int nth, int64_t *r0, int64_t *r1);

@@ -1004,19 +1004,30 @@ static void group_fused(t_rng *r) {
             a[i] = t_uniform(r, 8) ? t_uniform_f(r, -5.0f, 5.0f) : specials[t_uniform(r, 11)];
             b[i] = t_uniform(r, 8) ? t_uniform_f(r, -5.0f, 5.0f) : specials[t_uniform(r, 11)];
         }
-        const float s = t_uniform_f(r, 0.1f, 4.0f);
-        for (int op = 0; op < 3; op++) {
+        const float s = t_uniform_f(r, 0.1f, 4.0f), s2 = t_uniform_f(r, 0.1f, 4.0f);
+        for (int op = 0; op < 7; op++) { /* scale; scale_add with/without s; relu2 with each pair of scales */
+            const int with_s = op == 1 || op == 3 || op == 4, with_s2 = op == 3 || op == 5;
             memcpy(o, a, sizeof(float) * n);
             memcpy(oref, a, sizeof(float) * n);
             for (int64_t c = 0; c < ncols; c++)
                 for (int64_t i = r0; i < r1; i++) {
-                    const float g = a[c * ld + i], u = b[c * ld + i];
-                    const float relu = (g > 0.f) ? g : 0.f; /* ggml's op_relu, op_sqr, op_mul */
-                    oref[c * ld + i] = op == 0 ? g * s : op == 1 ? g + u : (relu * relu) * u;
+                    float g = a[c * ld + i], u = b[c * ld + i];
+                    if (op == 0) {
+                        oref[c * ld + i] = g * s; /* ggml's op_mul */
+                    } else if (op <= 2) {
+                        if (with_s) g = g * s;
+                        oref[c * ld + i] = g + u; /* op_add */
+                    } else {
+                        if (with_s) g = g * s;
+                        if (with_s2) u = u * s2;
+                        const float relu = (g > 0.f) ? g : 0.f; /* op_relu, op_sqr, op_mul */
+                        const float sq = relu * relu;
+                        oref[c * ld + i] = sq * u;
+                    }
                 }
             if (op == 0) bitnet_scale_rows(o, ld, ncols, r0, r1, s);
-            else if (op == 1) bitnet_add_rows(o, ld, o, ld, b, ld, ncols, r0, r1); /* out aliases a */
-            else bitnet_relu2_mul_rows(o, ld, o, ld, b, ld, ncols, r0, r1);
+            else if (op <= 2) bitnet_scale_add_rows(o, ld, o, ld, with_s ? &s : NULL, b, ld, ncols, r0, r1); /* out == y */
+            else bitnet_relu2_mul_rows(o, ld, o, ld, with_s ? &s : NULL, b, ld, with_s2 ? &s2 : NULL, ncols, r0, r1);
             CHECK(!memcmp(o, oref, sizeof(float) * n), "epilogue %d rows [%lld, %lld) of %lld cols differs", op,
                   (long long)r0, (long long)r1, (long long)ncols);
         }
