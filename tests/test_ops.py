@@ -24,6 +24,7 @@ from bitnet.engine.cpu import detect_cpu
 pytestmark = pytest.mark.engine
 
 SRC = Path(__file__).resolve().parent / "ops" / "test_bitnet_ops.cpp"
+FUSED_SRC = Path(__file__).resolve().parent / "ops" / "test_bitnet_fused.cpp"
 
 # Lines the program prints per run, one per (case, thread count): per ternary type 35 MUL_MAT shapes
 # (K=256: 3 row counts x 6 column counts + 1 with 512 columns; K=2560: 12; K=6912: 4), 2 types; the fp16
@@ -44,17 +45,15 @@ def _head(variant: engine.Variant) -> str:
     return "ours" if native else "ggml"
 
 
-@pytest.fixture(scope="module")
-def ops_binary(engine_build_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _compile(src: Path, engine_build_dir: Path, out: Path) -> Path:
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         pytest.skip("no C++ compiler on PATH (apt-get install g++)")
     bin_dir = engine_build_dir / "bin"
-    out = tmp_path_factory.mktemp("ops") / "test_bitnet_ops"
     argv = [
         cxx, "-O1", "-std=c++17", "-Wall", "-Wextra",
         f"-I{engine_build_dir / 'llama.cpp' / 'ggml' / 'include'}",
-        str(SRC), "-o", str(out),
+        str(src), "-o", str(out),
         str(bin_dir / "libggml.so"), str(bin_dir / "libggml-base.so"), f"-Wl,-rpath,{bin_dir}",
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
@@ -62,12 +61,23 @@ def ops_binary(engine_build_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     return out
 
 
+@pytest.fixture(scope="module")
+def ops_binary(engine_build_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _compile(SRC, engine_build_dir, tmp_path_factory.mktemp("ops") / "test_bitnet_ops")
+
+
+@pytest.fixture(scope="module")
+def fused_binary(engine_build_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _compile(FUSED_SRC, engine_build_dir, tmp_path_factory.mktemp("ops") / "test_bitnet_fused")
+
+
 def _run(
-    binary: Path, bin_dir: Path, variant: str, kernels: str, *args: str
+    binary: Path, bin_dir: Path, variant: str, kernels: str, *args: str, fuse: str = "1"
 ) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "BITNET_KERNELS": kernels,
+        "BITNET_FUSE": fuse,
         "GGML_CPU_VARIANT": variant,
         "GGML_CPU_VARIANT_REPORT": "1",
     }
@@ -131,3 +141,35 @@ def test_one_wrong_weight_fails_every_ternary_case(ops_binary: Path, engine_buil
     others = [verdict for name, verdict in cases if "type=tq" not in name]
     assert len(ternary) == N_TERNARY // 3 and set(ternary) == {"FAIL"}
     assert len(others) == (N_CASES - N_TERNARY) // 3 and set(others) == {"OK"}
+
+
+# The chains ternary-fuse.cpp runs as one op (its "bitnet: fused chain ..." lines): the bitnet layer's four
+# and two MUL_MATs sharing an input without a norm (the case whose normalized input is read twice).
+FUSED_KINDS = [
+    "rms_norm+mul_mat*3+scale",
+    "rms_norm+mul_mat*1+scale+add",
+    "rms_norm+mul_mat*2+scale+relu2",
+    "mul_mat*2",
+]
+FUSED_CASE = re.compile(r"^  (?P<name>\S+) nth=\d+: .*  (?P<verdict>OK|FAIL)$", re.M)
+
+
+@pytest.mark.parametrize("fuse", ["1", "0"])
+@pytest.mark.parametrize("variant", _VARIANTS, ids=lambda v: v.name)
+def test_fused_chains_equal_the_nodes_one_by_one(
+    fused_binary: Path, engine_build_dir: Path, variant: engine.Variant, fuse: str
+) -> None:
+    """Norm + Q/K/V, norm + wo + residual, norm + up/gate + relu^2, norm + down + residual: computed as one
+    graph (our fused op, on buffers ggml's graph allocator reuses in place) they give bitwise the floats of
+    the same nodes computed one graph each, on every variant, 1-3 threads, per token and per block. With
+    BITNET_FUSE=0 nothing is fused (and both sides are ggml's nodes)."""
+    _runnable(engine_build_dir, variant)
+    done = _run(fused_binary, engine_build_dir / "bin", variant.name, "1", fuse=fuse)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-6000:]
+    assert f"ggml: CPU variant libggml-cpu-{variant.name}.so" in done.stderr, done.stderr
+    cases = FUSED_CASE.findall(done.stdout)
+    assert len(cases) == 270, done.stdout[-3000:]
+    assert [name for name, verdict in cases if verdict != "OK"] == []
+    ran = set(re.findall(r"^bitnet: fused chain (\S+)$", done.stderr, re.M))
+    assert ran == (set(FUSED_KINDS) if fuse == "1" else set()), done.stderr

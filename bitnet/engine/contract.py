@@ -19,6 +19,7 @@ __all__ = [
     "BIN_DIR_ENV",
     "CPU_VARIANT_ENV",
     "EngineReport",
+    "FUSE_ENV",
     "GGUF_MAGIC",
     "INFERENCE_BINARY",
     "KERNELS_ENV",
@@ -48,6 +49,7 @@ CPU_VARIANT_ENV = "GGML_CPU_VARIANT"  # force libggml-cpu-<name> (patch 0002)
 VARIANT_REPORT_ENV = "GGML_CPU_VARIANT_REPORT"  # "1": the engine prints the lines parsed below
 BARRIER_SPIN_ENV = "GGML_BARRIER_SPIN"  # spins before a waiting thread yields its core, or "off" (patch 0009)
 SPLIT_ENV = "BITNET_SPLIT"  # "static": the fixed row split instead of guided chunks (ternary-buft.cpp)
+FUSE_ENV = "BITNET_FUSE"  # "0": norm/matmul/epilogue chains node by node (ternary-fuse.cpp, patch 0012)
 BIN_DIR_ENV = "BITNET_BIN_DIR"  # ours: extra directory searched for the binaries
 
 ACT_QUANT_MODES = ("per_token", "per_block")

@@ -13,13 +13,10 @@
 // Compiled into every CPU variant library by ggml-cpu-ternary.cmake; the variant's flags choose the
 // kernels' ISA. ref: ggml/src/ggml-cpu/traits.h, repack.cpp.
 
-#include "bitnet_contract.h"
-#include "bitnet_kernels.h"
+#include "ternary-buft.h"
 
 #include "ggml-backend-impl.h"
-#include "ggml-cpu-impl.h"
 #include "ggml-cpu.h"
-#include "ggml-impl.h"
 #include "traits.h"
 
 #include <algorithm>
@@ -35,88 +32,9 @@
 #    include <sys/mman.h>
 #endif
 
+ggml_backend_buffer_type_t ggml_backend_cpu_ternary_buffer_type(void);
+
 namespace bitnet_ggml {
-
-static bool is_ternary(ggml_type t) { return t == GGML_TYPE_TQ2_0 || t == GGML_TYPE_TQ1_0; }
-
-static bitnet_src_type src_type(ggml_type t) { return t == GGML_TYPE_TQ1_0 ? BITNET_SRC_TQ1_0 : BITNET_SRC_TQ2_0; }
-
-// A weight [K x rows] (ggml ne0 = K, ne1 = rows) our kernels can take.
-static bool shape_ok(const ggml_tensor * w) {
-    return is_ternary(w->type) && ggml_n_dims(w) == 2 && w->ne[0] % BITNET_QK == 0 && ggml_is_contiguous(w);
-}
-
-// The fp16 or bf16 tied embedding / output head (BitNet's lm_head is token_embd.weight itself), in a host
-// buffer of ggml's: single-token MUL_MAT with it runs bitnet_gemv_f16 / _bf16 (f32 activations: exact
-// products, where ggml's own path first rounds the activation to fp16 / bf16).
-static bool is_head(const ggml_tensor * w) {
-    // only where our fp16 GEMV is vectorized; elsewhere (sse42/scalar builds) ggml's path is faster
-    return bitnet_gemv_f16_native() && (w->type == GGML_TYPE_F16 || w->type == GGML_TYPE_BF16) &&
-           w->buffer != nullptr && ggml_backend_buffer_is_host(w->buffer) && ggml_n_dims(w) == 2 &&
-           w->ne[0] % 64 == 0 && ggml_is_contiguous(w) &&
-           (std::strcmp(w->name, "token_embd.weight") == 0 || std::strcmp(w->name, "output.weight") == 0);
-}
-
-// How threads split an op's rows (BITNET_SPLIT, read once). Default: guided chunks (bitnet_chunks) taken
-// from the threadpool's shared chunk counter, so a thread that lost its core to another process leaves
-// its unstarted rows to the others instead of holding them at the next barrier; chunks of at least
-// min_bytes of weights (the counter and a restarted prefetch stream cost ~0.1 us each) and at most
-// max_bytes (what a descheduled thread can hold up: ~30 us of streaming). "static" is the previous fixed
-// split (bitnet_split_rows) for A/B runs; "guided:D:MIN_KIB:MAX_KIB" sets the plan for experiments.
-// Either way each row is computed the same way, so the output is bitwise the same.
-struct split_plan {
-    int     divisor   = 2;
-    int64_t min_bytes = 64 << 10;
-    int64_t max_bytes = 1 << 20;
-};
-
-static const split_plan & split() {
-    static const split_plan plan = [] {
-        split_plan p;
-        const char * env = std::getenv(BITNET_ENV_SPLIT);
-        long long    mn = 0, mx = 0;
-        int          d  = 0;
-        if (env && std::strcmp(env, "static") == 0) {
-            p.divisor = 0;
-        } else if (env && std::sscanf(env, "guided:%d:%lld:%lld", &d, &mn, &mx) == 3 && d >= 1 && mn >= 0 && mx >= 0) {
-            p.divisor   = d;
-            p.min_bytes = (int64_t) mn << 10;
-            p.max_bytes = (int64_t) mx << 10;
-        } else if (env && *env && std::strcmp(env, "guided") != 0) {
-            GGML_LOG_WARN("bitnet: %s=%s not understood (static | guided | guided:D:MIN_KIB:MAX_KIB); guided\n",
-                          BITNET_ENV_SPLIT, env);
-        }
-        return p;
-    }();
-    return plan;
-}
-
-// The chunk plan of an op with `rows` rows of `work_per_row` bytes x columns, on nth threads.
-static bitnet_chunks make_chunks(int64_t rows, int64_t unit_rows, int64_t work_per_row, int nth) {
-    const split_plan & p = split();
-    const int64_t      w = work_per_row > 0 ? work_per_row : 1;
-    bitnet_chunks      c;
-    const int rc = bitnet_chunks_init(&c, rows, unit_rows, (p.min_bytes + w - 1) / w, p.max_bytes / w, nth,
-                                      nth > 1 ? p.divisor : 0);
-    GGML_ASSERT(rc == BITNET_OK);
-    return c;
-}
-
-// Runs run(r0, r1) on this thread's chunks: chunk ith first, then the indices the threadpool's counter
-// hands out. ith 0 must have set the counter to nth before a barrier all threads passed since their
-// previous use of it (ggml's mul_mat protocol: every node ends with a barrier).
-template <class F> static void for_my_chunks(const ggml_compute_params * params, bitnet_chunks & c, F && run) {
-    int64_t r0 = 0, r1 = 0;
-    for (int64_t i = params->ith; bitnet_chunks_get(&c, i, &r0, &r1);
-         i = ggml_threadpool_chunk_add(params->threadpool, 1)) {
-        if (r0 < r1) {
-            run(r0, r1);
-        }
-        if (c.divisor == 0) {
-            break;  // static: one chunk per thread, no counter
-        }
-    }
-}
 
 static size_t alloc_size(const ggml_tensor * w) {
     if (!shape_ok(w)) {
@@ -127,20 +45,15 @@ static size_t alloc_size(const ggml_tensor * w) {
     return ours > ggml_nbytes(w) ? ours : ggml_nbytes(w);
 }
 
-static int64_t gemm_row_groups() {
-    static const int64_t g = bitnet_get_kernel_info().gemm_row_groups;
-    return g;
-}
-
 class tensor_traits : public ggml::cpu::tensor_traits {
   public:
     explicit tensor_traits(bool ours) : ours_(ours) {}
 
-    bool work_size(int /*n_threads*/, const ggml_tensor * op, size_t & size) override {
+    bool work_size(int n_threads, const ggml_tensor * op, size_t & size) override {
         if (!ours_ || op->op != GGML_OP_MUL_MAT) {
             return false;
         }
-        size = bitnet_act_size(op->src[1]->ne[0], op->src[1]->ne[1]);
+        size = fused_work_size(op->src[1]->ne[0], op->src[1]->ne[1], n_threads);  // >= what one MUL_MAT needs
         return true;
     }
 
@@ -156,44 +69,16 @@ class tensor_traits : public ggml::cpu::tensor_traits {
 
         // 1. quantize the activation columns to int8 blocks: per token (one scale per column, BitNet
         //    b1.58's definition) when llama.cpp tagged the node (patch 0006), else per 256-block (q8_K).
-        //    Threads split the (column, 256-block) pairs when there are fewer columns than threads, so a
-        //    single decode column is not left to one thread while the others wait at the barrier; per
-        //    token, each of them first takes the whole column's amax (K floats, from L1/L2).
         auto * xq = static_cast<bitnet_act_block *>(params->wdata);
         GGML_ASSERT(params->wsize >= bitnet_act_size(K, ncols));
         const int64_t nblk = K / BITNET_QK;
-        const bool per_token = op->op_params[BITNET_OP_PARAM_ACT_QUANT] == BITNET_ACT_PER_TOKEN_TAG;
-        const auto column = [&](int64_t c) { return (const float *) ((const char *) x->data + c * x->nb[1]); };
-        if (ncols >= params->nth) {
-            for (int64_t c = params->ith; c < ncols; c += params->nth) {
-                if (per_token) {
-                    bitnet_quantize_act_per_token(column(c), K, xq + c * nblk);
-                } else {
-                    bitnet_quantize_act(column(c), K, xq + c * nblk);
-                }
-            }
-        } else {
-            float amax = 0.0f;
-            int64_t amax_col = -1;
-            for (int64_t i = params->ith; i < ncols * nblk; i += params->nth) {
-                const int64_t c = i / nblk, b = i % nblk;
-                if (per_token) {
-                    if (c != amax_col) {
-                        amax     = bitnet_act_amax(column(c), K);
-                        amax_col = c;
-                    }
-                    bitnet_quantize_act_scaled(column(c) + b * BITNET_QK, BITNET_QK, amax, xq + c * nblk + b);
-                } else {
-                    bitnet_quantize_act(column(c) + b * BITNET_QK, BITNET_QK, xq + c * nblk + b);
-                }
-            }
-        }
+        quantize_share(params, (const float *) x->data, (int64_t) (x->nb[1] / sizeof(float)), K, ncols, per_token(op),
+                       xq);
         // 2. threads take chunks of output rows (all columns): GEMV chunks in 16-row groups, GEMM chunks in
         //    whole tiles; the chunk counter is reset here, before the barrier, like ggml's mul_mat does
-        const bitnet_layout layout = bitnet_preferred_layout(src_type(w->type));
+        const bitnet_layout layout = layout_of(w);
         const int64_t unit = ncols == 1 ? BITNET_GROUP_ROWS : BITNET_GROUP_ROWS * gemm_row_groups();
-        const int64_t row_bytes = (int64_t) bitnet_weights_size(layout, BITNET_GROUP_ROWS, K) / BITNET_GROUP_ROWS;
-        bitnet_chunks chunks = make_chunks(rows, unit, row_bytes * ncols, params->nth);
+        bitnet_chunks chunks = make_chunks(rows, unit, row_bytes(w) * ncols, params->nth);
         if (params->ith == 0 && chunks.divisor > 0) {
             ggml_threadpool_chunk_set(params->threadpool, params->nth);
         }
@@ -249,6 +134,44 @@ static int repack(const ggml_tensor * t, const void * data) {
 
 static tensor_traits g_ours(true);
 static tensor_traits g_stock(false);
+
+bool runs_ours(const ggml_tensor * w) {
+    return w && w->buffer && w->buffer->buft == ggml_backend_cpu_ternary_buffer_type() &&
+           w->extra == static_cast<ggml::cpu::tensor_traits *>(&g_ours);
+}
+
+// Threads split the (column, 256-block) pairs when there are fewer columns than threads, so a single
+// decode column is not left to one thread while the others wait at the barrier; per token, each of them
+// first takes the whole column's amax (K floats, from L1/L2).
+void quantize_share(const ggml_compute_params * params, const float * x, int64_t ldx, int64_t K, int64_t ncols,
+                    bool per_tok, bitnet_act_block * xq) {
+    const int64_t nblk   = K / BITNET_QK;
+    const auto    column = [&](int64_t c) { return x + c * ldx; };
+    if (ncols >= params->nth) {
+        for (int64_t c = params->ith; c < ncols; c += params->nth) {
+            if (per_tok) {
+                bitnet_quantize_act_per_token(column(c), K, xq + c * nblk);
+            } else {
+                bitnet_quantize_act(column(c), K, xq + c * nblk);
+            }
+        }
+        return;
+    }
+    float   amax     = 0.0f;
+    int64_t amax_col = -1;
+    for (int64_t i = params->ith; i < ncols * nblk; i += params->nth) {
+        const int64_t c = i / nblk, b = i % nblk;
+        if (per_tok) {
+            if (c != amax_col) {
+                amax     = bitnet_act_amax(column(c), K);
+                amax_col = c;
+            }
+            bitnet_quantize_act_scaled(column(c) + b * BITNET_QK, BITNET_QK, amax, xq + c * nblk + b);
+        } else {
+            bitnet_quantize_act(column(c) + b * BITNET_QK, BITNET_QK, xq + c * nblk + b);
+        }
+    }
+}
 
 // The fp16/bf16 head: decode (one column) runs our GEMV; anything else (prompt batches) returns false and
 // ggml's own MUL_MAT runs on the unchanged bytes, with the work buffer ggml sizes for it.

@@ -12,6 +12,7 @@
 #define BITNET_ENV_VARIANT_REPORT "GGML_CPU_VARIANT_REPORT" /* print the report lines below */
 #define BITNET_ENV_SPLIT          "BITNET_SPLIT"            /* static | guided: row split (ternary-buft.cpp) */
 #define BITNET_ENV_BARRIER_SPIN   "GGML_BARRIER_SPIN"       /* spins before a waiter yields, or off (patch 0009) */
+#define BITNET_ENV_FUSE           "BITNET_FUSE"             /* "0": no fused norm/matmul chains (patch 0012) */
 
 /* GGUF keys, after "<arch>." */
 #define BITNET_GGUF_HIDDEN_ACTIVATION "hidden_activation"   /* relu2 | silu (patch 0001) */
@@ -21,5 +22,6 @@
 #define BITNET_REPORT_CPU_VARIANT "ggml: CPU variant %s\n"                  /* patch 0002 */
 #define BITNET_REPORT_KERNELS     "bitnet: ternary kernels %s (%s)\n"       /* ternary-buft.cpp */
 #define BITNET_REPORT_ACT_QUANT   "bitnet: activation quantization %s (%s)" /* patch 0006 */
+#define BITNET_REPORT_FUSED       "bitnet: fused chain %s\n"                 /* ternary-fuse.cpp, first run of a kind */
 
 #endif /* BITNET_CONTRACT_H */

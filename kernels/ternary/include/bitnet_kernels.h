@@ -247,6 +247,36 @@ int bitnet_ref_gemv_bf16(const uint16_t *w, int64_t k, int64_t ldw, const float 
  * ggml's own fp16 path; the engine then leaves the head to ggml). */
 int bitnet_gemv_f16_native(void);
 
+/* ------------------------------------------------------------------------------------------------
+ * The float ops the engine fuses around a ternary matmul (src/norm.c), each bitwise equal to ggml's op:
+ *
+ * RMS_NORM (+ MUL by a weight row w, NULL for none) of `rows` rows of k floats (row r at x + r*ldx,
+ * output at y + r*ldy; y may be x), as ggml-cpu/ops.cpp computes it:
+ *     sum = 0.0 (double); for i in order: sum += (double)(x[i] * x[i]);
+ *     mean = (float)(sum / k); scale = 1.0f / sqrtf(mean + eps); y[i] = x[i] * scale * w[i]
+ * bitnet_rms_norm keeps that per-row order and runs 8 or 16 rows side by side in SIMD lanes (AVX2 and
+ * AVX-512 builds); bitnet_ref_rms_norm is the loop above. */
+void bitnet_rms_norm(const float *x, int64_t ldx, int64_t k, int64_t rows, const float *w, float eps, float *y,
+                     int64_t ldy);
+/* The double sums alone (sums[r] for row r), bitwise equal to the loop above in every build: the
+ * summation order is what the tests check here (the float mean hides almost every reordering). */
+void bitnet_sumsq_rows(const float *x, int64_t ldx, int64_t k, int64_t rows, double *sums);
+void bitnet_ref_sumsq_rows(const float *x, int64_t ldx, int64_t k, int64_t rows, double *sums);
+void bitnet_ref_rms_norm(const float *x, int64_t ldx, int64_t k, int64_t rows, const float *w, float eps, float *y,
+                         int64_t ldy);
+/* Epilogues on rows [r0, r1) of columns 0 .. ncols-1 of a matmul output (column c at + c*ld); out may be
+ * any of the inputs (element i is read before it is written); s / sg / su point to the one value of a
+ * weight's `.scale` (its MUL node), or are NULL when there is none:
+ *   scale:      y = y * s
+ *   scale_add:  out = y * s + b                     (MUL, then ADD: the residual; two roundings)
+ *   relu2_mul:  g' = g * sg, u' = u * su, r = g' > 0 ? g' : 0, out = (r * r) * u'
+ *                                                   (MUL, MUL, RELU, SQR, MUL: BitNet's relu^2 FFN gate) */
+void bitnet_scale_rows(float *y, int64_t ldy, int64_t ncols, int64_t r0, int64_t r1, float s);
+void bitnet_scale_add_rows(float *out, int64_t ldo, const float *y, int64_t ldy, const float *s, const float *b,
+                           int64_t ldb, int64_t ncols, int64_t r0, int64_t r1);
+void bitnet_relu2_mul_rows(float *out, int64_t ldo, const float *g, int64_t ldg, const float *sg, const float *u,
+                           int64_t ldu, const float *su, int64_t ncols, int64_t r0, int64_t r1);
+
 /* Thread ith of nth gets rows [*r0, *r1): contiguous, 16-aligned, balanced in groups; may be empty. */
 void bitnet_split_rows(int64_t rows, int ith, int nth, int64_t *r0, int64_t *r1);
 

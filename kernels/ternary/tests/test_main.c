@@ -3,7 +3,7 @@
  * (bitnet_ref_*) and against independent references (test_ref.c, written from ggml's layouts).
  *
  *   test_kernels_<variant> <group> [--quick]
- *   groups: layout quant kernels edges ggml tq1 errors f16 pertoken chunks
+ *   groups: layout quant kernels edges ggml tq1 errors f16 pertoken chunks fused
  *
  * Exit: 0 pass, 1 fail, 77 skipped (this host cannot run the variant's ISA). --quick shrinks the shape
  * list (used under qemu). Kernel outputs must equal the reference BIT FOR BIT (same int32 sums, same
@@ -927,6 +927,128 @@ static void group_chunks(t_rng *r) {
     }
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* group: fused - the float ops the engine fuses around a matmul (src/norm.c) equal ggml's ops bit for */
+/* bit: RMS_NORM(+MUL) with its sequential double sum per row (rows side by side in SIMD lanes), the   */
+/* weight-scale MUL, the residual ADD and the relu^2 gate, against loops written here from ggml's code. */
+static double t_sumsq(const float *x, int64_t k, int reverse) { /* ggml's order, or reversed */
+    double sum = 0.0;
+    for (int64_t i = 0; i < k; i++) {
+        const float v = x[reverse ? k - 1 - i : i];
+        sum += (double)(v * v);
+    }
+    return sum;
+}
+
+static void t_rms_norm_row(const float *x, int64_t k, const float *w, float eps, float *y) {
+    const float mean = (float)(t_sumsq(x, k, 0) / (double)k); /* ggml: const float mean = sum/ne00; */
+    const float scale = 1.0f / sqrtf(mean + eps);
+    for (int64_t i = 0; i < k; i++) y[i] = w ? x[i] * scale * w[i] : x[i] * scale;
+}
+
+static void group_fused(t_rng *r) {
+    static const int64_t ks[] = {8, 24, 100, 256, 2560, 6912};
+    static const int64_t rows_list[] = {1, 2, 7, 8, 9, 15, 16, 17, 24, 33, 100};
+    long order_sensitive = 0; /* rows whose sum changes when added in reverse: the order is really tested */
+    for (int ki = 0; ki < 6; ki++)
+        for (int ri = 0; ri < 11; ri++) {
+            const int64_t k = ks[ki], rows = rows_list[ri];
+            if (g_quick && k == 6912 && rows > 17) continue;
+            const int64_t ldx = k + (ri % 3) * 8, ldy = k + (ri % 2) * 16; /* padded row strides too */
+            float *x = xalloc(sizeof(float) * (size_t)(rows * ldx)), *w = xalloc(sizeof(float) * (size_t)k);
+            float *y = xalloc(sizeof(float) * (size_t)(rows * ldy)), *yref = xalloc(sizeof(float) * (size_t)(rows * ldy));
+            float *yt = xalloc(sizeof(float) * (size_t)k), *xin = xalloc(sizeof(float) * (size_t)(rows * ldx));
+            for (int64_t i = 0; i < k; i++) w[i] = t_uniform_f(r, -3.0f, 3.0f);
+            for (int64_t row = 0; row < rows; row++) {
+                /* activations spanning many binades (what makes the double sum round), some zeros, -0 */
+                const float scale = powf(10.0f, t_uniform_f(r, -3.0f, 3.0f));
+                for (int64_t i = 0; i < ldx; i++) {
+                    const int kind = t_uniform(r, 16);
+                    x[row * ldx + i] = kind == 0   ? 0.0f
+                                       : kind == 1 ? -0.0f
+                                                   : scale * powf(10.0f, t_uniform_f(r, -4.0f, 0.0f)) *
+                                                         t_uniform_f(r, -1.0f, 1.0f);
+                }
+                order_sensitive += t_sumsq(x + row * ldx, k, 0) != t_sumsq(x + row * ldx, k, 1);
+            }
+            double *sums = xalloc(sizeof(double) * (size_t)rows);
+            bitnet_sumsq_rows(x, ldx, k, rows, sums);
+            for (int64_t row = 0; row < rows; row++) {
+                const double want = t_sumsq(x + row * ldx, k, 0);
+                CHECK(!memcmp(&sums[row], &want, sizeof want), "sum of squares k %lld row %lld of %lld: %.17g, "
+                      "ggml's order gives %.17g", (long long)k, (long long)row, (long long)rows, sums[row], want);
+            }
+            free(sums);
+            for (int wi = 0; wi < 2; wi++) {
+                const float *wp = wi ? w : NULL, eps = wi ? 1e-5f : 1e-6f;
+                fill_canary(y, (size_t)(rows * ldy));
+                fill_canary(yref, (size_t)(rows * ldy));
+                bitnet_rms_norm(x, ldx, k, rows, wp, eps, y, ldy);
+                bitnet_ref_rms_norm(x, ldx, k, rows, wp, eps, yref, ldy);
+                CHECK(!memcmp(y, yref, sizeof(float) * (size_t)(rows * ldy)),
+                      "rms_norm k %lld rows %lld w %d: differs from the reference (or wrote between rows)",
+                      (long long)k, (long long)rows, wi);
+                for (int64_t row = 0; row < rows; row++) {
+                    t_rms_norm_row(x + row * ldx, k, wp, eps, yt);
+                    CHECK(!memcmp(yt, yref + row * ldy, sizeof(float) * (size_t)k),
+                          "rms_norm reference k %lld row %lld differs from ggml's loop", (long long)k, (long long)row);
+                }
+                /* in place (y == x), as when the allocator reuses the input */
+                memcpy(xin, x, sizeof(float) * (size_t)(rows * ldx));
+                bitnet_rms_norm(xin, ldx, k, rows, wp, eps, xin, ldx);
+                int same = 1;
+                for (int64_t row = 0; row < rows; row++)
+                    same &= !memcmp(xin + row * ldx, yref + row * ldy, sizeof(float) * (size_t)k);
+                CHECK(same, "rms_norm in place k %lld rows %lld differs", (long long)k, (long long)rows);
+            }
+            free(x), free(w), free(y), free(yref), free(yt), free(xin);
+        }
+    CHECK(order_sensitive > 100, "only %ld test rows' double sums depend on the summation order: the data cannot "
+          "catch a reordering", order_sensitive);
+
+    /* epilogues: rows [r0, r1) of ncols columns with padded strides, special values included */
+    static const float specials[] = {0.0f, -0.0f, 1.0f, -1.0f, 1e-38f, -1e-38f, 3e38f, -3e38f, INFINITY, -INFINITY, NAN};
+    for (int trial = 0; trial < 40; trial++) {
+        const int64_t ncols = 1 + t_uniform(r, 5), rows = 16 + t_uniform(r, 200), ld = rows + t_uniform(r, 9);
+        const int64_t r0 = t_uniform(r, (int)rows / 2), r1 = r0 + t_uniform(r, (int)(rows - r0) + 1);
+        const size_t n = (size_t)(ncols * ld);
+        float *a = xalloc(sizeof(float) * n), *b = xalloc(sizeof(float) * n), *o = xalloc(sizeof(float) * n),
+              *oref = xalloc(sizeof(float) * n);
+        for (size_t i = 0; i < n; i++) {
+            a[i] = t_uniform(r, 8) ? t_uniform_f(r, -5.0f, 5.0f) : specials[t_uniform(r, 11)];
+            b[i] = t_uniform(r, 8) ? t_uniform_f(r, -5.0f, 5.0f) : specials[t_uniform(r, 11)];
+        }
+        const float s = t_uniform_f(r, 0.1f, 4.0f), s2 = t_uniform_f(r, 0.1f, 4.0f);
+        for (int op = 0; op < 7; op++) { /* scale; scale_add with/without s; relu2 with each pair of scales */
+            const int with_s = op == 1 || op == 3 || op == 4, with_s2 = op == 3 || op == 5;
+            memcpy(o, a, sizeof(float) * n);
+            memcpy(oref, a, sizeof(float) * n);
+            for (int64_t c = 0; c < ncols; c++)
+                for (int64_t i = r0; i < r1; i++) {
+                    float g = a[c * ld + i], u = b[c * ld + i];
+                    if (op == 0) {
+                        oref[c * ld + i] = g * s; /* ggml's op_mul */
+                    } else if (op <= 2) {
+                        if (with_s) g = g * s;
+                        oref[c * ld + i] = g + u; /* op_add */
+                    } else {
+                        if (with_s) g = g * s;
+                        if (with_s2) u = u * s2;
+                        const float relu = (g > 0.f) ? g : 0.f; /* op_relu, op_sqr, op_mul */
+                        const float sq = relu * relu;
+                        oref[c * ld + i] = sq * u;
+                    }
+                }
+            if (op == 0) bitnet_scale_rows(o, ld, ncols, r0, r1, s);
+            else if (op <= 2) bitnet_scale_add_rows(o, ld, o, ld, with_s ? &s : NULL, b, ld, ncols, r0, r1); /* out == y */
+            else bitnet_relu2_mul_rows(o, ld, o, ld, with_s ? &s : NULL, b, ld, with_s2 ? &s2 : NULL, ncols, r0, r1);
+            CHECK(!memcmp(o, oref, sizeof(float) * n), "epilogue %d rows [%lld, %lld) of %lld cols differs", op,
+                  (long long)r0, (long long)r1, (long long)ncols);
+        }
+        free(a), free(b), free(o), free(oref);
+    }
+}
+
 int main(int argc, char **argv) {
     const char *group = argc > 1 ? argv[1] : "";
     for (int i = 2; i < argc; i++)
@@ -952,8 +1074,9 @@ int main(int argc, char **argv) {
     else if (!strcmp(group, "f16")) group_f16(&rng);
     else if (!strcmp(group, "pertoken")) group_pertoken(&rng);
     else if (!strcmp(group, "chunks")) group_chunks(&rng);
+    else if (!strcmp(group, "fused")) group_fused(&rng);
     else {
-        fprintf(stderr, "usage: %s layout|quant|kernels|edges|ggml|tq1|errors|f16|pertoken|chunks [--quick]\n", argv[0]);
+        fprintf(stderr, "usage: %s layout|quant|kernels|edges|ggml|tq1|errors|f16|pertoken|chunks|fused [--quick]\n", argv[0]);
         return 2;
     }
     const bitnet_kernel_info info = bitnet_get_kernel_info();
