@@ -5,6 +5,7 @@
 #include "bitnet_contract.h"
 #include "bitnet_kernels.h"
 
+#include "ggml-backend.h"
 #include "ggml-cpu-impl.h"
 #include "ggml-impl.h"
 
