@@ -26,7 +26,7 @@ static size_t alloc_size(const ggml_tensor * w) {
     if (!shape_ok(w)) {
         return ggml_nbytes(w);
     }
-    const size_t ours = bitnet_weights_size(bitnet_preferred_layout(src_type(w->type)), w->ne[1], w->ne[0]);
+    const size_t ours = bitnet_weights_size(layout_of(w), w->ne[1], w->ne[0]);
     // a tensor we could not repack (a non-ternary code) keeps ggml's bytes: room for either
     return ours > ggml_nbytes(w) ? ours : ggml_nbytes(w);
 }
@@ -159,6 +159,23 @@ class head_traits : public ggml::cpu::tensor_traits {
 
 static head_traits g_head;
 
+// FLASH_ATTN_EXT of a prompt (ternary-attn.cpp): ggml's tiled attention with the conversions shared by the
+// query heads of a key/value head; work buffer: its own (ggml's size for the node stays as it is).
+class attn_traits : public ggml::cpu::tensor_traits {
+  public:
+    bool work_size(int /*n_threads*/, const ggml_tensor * /*op*/, size_t & /*size*/) override { return false; }
+
+    bool compute_forward(ggml_compute_params * params, ggml_tensor * op) override {
+        if (params->use_ref || !attn_takes(op)) {
+            return false;
+        }
+        attn_run(params, op);
+        return true;
+    }
+};
+
+static attn_traits g_attn;
+
 }  // namespace bitnet_ggml
 
 static enum ggml_status ternary_buffer_init_tensor(ggml_backend_buffer_t, ggml_tensor * tensor) {
@@ -178,7 +195,7 @@ static void ternary_buffer_set_tensor(ggml_backend_buffer_t, ggml_tensor * tenso
     GGML_ASSERT(offset == 0 && size == ggml_nbytes(tensor));
     if (tensor->extra == static_cast<ggml::cpu::tensor_traits *>(&bitnet_ggml::g_ours)) {
         const bitnet_src_type st = bitnet_ggml::src_type(tensor->type);
-        const int rc = bitnet_repack(bitnet_preferred_layout(st), st, data, tensor->ne[1], tensor->ne[0], tensor->data);
+        const int rc = bitnet_repack(bitnet_ggml::layout_of(tensor), st, data, tensor->ne[1], tensor->ne[0], tensor->data);
         if (rc == BITNET_OK) {
             return;
         }
@@ -230,6 +247,9 @@ class extra_buffer_type : ggml::cpu::extra_buffer_type {
     }
 
     ggml::cpu::tensor_traits * get_tensor_traits(const ggml_tensor * op) override {
+        if (op->op == GGML_OP_FLASH_ATTN_EXT) {
+            return attn_takes(op) ? &g_attn : nullptr;
+        }
         if (op->op == GGML_OP_MUL_MAT && op->src[0]->buffer &&
             op->src[0]->buffer->buft == ggml_backend_cpu_ternary_buffer_type()) {
             return (ggml::cpu::tensor_traits *) op->src[0]->extra;
