@@ -38,6 +38,7 @@ def added_patch_lines() -> str:
         ("BITNET_ENV_SPLIT", contract.SPLIT_ENV),
         ("BITNET_ENV_BARRIER_SPIN", contract.BARRIER_SPIN_ENV),
         ("BITNET_ENV_FUSE", contract.FUSE_ENV),
+        ("BITNET_ENV_ATTN", contract.ATTN_ENV),
         ("BITNET_GGUF_HIDDEN_ACTIVATION", contract.HIDDEN_ACTIVATION),
         ("BITNET_GGUF_ACTIVATION_QUANT", contract.ACTIVATION_QUANT),
     ],

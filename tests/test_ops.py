@@ -173,3 +173,28 @@ def test_fused_chains_equal_the_nodes_one_by_one(
     assert [name for name, verdict in cases if verdict != "OK"] == []
     ran = set(re.findall(r"^bitnet: fused chain (\S+)$", done.stderr, re.M))
     assert ran == (set(FUSED_KINDS) if fuse == "1" else set()), done.stderr
+
+
+@pytest.mark.parametrize("variant", _VARIANTS, ids=lambda v: v.name)
+def test_prompt_attention_equals_ggmls_tiled_kernel(
+    fused_binary: Path, engine_build_dir: Path, variant: engine.Variant
+) -> None:
+    """ternary-attn.cpp reorganizes ggml's tiled flash attention (conversions shared by the query heads of
+    a key/value head, vectorized) without changing a row's arithmetic: its output hashes equal ggml's own
+    (BITNET_ATTN=0) for GQA 1/2/4, head sizes 64/128, 64..300 query rows, causal masks, 1-3 threads."""
+    _runnable(engine_build_dir, variant)
+    lines = {}
+    for attn in ("1", "0"):
+        # BITNET_ATTN is read once per process: one run per setting
+        env = {**os.environ, "BITNET_KERNELS": "1", "BITNET_ATTN": attn, "GGML_CPU_VARIANT": variant.name,
+               "GGML_CPU_VARIANT_REPORT": "1"}  # fmt: skip
+        done = subprocess.run(
+            [str(fused_binary), "--bin-dir", str(engine_build_dir / "bin"), "--attention"],
+            capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert ("bitnet: prompt attention ours" in done.stderr) == (attn == "1"), done.stderr
+        lines[attn] = re.findall(r"^  ATTN\(.*$", done.stdout, re.M)
+    assert len(lines["1"]) == 12
+    assert all(re.search(r"nonzero=(\d+)/\1$", line) for line in lines["1"]), lines["1"]
+    assert lines["1"] == lines["0"]

@@ -39,9 +39,9 @@ RUNS = [("static", 2), ("", 2), (TINY_CHUNKS, 2), ("guided:1:0:1", 2), (TINY_CHU
 BARRIER_RUNS = [("0", 2), ("off", 2)]
 
 
-def _complete(url: str) -> dict[str, Any]:
+def _complete(url: str, prompt: str = PROMPT) -> dict[str, Any]:
     body = {
-        "prompt": PROMPT,
+        "prompt": prompt,
         "n_predict": N_PREDICT,
         "temperature": 0,
         "n_probs": 10,
@@ -53,7 +53,11 @@ def _complete(url: str) -> dict[str, Any]:
     req = urllib.request.Request(f"{url}/completion", json.dumps(body).encode(), headers)
     with urllib.request.urlopen(req, timeout=300) as reply:
         out = json.loads(reply.read())
-    return {"tokens": out["tokens"], "probs": out["completion_probabilities"]}
+    return {
+        "tokens": out["tokens"],
+        "probs": out["completion_probabilities"],
+        "n_prompt": out.get("tokens_evaluated"),
+    }
 
 
 @pytest.fixture(scope="module", params=[("tq2_0", "f16"), ("tq1_0", "bf16")], ids=lambda p: f"{p[0]}-{p[1]}")

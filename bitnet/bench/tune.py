@@ -201,7 +201,8 @@ class _Bench:
 
 
 def _layout_of(src_type: str, entry: dict[str, int]) -> str:
-    return "tk1" if src_type == "TQ1_0" and entry.get("tq1_base3") else "tk2"
+    key = "tq1_base3" if src_type == "TQ1_0" else "tq2_base3"
+    return "tk1" if entry.get(key) else "tk2"
 
 
 def _layout_fn(entry: dict[str, int]) -> Callable[[MatShape], str]:

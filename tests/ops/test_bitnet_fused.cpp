@@ -10,7 +10,7 @@
 // by ggml's graph allocator, as llama.cpp does (intermediate buffers reused in place); the one-node
 // reference gives every tensor its own memory.
 //
-//   test_bitnet_fused [--bin-dir DIR] [--threads 1,2,3] [--seed N] [--quick]
+//   test_bitnet_fused [--bin-dir DIR] [--threads 1,2,3] [--seed N] [--quick] [--attention]
 //
 // Which chains really ran fused is printed by the engine on stderr with GGML_CPU_VARIANT_REPORT set
 // ("bitnet: fused chain ..."); tests/test_ops.py checks those lines. Output: one line per case, a summary,
@@ -305,6 +305,82 @@ void chains(const Backend & be, std::mt19937 & rng, ggml_type type, int64_t K, i
     }
 }
 
+// Prompt attention (kernels/ternary/ggml/ternary-attn.cpp) is checked across processes: this prints a hash
+// of each case's output; tests/test_ops.py runs it with BITNET_ATTN=1 (ours) and =0 (ggml's tiled kernel)
+// and compares the lines. f16 K/V and a causal f16 mask as llama.cpp builds them (KV rows past the
+// tokens masked), GQA ratios 1, 2, 4, head sizes 64 and 128, prompts of 64..300 rows.
+uint64_t fnv(const std::vector<float> & v) {
+    uint64_t h = 1469598103934665603ull;
+    const auto * p = (const unsigned char *) v.data();
+    for (size_t i = 0; i < v.size() * sizeof(float); i++) {
+        h = (h ^ p[i]) * 1099511628211ull;
+    }
+    return h;
+}
+
+void attention(const Backend & be, std::mt19937 & rng, const std::vector<int> & threads, bool quick) {
+    struct Shape { int64_t d, nq, nh, nkvh, nkv; };
+    std::vector<Shape> shapes = { { 128, 64, 4, 1, 64 }, { 128, 300, 8, 2, 320 }, { 64, 100, 4, 4, 128 },
+                                  { 128, 256, 20, 5, 256 } };
+    if (quick) {
+        shapes.resize(2);
+    }
+    for (const Shape & sh : shapes) {
+        std::normal_distribution<float> nd(0.0f, 1.0f);
+        std::vector<float> q(sh.d * sh.nq * sh.nh), k(sh.d * sh.nkv * sh.nkvh), v(sh.d * sh.nkv * sh.nkvh);
+        for (auto * vec : { &q, &k, &v }) {
+            for (auto & x : *vec) {
+                x = nd(rng);
+            }
+        }
+        // causal mask over nkv cache rows: query i sees keys 0 .. i + (nkv_used - nq); rows past nq: -inf
+        const int64_t used = std::min(sh.nkv, sh.nq + 7), mrows = (sh.nq + 63) / 64 * 64;
+        std::vector<ggml_fp16_t> mask(sh.nkv * mrows);
+        for (int64_t i = 0; i < mrows; i++) {
+            for (int64_t j = 0; j < sh.nkv; j++) {
+                const bool see = i < sh.nq && j < used && j <= i + (used - sh.nq);
+                mask[i * sh.nkv + j] = ggml_fp32_to_fp16(see ? 0.0f : -INFINITY);
+            }
+        }
+        std::vector<ggml_fp16_t> kh(k.size()), vh(v.size());
+        ggml_fp32_to_fp16_row(k.data(), kh.data(), (int64_t) k.size());
+        ggml_fp32_to_fp16_row(v.data(), vh.data(), (int64_t) v.size());
+        for (int nth : threads) {
+            ggml_init_params ip  = { ggml_tensor_overhead() * 16 + ggml_graph_overhead(), nullptr, true };
+            ggml_context *   ctx = ggml_init(ip);
+            ggml_tensor *    tq  = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, sh.d, sh.nq, sh.nh);
+            ggml_tensor *    tk  = ggml_new_tensor_3d(ctx, GGML_TYPE_F16, sh.d, sh.nkv, sh.nkvh);
+            ggml_tensor *    tv  = ggml_new_tensor_3d(ctx, GGML_TYPE_F16, sh.d, sh.nkv, sh.nkvh);
+            ggml_tensor *    tm  = ggml_new_tensor_2d(ctx, GGML_TYPE_F16, sh.nkv, mrows);
+            // llama.cpp's layout: q [d, tokens, heads] as a permuted view; here plain, same strides role
+            ggml_tensor * out = ggml_flash_attn_ext(ctx, tq, tk, tv, tm, 1.0f / std::sqrt((float) sh.d), 0.0f, 0.0f);
+            ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx, be.plain);
+            ggml_backend_tensor_set(tq, q.data(), 0, ggml_nbytes(tq));
+            ggml_backend_tensor_set(tk, kh.data(), 0, ggml_nbytes(tk));
+            ggml_backend_tensor_set(tv, vh.data(), 0, ggml_nbytes(tv));
+            ggml_backend_tensor_set(tm, mask.data(), 0, ggml_nbytes(tm));
+            ggml_cgraph * gf = ggml_new_graph(ctx);
+            ggml_build_forward_expand(gf, out);
+            be.set_n_threads(be.backend, nth);
+            if (ggml_backend_graph_compute(be.backend, gf) != GGML_STATUS_SUCCESS) {
+                die("attention compute failed");
+            }
+            std::vector<float> y(ggml_nelements(out));
+            ggml_backend_tensor_get(out, y.data(), 0, ggml_nbytes(out));
+            size_t finite = 0;
+            for (float x : y) {
+                finite += std::isfinite(x) && x != 0.0f;
+            }
+            printf("  ATTN(d=%lld,nq=%lld,heads=%lld/%lld,nkv=%lld) nth=%d: hash=%016llx nonzero=%zu/%zu\n",
+                   (long long) sh.d, (long long) sh.nq, (long long) sh.nh, (long long) sh.nkvh, (long long) sh.nkv,
+                   nth, (unsigned long long) fnv(y), finite, y.size());
+            fflush(stdout);
+            ggml_backend_buffer_free(buf);
+            ggml_free(ctx);
+        }
+    }
+}
+
 std::vector<int> parse_list(const char * s) {
     std::vector<int> v;
     for (const char * p = s; *p;) {
@@ -325,7 +401,7 @@ int main(int argc, char ** argv) {
     std::string      bin_dir;
     std::vector<int> threads = { 1, 2, 3 };
     unsigned         seed    = 4321;
-    bool             quick   = false;
+    bool             quick   = false, attn = false;
     for (int i = 1; i < argc; i++) {
         const std::string a = argv[i];
         if (a == "--bin-dir" && i + 1 < argc) {
@@ -336,8 +412,10 @@ int main(int argc, char ** argv) {
             seed = (unsigned) std::strtoul(argv[++i], nullptr, 10);
         } else if (a == "--quick") {
             quick = true;
+        } else if (a == "--attention") {
+            attn = true;
         } else {
-            die("usage: test_bitnet_fused [--bin-dir DIR] [--threads 1,2,3] [--seed N] [--quick]");
+            die("usage: test_bitnet_fused [--bin-dir DIR] [--threads 1,2,3] [--seed N] [--quick] [--attention]");
         }
     }
     if (bin_dir.empty()) {
@@ -373,6 +451,10 @@ int main(int argc, char ** argv) {
     fflush(stdout);
 
     std::mt19937 rng(seed);
+    if (attn) {
+        attention(be, rng, threads, quick);
+        return 0;
+    }
     const std::vector<int64_t> cols = quick ? std::vector<int64_t>{ 1, 17 } : std::vector<int64_t>{ 1, 2, 3, 17, 33 };
     chains(be, rng, GGML_TYPE_TQ2_0, 256, 512, 256, cols, threads);     // the tiny model's widths
     chains(be, rng, GGML_TYPE_TQ1_0, 512, 768, 256, { 1, 7 }, threads);  // TK1 (avx512) / TK2, odd group counts

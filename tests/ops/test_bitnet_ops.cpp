@@ -403,12 +403,14 @@ void ternary_case(const Backend & be, const Options & opt, std::mt19937 & rng, g
         // Our layouts interleave 16 rows per tile: the memory must differ from ggml's bytes. A tensor
         // left in ggml's layout (repack refused) would compute with stock kernels instead.
         g_count.repacked += ours.bytes_changed ? 1 : 0;
-        // get_alloc_size: ggml's row size, padded to 16 rows, as TQ1_0 (TK1) or TQ2_0 (TK2) blocks
+        // get_alloc_size: our layout's size - ggml's row size of TQ1_0 (TK1) or TQ2_0 (TK2) blocks padded to 16
+        // rows - or ggml's own size where that is larger (room for ggml's bytes if a repack is refused)
         const int64_t rows16 = (rows + 15) / 16 * 16;
-        const size_t tk_same = ggml_row_size(type, k) * rows16;
+        const size_t tk1 = ggml_row_size(GGML_TYPE_TQ1_0, k) * rows16;
         const size_t tk2 = ggml_row_size(GGML_TYPE_TQ2_0, k) * rows16;
-        layout = type == GGML_TYPE_TQ2_0 || ours.alloc_size == tk2 ? " [tk2]" : " [tk1]";
-        size_ok = ours.alloc_size == tk_same || (type == GGML_TYPE_TQ1_0 && ours.alloc_size == tk2);
+        const size_t own = ggml_row_size(type, k) * rows;
+        layout = ours.alloc_size == std::max(tk2, own) ? " [tk2]" : " [tk1]";
+        size_ok = ours.alloc_size == std::max(tk1, own) || ours.alloc_size == std::max(tk2, own);
     }
 
     for (int64_t ncols : ncols_list) {

@@ -5,7 +5,7 @@
 # (ISA and PARAM upper-cased, ISA made a C identifier: neon-dotprod -> NEON_DOTPROD), written only when its content changes, and makes CMake re-run when the
 # JSON changes. Used by this project and, next, by the llama.cpp integration (include this file and
 # call it for the ggml-cpu target). Every ISA must define every parameter in BITNET_TUNING_PARAMS.
-set(BITNET_TUNING_PARAMS gemm_row_groups gemm_cols prefetch_bytes tq1_base3)
+set(BITNET_TUNING_PARAMS gemm_row_groups gemm_cols prefetch_bytes tq1_base3 tq2_base3)
 
 function(bitnet_generate_tuning_header json_file out_file)
     file(READ "${json_file}" json)

@@ -40,7 +40,7 @@ static size_t alloc_size(const ggml_tensor * w) {
     if (!shape_ok(w)) {
         return ggml_nbytes(w);
     }
-    const size_t ours = bitnet_weights_size(bitnet_preferred_layout(src_type(w->type)), w->ne[1], w->ne[0]);
+    const size_t ours = bitnet_weights_size(layout_of(w), w->ne[1], w->ne[0]);
     // a tensor we could not repack (a non-ternary code) keeps ggml's bytes: room for either
     return ours > ggml_nbytes(w) ? ours : ggml_nbytes(w);
 }
@@ -102,7 +102,7 @@ class tensor_traits : public ggml::cpu::tensor_traits {
 // of the load time (2B: ~0.6 s more than stock's, one thread). Threads take disjoint 16-row groups.
 static int repack(const ggml_tensor * t, const void * data) {
     const bitnet_src_type st     = src_type(t->type);
-    const bitnet_layout   layout = bitnet_preferred_layout(st);
+    const bitnet_layout   layout = layout_of(t);
     const int64_t         rows = t->ne[1], k = t->ne[0], groups = (rows + BITNET_GROUP_ROWS - 1) / BITNET_GROUP_ROWS;
     const int64_t min_bytes = 1 << 20;  // per thread; below this a thread start costs more than it saves
     int nth = (int) std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()), 8);
@@ -208,6 +208,23 @@ class head_traits : public ggml::cpu::tensor_traits {
 
 static head_traits g_head;
 
+// FLASH_ATTN_EXT of a prompt (ternary-attn.cpp): ggml's tiled attention with the conversions shared by the
+// query heads of a key/value head; work buffer: its own (ggml's size for the node stays as it is).
+class attn_traits : public ggml::cpu::tensor_traits {
+  public:
+    bool work_size(int /*n_threads*/, const ggml_tensor * /*op*/, size_t & /*size*/) override { return false; }
+
+    bool compute_forward(ggml_compute_params * params, ggml_tensor * op) override {
+        if (params->use_ref || !attn_takes(op)) {
+            return false;
+        }
+        attn_run(params, op);
+        return true;
+    }
+};
+
+static attn_traits g_attn;
+
 }  // namespace bitnet_ggml
 
 static enum ggml_status ternary_buffer_init_tensor(ggml_backend_buffer_t, ggml_tensor * tensor) {
@@ -289,6 +306,9 @@ class extra_buffer_type : ggml::cpu::extra_buffer_type {
     // with weights in our buffer, and the head's MUL_MAT wherever ggml keeps it (head_traits declines all
     // but one-token products, which ggml then runs itself)
     ggml::cpu::tensor_traits * get_tensor_traits(const ggml_tensor * op) override {
+        if (op->op == GGML_OP_FLASH_ATTN_EXT) {
+            return attn_takes(op) ? &g_attn : nullptr;
+        }
         if (op->op != GGML_OP_MUL_MAT || op->src[0]->buffer == nullptr) {
             return nullptr;
         }

@@ -13,6 +13,8 @@
 #define BITNET_ENV_SPLIT          "BITNET_SPLIT"            /* static | guided: row split (ternary-buft.cpp) */
 #define BITNET_ENV_BARRIER_SPIN   "GGML_BARRIER_SPIN"       /* spins before a waiter yields, or off (patch 0009) */
 #define BITNET_ENV_FUSE           "BITNET_FUSE"             /* "0": no fused norm/matmul chains (patch 0012) */
+#define BITNET_ENV_ATTN           "BITNET_ATTN"             /* "0": prompt attention left to ggml (ternary-attn.cpp) */
+#define BITNET_ENV_LAYOUT         "BITNET_LAYOUT"           /* tk1 | tk2: every ternary weight's layout (ternary-buft.h) */
 
 /* GGUF keys, after "<arch>." */
 #define BITNET_GGUF_HIDDEN_ACTIVATION "hidden_activation"   /* relu2 | silu (patch 0001) */
@@ -23,5 +25,6 @@
 #define BITNET_REPORT_KERNELS     "bitnet: ternary kernels %s (%s)\n"       /* ternary-buft.cpp */
 #define BITNET_REPORT_ACT_QUANT   "bitnet: activation quantization %s (%s)" /* patch 0006 */
 #define BITNET_REPORT_FUSED       "bitnet: fused chain %s\n"                 /* ternary-fuse.cpp, first run of a kind */
+#define BITNET_REPORT_ATTN        "bitnet: prompt attention ours\n"          /* ternary-attn.cpp, first run */
 
 #endif /* BITNET_CONTRACT_H */

@@ -131,8 +131,8 @@ static inline int bitnet_trit(uint8_t q, int n) {
     return ((uint16_t)(uint8_t)(q * pow3[n]) * 3) >> 8;
 }
 
-/* The layout this build prefers for a source type: TK2 for TQ2_0; for TQ1_0 TK1 or TK2 per ISA, as
- * measured (tuning.json "tq1_base3"). Any supported pair works in every build; this is the fast one. */
+/* The layout this build prefers for a source type: TK1 or TK2 per ISA and source, as measured
+ * (tuning.json "tq1_base3", "tq2_base3"). Every pair works in every build; this is the fast one. */
 bitnet_layout bitnet_preferred_layout(bitnet_src_type src_type);
 
 /* Bytes our layout needs for a [rows x k] matrix (k a multiple of 256), 0 if the shape is invalid. */
@@ -140,8 +140,8 @@ size_t bitnet_weights_size(bitnet_layout layout, int64_t rows, int64_t k);
 
 /* Repack `rows` ggml rows of `k` weights (row-major blocks, as in a ggml tensor) into our layout at
  * dst (bitnet_weights_size bytes; 64-byte aligned for best speed). Supported: TQ2_0 -> TK2,
- * TQ1_0 -> TK1, TQ1_0 -> TK2. Returns BITNET_OK, BITNET_EINVAL, or BITNET_EBADCODE (dst then
- * undefined). Single-threaded; per 6912x2560 matrix on the README's machine: TQ1_0->TK1 0.7 ms,
+ * TQ2_0 -> TK1 (codes re-encoded as TQ1_0's base-3 bytes: the same ternary values), TQ1_0 -> TK1,
+ * TQ1_0 -> TK2. Returns BITNET_OK, BITNET_EINVAL, or BITNET_EBADCODE (dst then undefined). Single-threaded; per 6912x2560 matrix on the README's machine: TQ1_0->TK1 0.7 ms,
  * TQ2_0->TK2 2.7 ms (checks every code), TQ1_0->TK2 17 ms (scalar trit decode). */
 int bitnet_repack(bitnet_layout layout, bitnet_src_type src_type, const void *src, int64_t rows, int64_t k,
                   void *dst);

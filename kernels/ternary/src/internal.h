@@ -49,6 +49,7 @@
 #define BITNET_GEMM_COLS BITNET_TUNE(GEMM_COLS)
 #define BITNET_PREFETCH BITNET_TUNE(PREFETCH_BYTES) /* software prefetch distance, 0 = none */
 #define BITNET_TQ1_BASE3 BITNET_TUNE(TQ1_BASE3)     /* 1: TQ1_0 -> TK1 (base 3 kept), 0: -> TK2 */
+#define BITNET_TQ2_BASE3 BITNET_TUNE(TQ2_BASE3)     /* 1: TQ2_0 -> TK1 (re-encoded in base 3), 0: -> TK2 */
 
 #if defined(__GNUC__)
 #define BITNET_INLINE static inline __attribute__((always_inline))

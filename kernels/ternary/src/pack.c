@@ -30,6 +30,26 @@ static void tq1_to_tq2_qs(const bitnet_block_tq1_0 *src, uint8_t qs[BITNET_QK / 
     }
 }
 
+/* The 52 TQ1_0 bytes (qs, then qh) holding the same 256 codes as a TQ2_0 block: ggml's quantize_row_tq1_0_ref
+ * packing (bit order: see header), q = ceil(base-3 value * 256 / 243). Codes must be 0..2. */
+static void tq2_to_tq1_bytes(const bitnet_block_tq2_0 *src, uint8_t out[52]) {
+    uint8_t code[BITNET_QK];
+    for (int k = 0; k < BITNET_QK; k++) {
+        const int h = k / 128, l = (k % 128) / 32, m = k % 32;
+        code[k] = (uint8_t)((src->qs[32 * h + m] >> (2 * l)) & 3);
+    }
+    for (int m = 0; m < 48; m++) {
+        unsigned v = 0;
+        for (int n = 0; n < 5; n++) v = 3 * v + code[m < 32 ? 32 * n + m : 160 + 16 * n + (m - 32)];
+        out[m] = (uint8_t)((v * 256 + 242) / 243);
+    }
+    for (int j = 0; j < 4; j++) {
+        unsigned v = 0;
+        for (int n = 0; n < 4; n++) v = 3 * v + code[240 + 4 * n + j];
+        out[48 + j] = (uint8_t)((3 * v * 256 + 242) / 243); /* 4 trits, the first in the top trit */
+    }
+}
+
 int bitnet_repack(bitnet_layout layout, bitnet_src_type src_type, const void *src, int64_t rows, int64_t k,
                   void *dst) {
     return bitnet_repack_groups(layout, src_type, src, rows, k, dst, 0, bitnet__groups(rows));
@@ -39,8 +59,8 @@ int bitnet_repack_groups(bitnet_layout layout, bitnet_src_type src_type, const v
                          void *dst, int64_t g0, int64_t g1) {
     const size_t size = bitnet_weights_size(layout, rows, k);
     if (!src || !dst || size == 0) return BITNET_EINVAL;
-    if (!((src_type == BITNET_SRC_TQ2_0 && layout == BITNET_LAYOUT_TK2) || src_type == BITNET_SRC_TQ1_0))
-        return BITNET_EINVAL;
+    if (src_type != BITNET_SRC_TQ2_0 && src_type != BITNET_SRC_TQ1_0) return BITNET_EINVAL;
+
     const int64_t nb = k / BITNET_QK, ngroups = bitnet__groups(rows);
     if (g0 < 0 || g1 > ngroups || g0 > g1) return BITNET_EINVAL;
     const size_t tile_bytes = bitnet__tile_bytes(layout);
@@ -65,10 +85,18 @@ int bitnet_repack_groups(bitnet_layout layout, bitnet_src_type src_type, const v
                 int nchunks;
                 if (src_type == BITNET_SRC_TQ2_0) {
                     const bitnet_block_tq2_0 *x = (const bitnet_block_tq2_0 *)blk;
-                    memcpy(bytes, x->qs, sizeof x->qs);
-                    for (size_t j = 0; j < sizeof x->qs; j++) bad |= (uint8_t)(x->qs[j] & (x->qs[j] >> 1));
+                    uint8_t blk_bad = 0;
+                    for (size_t j = 0; j < sizeof x->qs; j++) blk_bad |= (uint8_t)(x->qs[j] & (x->qs[j] >> 1));
+                    bad |= blk_bad;
+                    if (layout == BITNET_LAYOUT_TK2) {
+                        memcpy(bytes, x->qs, sizeof x->qs);
+                        nchunks = BITNET_TK2_CHUNKS;
+                    } else {
+                        if (blk_bad & 0x55) return BITNET_EBADCODE; /* no base-3 form of a code 3 */
+                        tq2_to_tq1_bytes(x, bytes);
+                        nchunks = BITNET_TK1_CHUNKS;
+                    }
                     d[r] = x->d;
-                    nchunks = BITNET_TK2_CHUNKS;
                 } else if (layout == BITNET_LAYOUT_TK2) {
                     const bitnet_block_tq1_0 *x = (const bitnet_block_tq1_0 *)blk;
                     tq1_to_tq2_qs(x, bytes);
@@ -359,7 +387,8 @@ int bitnet_matmul(const bitnet_weights *w, const bitnet_act_block *x, int64_t nc
 }
 
 bitnet_layout bitnet_preferred_layout(bitnet_src_type src_type) {
-    return src_type == BITNET_SRC_TQ1_0 && BITNET_TQ1_BASE3 ? BITNET_LAYOUT_TK1 : BITNET_LAYOUT_TK2;
+    if (src_type == BITNET_SRC_TQ1_0) return BITNET_TQ1_BASE3 ? BITNET_LAYOUT_TK1 : BITNET_LAYOUT_TK2;
+    return BITNET_TQ2_BASE3 ? BITNET_LAYOUT_TK1 : BITNET_LAYOUT_TK2;
 }
 
 bitnet_kernel_info bitnet_get_kernel_info(void) {

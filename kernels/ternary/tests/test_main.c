@@ -593,10 +593,11 @@ static void group_ggml(t_rng *r, bitnet_src_type src) {
             make_matrix(&m1, rows, k, BITNET_SRC_TQ1_0, W_RANDOM, D_RANDOM, &r1);
             make_matrix(&m2, rows, k, BITNET_SRC_TQ2_0, W_RANDOM, D_RANDOM, &r2);
             *r = r1;
-            bitnet_weights wa, wb, wc;
+            bitnet_weights wa, wb, wc, wd;
             void *da = repack(&m1, BITNET_LAYOUT_TK1, &wa), *db = repack(&m1, BITNET_LAYOUT_TK2, &wb),
-                 *dc = repack(&m2, BITNET_LAYOUT_TK2, &wc);
+                 *dc = repack(&m2, BITNET_LAYOUT_TK2, &wc), *dd = repack(&m2, BITNET_LAYOUT_TK1, &wd);
             CHECK(!memcmp(db, dc, bitnet_weights_size(BITNET_LAYOUT_TK2, rows, k)), "TQ1->TK2 != TQ2->TK2 bytes");
+            CHECK(!memcmp(da, dd, bitnet_weights_size(BITNET_LAYOUT_TK1, rows, k)), "TQ1->TK1 != TQ2->TK1 bytes");
             bitnet_act_block *x = make_acts(k, ncols, nb, A_QUANT, r);
             const size_t ny = sizeof(float) * (size_t)(rows * ncols);
             float *ya = xalloc(ny), *yb = xalloc(ny);
@@ -609,6 +610,7 @@ static void group_ggml(t_rng *r, bitnet_src_type src) {
             free(da);
             free(db);
             free(dc);
+            free(dd);
             free_matrix(&m1);
             free_matrix(&m2);
         }
@@ -625,7 +627,7 @@ static void group_errors(t_rng *r) {
     CHECK(bitnet_repack(BITNET_LAYOUT_TK2, BITNET_SRC_TQ2_0, m.raw, 20, 512, dst) == BITNET_OK, "valid repack");
     m.raw[66 * 7 + 13] |= 0x30; /* a code 3 in row 3, block 1 */
     CHECK(bitnet_repack(BITNET_LAYOUT_TK2, BITNET_SRC_TQ2_0, m.raw, 20, 512, dst) == BITNET_EBADCODE, "code 3");
-    CHECK(bitnet_repack(BITNET_LAYOUT_TK1, BITNET_SRC_TQ2_0, m.raw, 20, 512, dst) == BITNET_EINVAL, "TQ2->TK1");
+    CHECK(bitnet_repack(BITNET_LAYOUT_TK1, BITNET_SRC_TQ2_0, m.raw, 20, 512, dst) == BITNET_EBADCODE, "code 3 -> TK1");
     CHECK(bitnet_repack(BITNET_LAYOUT_TK2, BITNET_SRC_TQ2_0, m.raw, 20, 500, dst) == BITNET_EINVAL, "k %% 256");
     CHECK(bitnet_repack(BITNET_LAYOUT_TK2, BITNET_SRC_TQ2_0, NULL, 20, 512, dst) == BITNET_EINVAL, "NULL src");
     CHECK(bitnet_weights_size(BITNET_LAYOUT_TK2, 20, 300) == 0, "size of bad k");
@@ -647,7 +649,8 @@ static void group_errors(t_rng *r) {
     CHECK(bitnet_ref_gemv(&w, x, y, 8, 20) == BITNET_EINVAL, "ref checks too");
     CHECK(bitnet_act_size(512, 3) == 6 * sizeof(bitnet_act_block) && bitnet_act_size(500, 3) == 0, "act size");
     const bitnet_kernel_info info = bitnet_get_kernel_info();
-    CHECK(bitnet_preferred_layout(BITNET_SRC_TQ2_0) == BITNET_LAYOUT_TK2, "TQ2_0 -> TK2");
+    CHECK(bitnet_preferred_layout(BITNET_SRC_TQ2_0) == BITNET_LAYOUT_TK2 ||
+              bitnet_preferred_layout(BITNET_SRC_TQ2_0) == BITNET_LAYOUT_TK1, "TQ2_0 -> TK2 or TK1 (tuning.json tq2_base3)");
     CHECK(bitnet_preferred_layout(BITNET_SRC_TQ1_0) == info.tq1_layout, "info.tq1_layout");
     CHECK(!strcmp(info.isa, bitnet_isa()) && info.gemm_row_groups >= 1 && info.gemm_cols >= 1, "kernel info");
     int64_t r0, r1, covered = 0;
