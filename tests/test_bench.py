@@ -310,6 +310,7 @@ def test_peer_binaries_run_in_the_same_rounds_on_their_own_model(tmp_path: Path,
     assert set(ik["engine_binary"]) == {str(peer_bin)} and set(ik["avg_ts"]) == {120.0}
     line = next(ln for ln in run.table.splitlines() if " ik " in f" {ln} ")
     assert "1.20x" in line  # 120 / 100 (stock), same model and test
+    assert "ours ÷ this" in run.table
 
 
 def test_busy_conditions_run_each_cell_with_and_without_a_busy_loop(tmp_path: Path, tiny_model: Path):

@@ -133,6 +133,18 @@ def test_summary_has_median_spread_and_ratio_vs_stock():
     assert summary.attrs["baseline"] == "stock"
 
 
+def test_with_peers_each_line_says_how_far_ours_is_ahead_of_it():
+    rows = _ab_rows([12.0, 12.0], [4.0, 4.0]) + [
+        bench_row(rep=r, config="ik", kernels=None, avg_ts=8.0) for r in range(2)
+    ]
+    summary = summarize(pd.DataFrame(rows))
+    over = dict(zip(summary["config"], summary["ours_over"], strict=True))
+    assert over == {"ours": 1.0, "stock": 3.0, "ik": 1.5}
+    ik_line = next(ln for ln in format_table(pd.DataFrame(rows)).splitlines() if " ik " in f" {ln} ")
+    assert ik_line.split()[-2:] == ["2.00x", "1.50x"]  # vs stock, then ours ÷ ik
+    assert "ours_over" not in summarize(pd.DataFrame(_ab_rows([12.0], [4.0])))  # no peer: no column
+
+
 def test_table_shows_only_what_varies_and_says_the_rest_once():
     # steady repetitions: no cell is flagged unreliable (see the reliability tests)
     rows = _ab_rows([10.9, 11.1], [5.0, 5.0], n_threads=1) + _ab_rows([20.9, 21.1], [9.9, 10.1], n_threads=2)

@@ -423,7 +423,8 @@ def summarize(df: pd.DataFrame, *, baseline: str | None = None) -> pd.DataFrame:
     Columns: the key columns that vary between rows, ``test``, ``n`` (measurements), ``median_ts``,
     ``mean_ts``, ``sd_ts`` (between repetitions; llama-bench's own stddev when there is one
     measurement), ``roofline_frac`` (median, decode rows), ``ratio`` = median / the baseline
-    config's median for the same model, threads and test (only when ``config`` varies), and whether
+    config's median for the same model, threads and test (only when ``config`` varies), ``ours_over`` =
+    ours' median / this line's (when configs besides ours and one other ran, e.g. peers), and whether
     the cell can be trusted: ``spread`` ((max - min) / median of its repetitions; llama-bench's own
     samples for one measurement), ``load_avg_1m`` (the highest the rows recorded), ``unreliable_rules``
     (the letters of `reliability` that fired: L load, S spread) and ``unreliable`` (any fired).
@@ -473,6 +474,10 @@ def summarize(df: pd.DataFrame, *, baseline: str | None = None) -> pd.DataFrame:
         idx = pd.MultiIndex.from_frame(out[others]) if len(others) > 1 else pd.Index(out[others[0]])
         out["ratio"] = out["median_ts"].to_numpy() / ref.reindex(idx).to_numpy()
         out.attrs["baseline"] = base
+        if "ours" in seen and len(seen) > 2:  # peers beside ours and stock: how far ahead of each are we
+            mine = out[out["config"] == "ours"].set_index(others)["median_ts"]
+            mine = mine[~mine.index.duplicated()]
+            out["ours_over"] = mine.reindex(idx).to_numpy() / out["median_ts"].to_numpy()
     constant = [c for c in KEY_COLUMNS if c in rows and rows[c].notna().any() and rows[c].nunique() == 1]
     out.attrs["constant"] = {c: rows[c].dropna().iloc[0] for c in constant}
     return out
@@ -494,7 +499,7 @@ def format_table(df: pd.DataFrame, *, baseline: str | None = None) -> str:
         table["!"] = ["!" + r if r else "" for r in summary["unreliable_rules"]]
     for col in summary.columns:
         if col in ("n", "median_ts", "mean_ts", "sd_ts", "roofline_frac", "ratio", "spread", "load_avg_1m",
-                   "unreliable_rules", "unreliable", "max_rss_mb", "load_s"):  # fmt: skip
+                   "unreliable_rules", "unreliable", "max_rss_mb", "load_s", "ours_over"):  # fmt: skip
             continue
         values = summary[col].str[:12] if col == "repo_commit" else summary[col]
         table[col.replace("n_threads", "threads")] = values
@@ -514,6 +519,9 @@ def format_table(df: pd.DataFrame, *, baseline: str | None = None) -> str:
         base = summary.attrs.get("baseline")
         table[f"vs {base}"] = summary["ratio"].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}x")
         notes.append(f"ratio = median t/s / median t/s of {base} (same model, threads, test)")
+    if "ours_over" in summary:
+        table["ours ÷ this"] = summary["ours_over"].map(lambda v: "-" if pd.isna(v) else f"{v:.2f}x")
+        notes.append("ours ÷ this = ours' median t/s / this line's (same model, threads, test)")
     if "max_rss_mb" in summary:
         notes.append("peak RSS MB: median peak resident memory of the llama-bench processes")
     if "load_s" in summary:
