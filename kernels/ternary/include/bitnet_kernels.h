@@ -242,7 +242,20 @@ int bitnet_gemv_bf16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, 
                      int64_t r1);
 int bitnet_ref_gemv_bf16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0,
                          int64_t r1);
-/* 1 if this build's bitnet_gemv_f16 and bitnet_gemv_bf16 are vectorized (AVX2/AVX-512 with F16C + FMA, NEON); 0 if it is the
+/* The same products for ncols >= 1 activation columns: y[c*ldy + r] = sum_k f32(w[r*ldw + k]) * x[c*ldx + k]
+ * for r in [r0, r1), c < ncols (ldx >= k and ldy >= r1 when ncols > 1, in elements). Each weight row is
+ * read once per tile of 4 columns, and every column's result is BIT FOR BIT what bitnet_gemv_f16 /
+ * _bf16 gives for that column alone (same per-lane fma order, same reduction tree), so a sequence's
+ * logits do not depend on how many others share its batch. Returns BITNET_OK or BITNET_EINVAL. */
+int bitnet_gemm_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, int64_t ldx, int64_t ncols, float *y,
+                    int64_t ldy, int64_t r0, int64_t r1);
+int bitnet_gemm_bf16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, int64_t ldx, int64_t ncols,
+                     float *y, int64_t ldy, int64_t r0, int64_t r1);
+int bitnet_ref_gemm_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, int64_t ldx, int64_t ncols,
+                        float *y, int64_t ldy, int64_t r0, int64_t r1);
+int bitnet_ref_gemm_bf16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, int64_t ldx, int64_t ncols,
+                         float *y, int64_t ldy, int64_t r0, int64_t r1);
+/* 1 if this build's bitnet_gemv_f16 / _bf16 and bitnet_gemm_f16 / _bf16 are vectorized (AVX2/AVX-512 with F16C + FMA, NEON); 0 if it is the
  * reference (scalar, SSSE3: no hardware fused multiply-add, so fmaf() in software is far slower than
  * ggml's own fp16 path; the engine then leaves the head to ggml). */
 int bitnet_gemv_f16_native(void);

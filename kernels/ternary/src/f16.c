@@ -35,6 +35,14 @@ static int check_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, 
     return BITNET_OK;
 }
 
+static int check_f16_gemm(const uint16_t *w, int64_t k, int64_t ldw, const float *x, int64_t ldx, int64_t ncols,
+                          const float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    const int rc = check_f16(w, k, ldw, x, y, r0, r1);
+    if (rc != BITNET_OK) return rc;
+    if (ncols < 1 || (ncols > 1 && (ldx < k || ldy < r1))) return BITNET_EINVAL;
+    return BITNET_OK;
+}
+
 static inline float bf16_to_fp32(uint16_t h) {
     const uint32_t bits = (uint32_t)h << 16;
     float f;
@@ -70,6 +78,39 @@ int bitnet_ref_gemv_bf16(const uint16_t *w, int64_t k, int64_t ldw, const float 
     return BITNET_OK;
 }
 
+/* The reference GEMM: the reference GEMV of each column. */
+static int ref_gemm(const uint16_t *w, int64_t k, int64_t ldw, const float *x, int64_t ldx, int64_t ncols, float *y,
+                    int64_t ldy, int64_t r0, int64_t r1, int bf16) {
+    const int rc = check_f16_gemm(w, k, ldw, x, ldx, ncols, y, ldy, r0, r1);
+    if (rc != BITNET_OK) return rc;
+    for (int64_t c = 0; c < ncols; c++)
+        for (int64_t r = r0; r < r1; r++) y[c * ldy + r] = ref_row(w + r * ldw, k, x + c * ldx, bf16);
+    return BITNET_OK;
+}
+
+int bitnet_ref_gemm_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, int64_t ldx, int64_t ncols,
+                        float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    return ref_gemm(w, k, ldw, x, ldx, ncols, y, ldy, r0, r1, 0);
+}
+
+int bitnet_ref_gemm_bf16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, int64_t ldx, int64_t ncols,
+                         float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    return ref_gemm(w, k, ldw, x, ldx, ncols, y, ldy, r0, r1, 1);
+}
+
+/* GEMM tiling, the same in every vectorized ISA. The 64 lanes are 8 independent groups of 8 (lanes
+ * 8m .. 8m+7, weights w[i + 8m .. i + 8m + 7] of every 64-chunk i), so a row is taken in passes of LG
+ * groups for a tile of NC columns (NC * LG <= 8 accumulating groups: 8 ymm / 16 q registers), each
+ * pass over the whole row, each group's lanes in the GEMV's order: every weight is converted once per
+ * tile and fma'd into its NC columns, and every lane's sum is the GEMV's sum. Pass p takes groups
+ * p, p + 8/LG, ... so that its loads touch both cache lines of every 128-byte chunk (the first pass
+ * streams the row in; the next ones find it in L1). Then each column's 64 sums go through the GEMV's
+ * reduction tree. Rows go in blocks of GEMM_RB (L2-resident) per column tile, so that with many
+ * columns the activations are not re-read from far caches for every row. */
+#define GEMM_NC 4
+#define GEMM_RB 16
+BITNET_INLINE int gemm_lg(int nc) { return nc == 1 ? 8 : nc == 2 ? 4 : 2; }
+
 #if defined(BITNET_ISA_AVX512VNNI) || defined(BITNET_ISA_AVX2)
 /* The AVX-512 build uses this 256-bit code as well: on Zen 4 the zmm vcvtph2ps limits a 2-thread head
  * GEMV to 38 GB/s of fp16, the ymm one reaches the read bandwidth (55 GB/s, same run). */
@@ -81,6 +122,17 @@ BITNET_INLINE __m256 mac8(__m256 acc, const uint16_t *w, const float *x, int bf1
     return _mm256_fmadd_ps(wf, _mm256_loadu_ps(x), acc);
 }
 
+/* the GEMV's reduction tree of the 64 lane sums a[m] (lanes 8m .. 8m+7) */
+BITNET_INLINE float reduce64(const __m256 *a) {
+    /* t lanes 0-7 and 8-15 */
+    const __m256 tlo = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[4], a[6]));
+    const __m256 thi = _mm256_add_ps(_mm256_add_ps(a[1], a[3]), _mm256_add_ps(a[5], a[7]));
+    const __m256 u = _mm256_add_ps(tlo, thi);
+    const __m128 v = _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+    const __m128 z = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    return _mm_cvtss_f32(_mm_add_ss(z, _mm_shuffle_ps(z, z, 1)));
+}
+
 BITNET_INLINE void gemv_rows(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0,
                              int64_t r1, int bf16) {
     for (int64_t r = r0; r < r1; r++) {
@@ -89,18 +141,64 @@ BITNET_INLINE void gemv_rows(const uint16_t *w, int64_t k, int64_t ldw, const fl
         for (int m = 0; m < 8; m++) a[m] = _mm256_setzero_ps();
         for (int64_t i = 0; i < k; i += 64)
             for (int m = 0; m < 8; m++) a[m] = mac8(a[m], wr + i + 8 * m, x + i + 8 * m, bf16);
-        /* t lanes 0-7 and 8-15 */
-        const __m256 tlo = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[4], a[6]));
-        const __m256 thi = _mm256_add_ps(_mm256_add_ps(a[1], a[3]), _mm256_add_ps(a[5], a[7]));
-        const __m256 u = _mm256_add_ps(tlo, thi);
-        const __m128 v = _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
-        const __m128 z = _mm_add_ps(v, _mm_movehl_ps(v, v));
-        y[r] = _mm_cvtss_f32(_mm_add_ss(z, _mm_shuffle_ps(z, z, 1)));
+        y[r] = reduce64(a);
+    }
+}
+
+BITNET_INLINE __m256 cvt8(const uint16_t *w, int bf16) {
+    const __m128i h = _mm_loadu_si128((const __m128i *)w);
+    return bf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)) : _mm256_cvtph_ps(h);
+}
+
+/* NC columns x the rows [r0, r1) (see GEMM tiling above) */
+BITNET_INLINE void gemm_tile(const uint16_t *w, int64_t k, int64_t ldw, const float *x, int64_t ldx, float *y,
+                             int64_t ldy, int64_t r0, int64_t r1, int bf16, const int nc) {
+    const int lg = gemm_lg(nc), np = 8 / lg;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint16_t *wr = w + r * ldw;
+        __m256 s[GEMM_NC][8];
+        for (int p = 0; p < np; p++) {
+            __m256 a[GEMM_NC][8];
+            for (int c = 0; c < nc; c++)
+                for (int g = 0; g < lg; g++) a[c][g] = _mm256_setzero_ps();
+            for (int64_t i = 0; i < k; i += 64)
+                for (int g = 0; g < lg; g++) {
+                    const int64_t o = i + 8 * (p + np * g);
+                    const __m256 wf = cvt8(wr + o, bf16);
+                    for (int c = 0; c < nc; c++) a[c][g] = _mm256_fmadd_ps(wf, _mm256_loadu_ps(x + c * ldx + o), a[c][g]);
+                }
+            for (int c = 0; c < nc; c++)
+                for (int g = 0; g < lg; g++) s[c][p + np * g] = a[c][g];
+        }
+        for (int c = 0; c < nc; c++) y[c * ldy + r] = reduce64(s[c]);
     }
 }
 
 #elif defined(BITNET_ISA_NEON)
 #include <arm_neon.h>
+
+/* lanes 0-3 and 4-7 of 8 fp16/bf16 weights */
+BITNET_INLINE void cvt8(const uint16_t *w, int bf16, float32x4_t *lo, float32x4_t *hi) {
+    const uint16x8_t h = vld1q_u16(w);
+    if (bf16) {
+        *lo = vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(h), 16));
+        *hi = vreinterpretq_f32_u32(vshll_n_u16(vget_high_u16(h), 16));
+    } else {
+        const float16x8_t hf = vreinterpretq_f16_u16(h);
+        *lo = vcvt_f32_f16(vget_low_f16(hf));
+        *hi = vcvt_high_f32_f16(hf);
+    }
+}
+
+/* the GEMV's reduction tree of the 64 lane sums a[m] (lanes 4m .. 4m+3) */
+BITNET_INLINE float reduce64(const float32x4_t *a) {
+    float32x4_t t[4]; /* t lanes 4q .. 4q+3 */
+    for (int q = 0; q < 4; q++) t[q] = vaddq_f32(vaddq_f32(a[q], a[q + 4]), vaddq_f32(a[q + 8], a[q + 12]));
+    const float32x4_t u0 = vaddq_f32(t[0], t[2]), u1 = vaddq_f32(t[1], t[3]); /* u lanes 0-3, 4-7 */
+    const float32x4_t v = vaddq_f32(u0, u1);
+    const float32x2_t z = vadd_f32(vget_low_f32(v), vget_high_f32(v));
+    return vget_lane_f32(z, 0) + vget_lane_f32(z, 1);
+}
 
 BITNET_INLINE void gemv_rows(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0,
                              int64_t r1, int bf16) {
@@ -110,25 +208,43 @@ BITNET_INLINE void gemv_rows(const uint16_t *w, int64_t k, int64_t ldw, const fl
         for (int m = 0; m < 16; m++) a[m] = vdupq_n_f32(0);
         for (int64_t i = 0; i < k; i += 64)
             for (int m = 0; m < 16; m += 2) {
-                const uint16x8_t h = vld1q_u16(wr + i + 4 * m);
                 float32x4_t lo, hi;
-                if (bf16) {
-                    lo = vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(h), 16));
-                    hi = vreinterpretq_f32_u32(vshll_n_u16(vget_high_u16(h), 16));
-                } else {
-                    const float16x8_t hf = vreinterpretq_f16_u16(h);
-                    lo = vcvt_f32_f16(vget_low_f16(hf));
-                    hi = vcvt_high_f32_f16(hf);
-                }
+                cvt8(wr + i + 4 * m, bf16, &lo, &hi);
                 a[m] = vfmaq_f32(a[m], lo, vld1q_f32(x + i + 4 * m));
                 a[m + 1] = vfmaq_f32(a[m + 1], hi, vld1q_f32(x + i + 4 * m + 4));
             }
-        float32x4_t t[4]; /* t lanes 4q .. 4q+3 */
-        for (int q = 0; q < 4; q++) t[q] = vaddq_f32(vaddq_f32(a[q], a[q + 4]), vaddq_f32(a[q + 8], a[q + 12]));
-        const float32x4_t u0 = vaddq_f32(t[0], t[2]), u1 = vaddq_f32(t[1], t[3]); /* u lanes 0-3, 4-7 */
-        const float32x4_t v = vaddq_f32(u0, u1);
-        const float32x2_t z = vadd_f32(vget_low_f32(v), vget_high_f32(v));
-        y[r] = vget_lane_f32(z, 0) + vget_lane_f32(z, 1);
+        y[r] = reduce64(a);
+    }
+}
+
+/* NC columns x the rows [r0, r1) (see GEMM tiling above); group g of 8 lanes is a[2g], a[2g + 1] */
+BITNET_INLINE void gemm_tile(const uint16_t *w, int64_t k, int64_t ldw, const float *x, int64_t ldx, float *y,
+                             int64_t ldy, int64_t r0, int64_t r1, int bf16, const int nc) {
+    const int lg = gemm_lg(nc), np = 8 / lg;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint16_t *wr = w + r * ldw;
+        float32x4_t s[GEMM_NC][16];
+        for (int p = 0; p < np; p++) {
+            float32x4_t a[GEMM_NC][16];
+            for (int c = 0; c < nc; c++)
+                for (int g = 0; g < 2 * lg; g++) a[c][g] = vdupq_n_f32(0);
+            for (int64_t i = 0; i < k; i += 64)
+                for (int g = 0; g < lg; g++) {
+                    const int64_t o = i + 8 * (p + np * g);
+                    float32x4_t lo, hi;
+                    cvt8(wr + o, bf16, &lo, &hi);
+                    for (int c = 0; c < nc; c++) {
+                        a[c][2 * g] = vfmaq_f32(a[c][2 * g], lo, vld1q_f32(x + c * ldx + o));
+                        a[c][2 * g + 1] = vfmaq_f32(a[c][2 * g + 1], hi, vld1q_f32(x + c * ldx + o + 4));
+                    }
+                }
+            for (int c = 0; c < nc; c++)
+                for (int g = 0; g < lg; g++) {
+                    s[c][2 * (p + np * g)] = a[c][2 * g];
+                    s[c][2 * (p + np * g) + 1] = a[c][2 * g + 1];
+                }
+        }
+        for (int c = 0; c < nc; c++) y[c * ldy + r] = reduce64(s[c]);
     }
 }
 
@@ -149,6 +265,50 @@ int bitnet_gemv_bf16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, 
     gemv_rows(w, k, ldw, x, y, r0, r1, 1);
     return BITNET_OK;
 }
+
+/* column tiles of GEMM_NC (the last one 1..GEMM_NC) over row blocks of GEMM_RB */
+BITNET_INLINE void gemm_rows(const uint16_t *w, int64_t k, int64_t ldw, const float *x, int64_t ldx, int64_t ncols,
+                             float *y, int64_t ldy, int64_t r0, int64_t r1, int bf16) {
+    for (int64_t b0 = r0; b0 < r1; b0 += GEMM_RB) {
+        const int64_t b1 = r1 - b0 > GEMM_RB ? b0 + GEMM_RB : r1;
+        for (int64_t c0 = 0; c0 < ncols; c0 += GEMM_NC) {
+            const float *xc = x + c0 * ldx;
+            float *yc = y + c0 * ldy;
+            switch (ncols - c0 >= GEMM_NC ? GEMM_NC : (int)(ncols - c0)) {
+            case 1: gemm_tile(w, k, ldw, xc, ldx, yc, ldy, b0, b1, bf16, 1); break;
+            case 2: gemm_tile(w, k, ldw, xc, ldx, yc, ldy, b0, b1, bf16, 2); break;
+            case 3: gemm_tile(w, k, ldw, xc, ldx, yc, ldy, b0, b1, bf16, 3); break;
+            default: gemm_tile(w, k, ldw, xc, ldx, yc, ldy, b0, b1, bf16, 4); break;
+            }
+        }
+    }
+}
+
+static void gemm_rows_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, int64_t ldx, int64_t ncols,
+                          float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    gemm_rows(w, k, ldw, x, ldx, ncols, y, ldy, r0, r1, 0);
+}
+
+static void gemm_rows_bf16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, int64_t ldx, int64_t ncols,
+                           float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    gemm_rows(w, k, ldw, x, ldx, ncols, y, ldy, r0, r1, 1);
+}
+
+int bitnet_gemm_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, int64_t ldx, int64_t ncols, float *y,
+                    int64_t ldy, int64_t r0, int64_t r1) {
+    const int rc = check_f16_gemm(w, k, ldw, x, ldx, ncols, y, ldy, r0, r1);
+    if (rc != BITNET_OK) return rc;
+    gemm_rows_f16(w, k, ldw, x, ldx, ncols, y, ldy, r0, r1);
+    return BITNET_OK;
+}
+
+int bitnet_gemm_bf16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, int64_t ldx, int64_t ncols,
+                     float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    const int rc = check_f16_gemm(w, k, ldw, x, ldx, ncols, y, ldy, r0, r1);
+    if (rc != BITNET_OK) return rc;
+    gemm_rows_bf16(w, k, ldw, x, ldx, ncols, y, ldy, r0, r1);
+    return BITNET_OK;
+}
 #else
 int bitnet_gemv_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0, int64_t r1) {
     return bitnet_ref_gemv_f16(w, k, ldw, x, y, r0, r1);
@@ -157,5 +317,15 @@ int bitnet_gemv_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, f
 int bitnet_gemv_bf16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, float *y, int64_t r0,
                      int64_t r1) {
     return bitnet_ref_gemv_bf16(w, k, ldw, x, y, r0, r1);
+}
+
+int bitnet_gemm_f16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, int64_t ldx, int64_t ncols, float *y,
+                    int64_t ldy, int64_t r0, int64_t r1) {
+    return bitnet_ref_gemm_f16(w, k, ldw, x, ldx, ncols, y, ldy, r0, r1);
+}
+
+int bitnet_gemm_bf16(const uint16_t *w, int64_t k, int64_t ldw, const float *x, int64_t ldx, int64_t ncols,
+                     float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    return bitnet_ref_gemm_bf16(w, k, ldw, x, ldx, ncols, y, ldy, r0, r1);
 }
 #endif

@@ -3,7 +3,7 @@
  * (bitnet_ref_*) and against independent references (test_ref.c, written from ggml's layouts).
  *
  *   test_kernels_<variant> <group> [--quick]
- *   groups: layout quant kernels edges ggml tq1 errors f16 pertoken chunks fused
+ *   groups: layout quant kernels edges ggml tq1 errors f16 f16gemm pertoken chunks fused
  *
  * Exit: 0 pass, 1 fail, 77 skipped (this host cannot run the variant's ISA). --quick shrinks the shape
  * list (used under qemu). Kernel outputs must equal the reference BIT FOR BIT (same int32 sums, same
@@ -758,6 +758,80 @@ static void group_f16(t_rng *r) {
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* group: f16gemm - the multi-column head kernel: every column equals the one-column GEMV of that    */
+/* column BIT FOR BIT (batch invariance of the logits), for any column count (tiles of 4 and their    */
+/* remainders), rows not a multiple of the row block, row ranges as threads take them, padded ldw /  */
+/* ldx / ldy; the reference GEMM equals the reference GEMV too; bad arguments.                       */
+typedef int (*gemm16_fn)(const uint16_t *, int64_t, int64_t, const float *, int64_t, int64_t, float *, int64_t,
+                         int64_t, int64_t);
+
+static void group_f16gemm(t_rng *r) {
+  for (int bf = 0; bf <= 1; bf++) {
+    const gemv16_fn gemv = bf ? bitnet_gemv_bf16 : bitnet_gemv_f16;
+    const gemm16_fn gemm = bf ? bitnet_gemm_bf16 : bitnet_gemm_f16, ref = bf ? bitnet_ref_gemm_bf16 : bitnet_ref_gemm_f16;
+    const char *tname = bf ? "bf16" : "f16";
+    static const int64_t ks[] = {64, 192, 2560};
+    static const int64_t rowss[] = {1, 5, 17, 37};
+    static const int64_t ncolss[] = {1, 2, 3, 4, 5, 8, 17};
+    for (int ki = 0; ki < 3; ki++)
+        for (int ri = 0; ri < 4; ri++)
+            for (int ci = 0; ci < 7; ci++) {
+                const int64_t k = ks[ki], rows = rowss[ri], ncols = ncolss[ci];
+                if (g_quick && k == 2560 && rows > 17) continue;
+                const int pad = (int)((ki + ri + ci) % 2) * 5; /* odd paddings: unaligned rows and columns */
+                const int64_t ldw = k + pad, ldx = k + pad, ldy = rows + 3;
+                uint16_t *w = xalloc(sizeof(uint16_t) * (size_t)(rows * ldw + 1));
+                float *x = xalloc(sizeof(float) * (size_t)(ncols * ldx + 1));
+                float *y = xalloc(sizeof(float) * (size_t)(ncols * ldy + 2));
+                float *yv = xalloc(sizeof(float) * (size_t)(ncols * rows));
+                const uint16_t *wu = w + (pad ? 1 : 0);
+                const float *xu = x + (pad ? 1 : 0);
+                for (int64_t i = 0; i < rows * ldw + 1; i++) w[i] = bf ? random_finite_bf16(r) : random_finite_fp16(r);
+                for (int64_t i = 0; i < ncols * ldx + 1; i++) x[i] = t_uniform_f(r, -4.0f, 4.0f);
+                /* expected: the GEMV of each column alone */
+                for (int64_t c = 0; c < ncols; c++)
+                    CHECK(gemv(wu, k, ldw, xu + c * ldx, yv + c * rows, 0, rows) == BITNET_OK, "gemv rc");
+                for (int which = 0; which < 2; which++) /* the kernel, then the reference GEMM */
+                    for (int parts = 1; parts <= (which ? 1 : 3); parts++) {
+                        for (int64_t i = 0; i < ncols * ldy + 2; i++) y[i] = -12345.0f;
+                        for (int p = 0; p < parts; p++) {
+                            const int64_t a = rows * p / parts, b = rows * (p + 1) / parts;
+                            CHECK((which ? ref : gemm)(wu, k, ldw, xu, ldx, ncols, y + 1, ldy, a, b) == BITNET_OK, "rc");
+                        }
+                        int same = 1, outside = 1;
+                        for (int64_t c = 0; c < ncols; c++) {
+                            same &= !memcmp(y + 1 + c * ldy, yv + c * rows, sizeof(float) * (size_t)rows);
+                            for (int64_t i = rows; i < ldy; i++) outside &= y[1 + c * ldy + i] == -12345.0f;
+                        }
+                        CHECK(same, "%s %s %s column != its gemv: k %lld rows %lld ncols %lld pad %d parts %d",
+                              bitnet_isa(), tname, which ? "ref gemm" : "gemm", (long long)k, (long long)rows,
+                              (long long)ncols, pad, parts);
+                        CHECK(outside && y[0] == -12345.0f, "wrote outside the rows [r0, r1) of a column");
+                    }
+                free(w);
+                free(x);
+                free(y);
+                free(yv);
+            }
+  }
+    uint16_t w[128] = {0};
+    float x[256] = {0}, y[8];
+    CHECK(bitnet_gemm_f16(w, 64, 64, x, 64, 2, y, 4, 0, 4) == BITNET_OK, "valid");
+    CHECK(bitnet_gemm_f16(w, 64, 64, x, 64, 0, y, 4, 0, 4) == BITNET_EINVAL, "ncols 0");
+    CHECK(bitnet_gemm_f16(w, 64, 64, x, 63, 2, y, 4, 0, 4) == BITNET_EINVAL, "ldx < k");
+    CHECK(bitnet_gemm_f16(w, 64, 64, x, 64, 2, y, 3, 0, 4) == BITNET_EINVAL, "ldy < r1");
+    CHECK(bitnet_gemm_f16(w, 32, 32, x, 64, 1, y, 4, 0, 1) == BITNET_EINVAL, "k not a multiple of 64");
+    CHECK(bitnet_gemm_f16(w, 64, 32, x, 64, 1, y, 4, 0, 1) == BITNET_EINVAL, "ldw < k");
+    CHECK(bitnet_gemm_f16(NULL, 64, 64, x, 64, 1, y, 4, 0, 1) == BITNET_EINVAL, "NULL w");
+    CHECK(bitnet_gemm_f16(w, 64, 64, NULL, 64, 1, y, 4, 0, 1) == BITNET_EINVAL, "NULL x");
+    CHECK(bitnet_gemm_f16(w, 64, 64, x, 64, 1, NULL, 4, 0, 1) == BITNET_EINVAL, "NULL y");
+    CHECK(bitnet_gemm_f16(w, 64, 64, x, 64, 1, y, 4, 1, 0) == BITNET_EINVAL, "r1 < r0");
+    CHECK(bitnet_gemm_bf16(w, 64, 64, x, 63, 2, y, 4, 0, 4) == BITNET_EINVAL &&
+          bitnet_ref_gemm_f16(w, 64, 64, x, 64, 0, y, 4, 0, 4) == BITNET_EINVAL &&
+          bitnet_ref_gemm_bf16(w, 64, 64, x, 64, 2, y, 3, 0, 4) == BITNET_EINVAL, "bf16 and ref check too");
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 /* ---------------------------------------------------------------------------------------------- */
 /* group: chunks - the dynamic split's plan covers the rows once, in order, 16-aligned, with sizes in  */
 /* the plan's bounds; any order of taking chunks gives the same ranges; the static plan is            */
@@ -1075,11 +1149,12 @@ int main(int argc, char **argv) {
     else if (!strcmp(group, "tq1")) group_ggml(&rng, BITNET_SRC_TQ1_0);
     else if (!strcmp(group, "errors")) group_errors(&rng);
     else if (!strcmp(group, "f16")) group_f16(&rng);
+    else if (!strcmp(group, "f16gemm")) group_f16gemm(&rng);
     else if (!strcmp(group, "pertoken")) group_pertoken(&rng);
     else if (!strcmp(group, "chunks")) group_chunks(&rng);
     else if (!strcmp(group, "fused")) group_fused(&rng);
     else {
-        fprintf(stderr, "usage: %s layout|quant|kernels|edges|ggml|tq1|errors|f16|pertoken|chunks|fused [--quick]\n", argv[0]);
+        fprintf(stderr, "usage: %s layout|quant|kernels|edges|ggml|tq1|errors|f16|f16gemm|pertoken|chunks|fused [--quick]\n", argv[0]);
         return 2;
     }
     const bitnet_kernel_info info = bitnet_get_kernel_info();
