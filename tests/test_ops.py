@@ -28,10 +28,11 @@ FUSED_SRC = Path(__file__).resolve().parent / "ops" / "test_bitnet_fused.cpp"
 
 # Lines the program prints per run, one per (case, thread count): per ternary type 35 MUL_MAT shapes
 # (K=256: 3 row counts x 6 column counts + 1 with 512 columns; K=2560: 12; K=6912: 4), 2 types; the fp16
-# head (in the plain buffer, by both of its names): MUL_MAT with 1 and 4 columns + GET_ROWS; all x 3 thread
-# counts.
+# head (in the plain buffer, by both of its names): MUL_MAT with 1, 4 and 7 columns + GET_ROWS; all x 3
+# thread counts.
 N_TERNARY = 2 * 35 * 3
-N_CASES = N_TERNARY + 2 * 3 * 3
+N_HEAD_MUL_MAT = 2 * 3 * 3
+N_CASES = N_TERNARY + N_HEAD_MUL_MAT + 2 * 3
 CASE = re.compile(r"^  (?P<name>(?:MUL_MAT|GET_ROWS)\(\S+\)(?:\[\S+\])?):.*  (?P<verdict>OK|FAIL)\b", re.M)
 
 _CPU = detect_cpu()
@@ -115,11 +116,12 @@ def test_cpu_bitnet_ops_match_ggml_and_the_reference(
     if kernels == "1":
         # Proof that CPU_BITNET's MUL_MATs ran our code, not ggml's: every ternary weight was repacked
         # into our layout (ggml's TQ kernels cannot read it, yet the results matched the reference),
-        # and the head GEMV was >= 100x closer to the exact product than ggml's fp16-activation path.
+        # and the head GEMV/GEMM was >= 100x closer to the exact product than ggml's fp16-activation path
+        # (with several columns also bitwise the one-column GEMV of each column).
         assert "extra buffer types: CPU_BITNET" in done.stdout
         assert "our kernels: 22/22 ternary weights repacked in CPU_BITNET" in done.stdout
-        n_ours = 6 if head == "ours" else 0
-        assert f"fp16 head GEMV ours in {n_ours}/6 cases" in done.stdout
+        n_ours = N_HEAD_MUL_MAT if head == "ours" else 0
+        assert f"fp16 head GEMV/GEMM ours in {n_ours}/{N_HEAD_MUL_MAT} cases" in done.stdout
     else:
         assert "CPU_BITNET" not in done.stdout.split("extra buffer types:")[1].splitlines()[0]
         assert "CPU_BITNET not registered (as expected)" in done.stdout

@@ -14,7 +14,8 @@
 //                   [--corrupt-one-weight]
 //
 // --head: what the fp16 head in CPU_BITNET must do on this variant: "ours" (our fp16 GEMV for one
-//   column; AVX2/AVX-512 builds) or "ggml" (the buffer type leaves it to ggml; the sse42 build).
+//   column, our GEMM for several; AVX2/AVX-512 builds) or "ggml" (the buffer type leaves it to ggml;
+//   the sse42 build).
 //   Without it the program takes the buffer type's supports_op as the expectation.
 // --corrupt-one-weight: self-test of the comparison. The CPU_BITNET copy of every ternary matrix gets
 //   one weight changed (the reference and the plain copy keep the true one), so every ternary MUL_MAT
@@ -72,8 +73,11 @@ constexpr double kTernaryExact = 1e-4;
 constexpr double kHeadOurs = 1e-10;
 constexpr double kHeadGgml = 1e-6;
 constexpr double kHeadOursBetterBy = 100.0;
-// Anything CPU_BITNET leaves to ggml (the head with more than one column, GET_ROWS, the head on a
-// variant without our fp16 GEMV) runs ggml's own code on the same bytes: it must be bitwise equal.
+// The head with several columns (batched decode of several clients, all-logits runs) runs our GEMM: each
+// of its columns must be BITWISE the one-column GEMV's result for that column alone (the logits of a
+// sequence do not depend on its batch), and the same closeness checks hold.
+// Anything CPU_BITNET leaves to ggml (GET_ROWS, the head on a variant without our fp16 GEMV) runs ggml's
+// own code on the same bytes: it must be bitwise equal.
 
 struct Options {
     std::string bin_dir;
@@ -375,7 +379,7 @@ std::string mm_name(const Matrix & w, int64_t ncols, int nth) {
 
 struct Counters {
     int ternary_weights = 0, repacked = 0;
-    int head_gemv_lines = 0, head_gemv_ours = 0;
+    int head_lines = 0, head_ours = 0;
 } g_count;
 
 // One ternary matrix, several column counts, every thread count.
@@ -441,8 +445,8 @@ void ternary_case(const Backend & be, const Options & opt, std::mt19937 & rng, g
 }
 
 // The fp16 head stays in ggml's own buffer (in the engine: the memory-mapped file, no copy); CPU_BITNET
-// must refuse it (so llama.cpp does not copy it into our buffer), and a one-column MUL_MAT with it runs our
-// GEMV from there where the variant has it. The head is found by name (token_embd.weight is the tied
+// must refuse it (so llama.cpp does not copy it into our buffer), and a MUL_MAT with it runs our GEMV (one
+// column) or GEMM (several) from there where the variant has it. The head is found by name (token_embd.weight is the tied
 // head); the same bytes under another name always run ggml's path, which is what "ggml" means below.
 void head_cases(const Backend & be, const Options & opt, std::mt19937 & rng, int64_t k, int64_t rows) {
     const std::vector<float> f = uniform_floats(k * rows, rng);
@@ -456,7 +460,7 @@ void head_cases(const Backend & be, const Options & opt, std::mt19937 & rng, int
         if (be.bitnet) {
             place(in_ours, be.bitnet, w, w.bytes);
         }
-        for (int64_t ncols : { (int64_t) 1, (int64_t) 4 }) {
+        for (int64_t ncols : { (int64_t) 1, (int64_t) 4, (int64_t) 7 }) {
             const std::vector<float> x = uniform_floats(k * ncols, rng);
             std::vector<double> exact;
             reference(w, x, ncols, exact, nullptr);
@@ -468,14 +472,26 @@ void head_cases(const Backend & be, const Options & opt, std::mt19937 & rng, int
                 const Result h = compute(be, head.t, &x, ncols, nullptr, nth);
                 l.check(h.supported, "CPU device does not support the head's MUL_MAT");
                 const bool head_ours = be.bitnet && (opt.head.empty() || opt.head == "ours");
-                if (ncols == 1 && head_ours) {
+                if (head_ours) {
                     const double oe = nmse(h.y, exact);
                     l.nmse_le("head~exact", oe, kHeadOurs, "f16 head GEMV head~exact");
                     l.metric("head~ggml", nmse(h.y, as_double(c.y)));
                     l.check(oe * kHeadOursBetterBy <= ce,
                             "not clearly more exact than ggml's fp16-activation path: did our GEMV run?");
+                    if (ncols > 1) {
+                        // batch invariance: each column alone (one-column MUL_MAT: our GEMV) gives the same bits
+                        bool same = true;
+                        for (int64_t col = 0; col < ncols; col++) {
+                            const std::vector<float> xc(x.begin() + col * k, x.begin() + (col + 1) * k);
+                            const Result one = compute(be, head.t, &xc, 1, nullptr, nth);
+                            same = same && std::equal(one.y.begin(), one.y.end(), h.y.begin() + col * rows,
+                                                      [](float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; });
+                        }
+                        l.check(same, "a column of the head's GEMM differs from the one-column GEMV of it");
+                        l.text += " cols==gemv";
+                    }
                     l.text += " [ours]";
-                    g_count.head_gemv_ours++;
+                    g_count.head_ours++;
                 } else {
                     l.check(bitwise_equal(h.y, c.y), "the head's product differs from ggml's path on the same bytes");
                     l.text += " head==ggml [ggml]";
@@ -483,7 +499,7 @@ void head_cases(const Backend & be, const Options & opt, std::mt19937 & rng, int
                 if (be.bitnet) {
                     const Result b = compute(be, in_ours.t, &x, ncols, nullptr, nth);
                     l.check(!b.supported, "CPU_BITNET accepts the head: llama.cpp would copy it out of the file");
-                    g_count.head_gemv_lines += ncols == 1 ? 1 : 0;
+                    g_count.head_lines++;
                 }
                 l.finish();
             }
@@ -640,10 +656,10 @@ int main(int argc, char ** argv) {
     if (be.bitnet) {
         // Why we know CPU_BITNET's MUL_MATs ran our kernels: each ternary weight's memory was repacked
         // into our row-interleaved layout (it differs from ggml's bytes), and ggml's own TQ kernels read
-        // ggml's layout, so matching the reference above means our kernels computed it. The head GEMV:
-        // see kHeadOursBetterBy.
-        printf("our kernels: %d/%d ternary weights repacked in CPU_BITNET; fp16 head GEMV ours in %d/%d cases\n",
-               g_count.repacked, g_count.ternary_weights, g_count.head_gemv_ours, g_count.head_gemv_lines);
+        // ggml's layout, so matching the reference above means our kernels computed it. The head GEMV and
+        // GEMM: see kHeadOursBetterBy.
+        printf("our kernels: %d/%d ternary weights repacked in CPU_BITNET; fp16 head GEMV/GEMM ours in %d/%d cases\n",
+               g_count.repacked, g_count.ternary_weights, g_count.head_ours, g_count.head_lines);
     }
     printf("%d/%d cases OK\n", g_cases - g_failures, g_cases);
     if (g_failures) {

@@ -6,9 +6,10 @@
 // the buffer type, so the same binary runs stock ggml (for A/B benchmarks and tests).
 //
 // The fp16 (or bf16) tied embedding/output head (token_embd.weight / output.weight) is not placed here: it
-// stays in ggml's own (memory-mapped) buffer, unchanged, and a one-token MUL_MAT with it (decode) runs
-// bitnet_gemv_f16, which streams it faster than ggml's fp16 path (it is over half the bytes, and ggml's
-// path is ~10% slower per byte). Copying it here cost 657 MB of RSS and its copy time at load for the 2B.
+// stays in ggml's own (memory-mapped) buffer, unchanged, and a MUL_MAT with it runs bitnet_gemv_f16 (one
+// column: decode) or bitnet_gemm_f16 (several: batched decode of several clients, all-logits runs; every
+// column bitwise the GEMV's), which stream it faster than ggml's fp16 path (it is over half the bytes, and
+// ggml's path is ~10% slower per byte) and keep the activations in f32. Copying it here cost 657 MB of RSS and its copy time at load for the 2B.
 //
 // Compiled into every CPU variant library by ggml-cpu-ternary.cmake; the variant's flags choose the
 // kernels' ISA. ref: ggml/src/ggml-cpu/traits.h, repack.cpp.
@@ -173,8 +174,11 @@ void quantize_share(const ggml_compute_params * params, const float * x, int64_t
     }
 }
 
-// The fp16/bf16 head: decode (one column) runs our GEMV; anything else (prompt batches) returns false and
-// ggml's own MUL_MAT runs on the unchanged bytes, with the work buffer ggml sizes for it.
+// The fp16/bf16 head: a MUL_MAT with any number of columns (decode: one; llama-server batching the decode
+// tokens of several clients, or a run that needs all logits: more) runs our GEMV or, with 2+ columns, our
+// GEMM, whose every column is bitwise the GEMV of that column: a sequence's logits do not depend on how
+// many others share its batch, and they keep f32 activations (ggml's own path rounds them to fp16 first).
+// Other shapes (batched src1, non-f32) return false and ggml's own MUL_MAT runs on the unchanged bytes.
 class head_traits : public ggml::cpu::tensor_traits {
   public:
     bool work_size(int /*n_threads*/, const ggml_tensor * /*op*/, size_t & /*size*/) override { return false; }
@@ -182,24 +186,34 @@ class head_traits : public ggml::cpu::tensor_traits {
     bool compute_forward(ggml_compute_params * params, ggml_tensor * op) override {
         const ggml_tensor * w = op->src[0];
         const ggml_tensor * x = op->src[1];
-        if (op->op != GGML_OP_MUL_MAT || x->type != GGML_TYPE_F32 || x->ne[1] != 1 || x->ne[2] != 1 ||
-            x->ne[3] != 1 || x->nb[0] != sizeof(float) || op->nb[0] != sizeof(float)) {
+        if (op->op != GGML_OP_MUL_MAT || x->type != GGML_TYPE_F32 || op->type != GGML_TYPE_F32 || x->ne[1] < 1 ||
+            x->ne[2] != 1 || x->ne[3] != 1 || x->nb[0] != sizeof(float) || x->nb[1] % sizeof(float) != 0 ||
+            op->nb[0] != sizeof(float) || op->nb[1] % sizeof(float) != 0) {
             return false;
         }
         // the largest op of a token (the 128k-row head is over half its bytes): guided chunks here matter
-        // most; the counter needs one barrier of its own (after ith 0 reset it)
-        const int64_t rows  = w->ne[1];
-        bitnet_chunks chunks = make_chunks(rows, BITNET_GROUP_ROWS, w->ne[0] * (int64_t) sizeof(uint16_t), params->nth);
+        // most; the counter needs one barrier of its own (after ith 0 reset it). Chunks are whole 16-row
+        // groups (the GEMM's row blocks), sized by the columns' work as the ternary GEMM's are.
+        const int64_t rows = w->ne[1], ncols = x->ne[1];
+        bitnet_chunks chunks =
+            make_chunks(rows, BITNET_GROUP_ROWS, w->ne[0] * (int64_t) sizeof(uint16_t) * ncols, params->nth);
         if (chunks.divisor > 0) {
             if (params->ith == 0) {
                 ggml_threadpool_chunk_set(params->threadpool, params->nth);
             }
             ggml_barrier(params->threadpool);
         }
-        const auto gemv = w->type == GGML_TYPE_BF16 ? bitnet_gemv_bf16 : bitnet_gemv_f16;
+        const bool     bf16 = w->type == GGML_TYPE_BF16;
+        const auto     gemv = bf16 ? bitnet_gemv_bf16 : bitnet_gemv_f16;
+        const auto     gemm = bf16 ? bitnet_gemm_bf16 : bitnet_gemm_f16;
+        const auto *   wd   = (const uint16_t *) w->data;
+        const int64_t  ldw  = (int64_t) (w->nb[1] / sizeof(uint16_t));
+        const auto *   xd   = (const float *) x->data;
+        auto *         yd   = (float *) op->data;
+        const int64_t  ldx = (int64_t) (x->nb[1] / sizeof(float)), ldy = (int64_t) (op->nb[1] / sizeof(float));
         for_my_chunks(params, chunks, [&](int64_t r0, int64_t r1) {
-            const int rc = gemv((const uint16_t *) w->data, w->ne[0], (int64_t) (w->nb[1] / sizeof(uint16_t)),
-                                (const float *) x->data, (float *) op->data, r0, r1);
+            const int rc = ncols == 1 ? gemv(wd, w->ne[0], ldw, xd, yd, r0, r1)
+                                      : gemm(wd, w->ne[0], ldw, xd, ldx, ncols, yd, ldy, r0, r1);
             GGML_ASSERT(rc == BITNET_OK);
         });
         return true;
@@ -303,8 +317,8 @@ class extra_buffer_type : ggml::cpu::extra_buffer_type {
     }
 
     // ggml-cpu asks every extra buffer type about every op it runs (traits.cpp): ours are the MUL_MATs
-    // with weights in our buffer, and the head's MUL_MAT wherever ggml keeps it (head_traits declines all
-    // but one-token products, which ggml then runs itself)
+    // with weights in our buffer, and the head's MUL_MAT wherever ggml keeps it (head_traits declines
+    // shapes it does not take, which ggml then runs itself)
     ggml::cpu::tensor_traits * get_tensor_traits(const ggml_tensor * op) override {
         if (op->op == GGML_OP_FLASH_ATTN_EXT) {
             return attn_takes(op) ? &g_attn : nullptr;

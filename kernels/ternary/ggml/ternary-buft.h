@@ -29,8 +29,9 @@ inline bool shape_ok(const ggml_tensor * w) {
 }
 
 // The fp16 or bf16 tied embedding / output head (BitNet's lm_head is token_embd.weight itself), left in
-// ggml's own host buffer (mapped, not copied); single-token MUL_MAT with it runs bitnet_gemv_f16 / _bf16
-// (f32 activations: exact products, where ggml's own path first rounds the activation to fp16 / bf16).
+// ggml's own host buffer (mapped, not copied); MUL_MAT with it runs bitnet_gemv_f16 / _bf16 (one column) or
+// bitnet_gemm_f16 / _bf16 (several, each bitwise the GEMV's) with f32 activations: exact products, where
+// ggml's own path first rounds the activation to fp16 / bf16.
 inline bool is_head(const ggml_tensor * w) {
     // only where our fp16 GEMV is vectorized; elsewhere (sse42/scalar builds) ggml's path is faster
     return bitnet_gemv_f16_native() && (w->type == GGML_TYPE_F16 || w->type == GGML_TYPE_BF16) &&
