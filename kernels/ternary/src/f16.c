@@ -98,18 +98,31 @@ int bitnet_ref_gemm_bf16(const uint16_t *w, int64_t k, int64_t ldw, const float 
     return ref_gemm(w, k, ldw, x, ldx, ncols, y, ldy, r0, r1, 1);
 }
 
-/* GEMM tiling, the same in every vectorized ISA. The 64 lanes are 8 independent groups of 8 (lanes
- * 8m .. 8m+7, weights w[i + 8m .. i + 8m + 7] of every 64-chunk i), so a row is taken in passes of LG
- * groups for a tile of NC columns (NC * LG <= 8 accumulating groups: 8 ymm / 16 q registers), each
- * pass over the whole row, each group's lanes in the GEMV's order: every weight is converted once per
- * tile and fma'd into its NC columns, and every lane's sum is the GEMV's sum. Pass p takes groups
- * p, p + 8/LG, ... so that its loads touch both cache lines of every 128-byte chunk (the first pass
- * streams the row in; the next ones find it in L1). Then each column's 64 sums go through the GEMV's
- * reduction tree. Rows go in blocks of GEMM_RB (L2-resident) per column tile, so that with many
- * columns the activations are not re-read from far caches for every row. */
+/* GEMM tiling, the same in every vectorized ISA (only the loop order differs from the GEMV; every lane's
+ * fma sequence and the reduction tree are the GEMV's, so every column is bitwise the GEMV of it):
+ *  - columns in tiles of NC <= GEMM_NC = 4: each weight is converted once per tile and fma'd into the
+ *    NC columns' accumulators;
+ *  - the 64 lanes are 8 independent groups of 8 (lanes 8m .. 8m+7: weights w[i + 8m .. i + 8m + 7] of
+ *    every 64-chunk i); a tile takes them in passes of LG groups (NC * LG = 8 accumulating groups in
+ *    registers: 8 ymm / 16 q), pass p the groups p, p + 8/LG, ... (both cache lines of every 128-byte
+ *    chunk of the row, so the first pass brings the whole segment in);
+ *  - k in blocks of GEMM_KB = 512 (a tile's activations for a block, 8 KB, stay in L1; the 64 lane sums
+ *    per row and column are kept in memory between blocks, in order), over sub-blocks of GEMM_SB = 8
+ *    rows: one k-block of the 8 rows, then the next k-block;
+ *  - rows in blocks of GEMM_RB = 16 (the engine's chunk unit) for all column tiles in turn, so a block's
+ *    weights (L2) are read from memory once however many columns there are.
+ * Then each column's 64 sums go through the GEMV's reduction tree. */
 #define GEMM_NC 4
 #define GEMM_RB 16
+#define GEMM_KB 512
+#define GEMM_SB 8
 BITNET_INLINE int gemm_lg(int nc) { return nc == 1 ? 8 : nc == 2 ? 4 : 2; }
+/* The row segments a sub-block of GEMM_SB rows reads go k-block by k-block (8 interleaved streams, which
+ * the hardware prefetchers follow poorly): each segment asks for the row's next one (the next sub-block's
+ * first ones at the end of a row), one k-block sweep ahead. Prefetches change no result. */
+BITNET_INLINE void gemm_prefetch(const uint16_t *p, int64_t n) {
+    for (int64_t i = 0; i < n; i += 32) __builtin_prefetch(p + i, 0, 2);
+}
 
 #if defined(BITNET_ISA_AVX512VNNI) || defined(BITNET_ISA_AVX2)
 /* The AVX-512 build uses this 256-bit code as well: on Zen 4 the zmm vcvtph2ps limits a 2-thread head
@@ -154,23 +167,36 @@ BITNET_INLINE __m256 cvt8(const uint16_t *w, int bf16) {
 BITNET_INLINE void gemm_tile(const uint16_t *w, int64_t k, int64_t ldw, const float *x, int64_t ldx, float *y,
                              int64_t ldy, int64_t r0, int64_t r1, int bf16, const int nc) {
     const int lg = gemm_lg(nc), np = 8 / lg;
-    for (int64_t r = r0; r < r1; r++) {
-        const uint16_t *wr = w + r * ldw;
-        __m256 s[GEMM_NC][8];
-        for (int p = 0; p < np; p++) {
-            __m256 a[GEMM_NC][8];
+    for (int64_t b0 = r0; b0 < r1; b0 += GEMM_SB) {
+        const int nr = r1 - b0 > GEMM_SB ? GEMM_SB : (int)(r1 - b0);
+        __m256 s[GEMM_SB][GEMM_NC][8];
+        for (int rr = 0; rr < nr; rr++)
             for (int c = 0; c < nc; c++)
-                for (int g = 0; g < lg; g++) a[c][g] = _mm256_setzero_ps();
-            for (int64_t i = 0; i < k; i += 64)
-                for (int g = 0; g < lg; g++) {
-                    const int64_t o = i + 8 * (p + np * g);
-                    const __m256 wf = cvt8(wr + o, bf16);
-                    for (int c = 0; c < nc; c++) a[c][g] = _mm256_fmadd_ps(wf, _mm256_loadu_ps(x + c * ldx + o), a[c][g]);
+                for (int m = 0; m < 8; m++) s[rr][c][m] = _mm256_setzero_ps();
+        for (int64_t i0 = 0; i0 < k; i0 += GEMM_KB) {
+            const int64_t i1 = k - i0 > GEMM_KB ? i0 + GEMM_KB : k;
+            for (int rr = 0; rr < nr; rr++) {
+                const uint16_t *wr = w + (b0 + rr) * ldw;
+                if (i1 < k) gemm_prefetch(wr + i1, k - i1 < GEMM_KB ? k - i1 : GEMM_KB);
+                else if (b0 + GEMM_SB + rr < r1) gemm_prefetch(wr + GEMM_SB * ldw, k < GEMM_KB ? k : GEMM_KB);
+                for (int p = 0; p < np; p++) {
+                    __m256 a[GEMM_NC][8];
+                    for (int c = 0; c < nc; c++)
+                        for (int g = 0; g < lg; g++) a[c][g] = s[rr][c][p + np * g];
+                    for (int64_t i = i0; i < i1; i += 64)
+                        for (int g = 0; g < lg; g++) {
+                            const int64_t o = i + 8 * (p + np * g);
+                            const __m256 wf = cvt8(wr + o, bf16);
+                            for (int c = 0; c < nc; c++)
+                                a[c][g] = _mm256_fmadd_ps(wf, _mm256_loadu_ps(x + c * ldx + o), a[c][g]);
+                        }
+                    for (int c = 0; c < nc; c++)
+                        for (int g = 0; g < lg; g++) s[rr][c][p + np * g] = a[c][g];
                 }
-            for (int c = 0; c < nc; c++)
-                for (int g = 0; g < lg; g++) s[c][p + np * g] = a[c][g];
+            }
         }
-        for (int c = 0; c < nc; c++) y[c * ldy + r] = reduce64(s[c]);
+        for (int rr = 0; rr < nr; rr++)
+            for (int c = 0; c < nc; c++) y[c * ldy + b0 + rr] = reduce64(s[rr][c]);
     }
 }
 
@@ -221,30 +247,45 @@ BITNET_INLINE void gemv_rows(const uint16_t *w, int64_t k, int64_t ldw, const fl
 BITNET_INLINE void gemm_tile(const uint16_t *w, int64_t k, int64_t ldw, const float *x, int64_t ldx, float *y,
                              int64_t ldy, int64_t r0, int64_t r1, int bf16, const int nc) {
     const int lg = gemm_lg(nc), np = 8 / lg;
-    for (int64_t r = r0; r < r1; r++) {
-        const uint16_t *wr = w + r * ldw;
-        float32x4_t s[GEMM_NC][16];
-        for (int p = 0; p < np; p++) {
-            float32x4_t a[GEMM_NC][16];
+    for (int64_t b0 = r0; b0 < r1; b0 += GEMM_SB) {
+        const int nr = r1 - b0 > GEMM_SB ? GEMM_SB : (int)(r1 - b0);
+        float32x4_t s[GEMM_SB][GEMM_NC][16];
+        for (int rr = 0; rr < nr; rr++)
             for (int c = 0; c < nc; c++)
-                for (int g = 0; g < 2 * lg; g++) a[c][g] = vdupq_n_f32(0);
-            for (int64_t i = 0; i < k; i += 64)
-                for (int g = 0; g < lg; g++) {
-                    const int64_t o = i + 8 * (p + np * g);
-                    float32x4_t lo, hi;
-                    cvt8(wr + o, bf16, &lo, &hi);
-                    for (int c = 0; c < nc; c++) {
-                        a[c][2 * g] = vfmaq_f32(a[c][2 * g], lo, vld1q_f32(x + c * ldx + o));
-                        a[c][2 * g + 1] = vfmaq_f32(a[c][2 * g + 1], hi, vld1q_f32(x + c * ldx + o + 4));
-                    }
+                for (int m = 0; m < 16; m++) s[rr][c][m] = vdupq_n_f32(0);
+        for (int64_t i0 = 0; i0 < k; i0 += GEMM_KB) {
+            const int64_t i1 = k - i0 > GEMM_KB ? i0 + GEMM_KB : k;
+            for (int rr = 0; rr < nr; rr++) {
+                const uint16_t *wr = w + (b0 + rr) * ldw;
+                if (i1 < k) gemm_prefetch(wr + i1, k - i1 < GEMM_KB ? k - i1 : GEMM_KB);
+                else if (b0 + GEMM_SB + rr < r1) gemm_prefetch(wr + GEMM_SB * ldw, k < GEMM_KB ? k : GEMM_KB);
+                for (int p = 0; p < np; p++) {
+                    float32x4_t a[GEMM_NC][16];
+                    for (int c = 0; c < nc; c++)
+                        for (int g = 0; g < lg; g++) {
+                            a[c][2 * g] = s[rr][c][2 * (p + np * g)];
+                            a[c][2 * g + 1] = s[rr][c][2 * (p + np * g) + 1];
+                        }
+                    for (int64_t i = i0; i < i1; i += 64)
+                        for (int g = 0; g < lg; g++) {
+                            const int64_t o = i + 8 * (p + np * g);
+                            float32x4_t lo, hi;
+                            cvt8(wr + o, bf16, &lo, &hi);
+                            for (int c = 0; c < nc; c++) {
+                                a[c][2 * g] = vfmaq_f32(a[c][2 * g], lo, vld1q_f32(x + c * ldx + o));
+                                a[c][2 * g + 1] = vfmaq_f32(a[c][2 * g + 1], hi, vld1q_f32(x + c * ldx + o + 4));
+                            }
+                        }
+                    for (int c = 0; c < nc; c++)
+                        for (int g = 0; g < lg; g++) {
+                            s[rr][c][2 * (p + np * g)] = a[c][2 * g];
+                            s[rr][c][2 * (p + np * g) + 1] = a[c][2 * g + 1];
+                        }
                 }
-            for (int c = 0; c < nc; c++)
-                for (int g = 0; g < lg; g++) {
-                    s[c][2 * (p + np * g)] = a[c][2 * g];
-                    s[c][2 * (p + np * g) + 1] = a[c][2 * g + 1];
-                }
+            }
         }
-        for (int c = 0; c < nc; c++) y[c * ldy + r] = reduce64(s[c]);
+        for (int rr = 0; rr < nr; rr++)
+            for (int c = 0; c < nc; c++) y[c * ldy + b0 + rr] = reduce64(s[rr][c]);
     }
 }
 

@@ -770,10 +770,12 @@ static void group_f16gemm(t_rng *r) {
     const gemv16_fn gemv = bf ? bitnet_gemv_bf16 : bitnet_gemv_f16;
     const gemm16_fn gemm = bf ? bitnet_gemm_bf16 : bitnet_gemm_f16, ref = bf ? bitnet_ref_gemm_bf16 : bitnet_ref_gemm_f16;
     const char *tname = bf ? "bf16" : "f16";
-    static const int64_t ks[] = {64, 192, 2560};
+    /* k: one 64-chunk, less than a 512 k-block, not a multiple of it, the 2B's 2560; rows: sub-blocks of 8
+     * and row blocks of 16 with remainders */
+    static const int64_t ks[] = {64, 192, 704, 2560};
     static const int64_t rowss[] = {1, 5, 17, 37};
     static const int64_t ncolss[] = {1, 2, 3, 4, 5, 8, 17};
-    for (int ki = 0; ki < 3; ki++)
+    for (int ki = 0; ki < 4; ki++)
         for (int ri = 0; ri < 4; ri++)
             for (int ci = 0; ci < 7; ci++) {
                 const int64_t k = ks[ki], rows = rowss[ri], ncols = ncolss[ci];
