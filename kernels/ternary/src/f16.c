@@ -14,6 +14,8 @@
  *   t_j = (s_j + s_{j+16}) + (s_{j+32} + s_{j+48})  (j < 16),  u_j = t_j + t_{j+8}  (j < 8),
  *   v_j = u_j + u_{j+4}  (j < 4),  z_j = v_j + v_{j+2}  (j < 2),  y = z_0 + z_1.
  * fp16 -> f32 is exact everywhere (vcvtph2ps, fcvtl, bitnet__fp16_to_fp32), bf16 -> f32 too (shift).
+ * bitnet_gemm_f16/_bf16 (several columns: batched decode, all-logits runs) give every column exactly these
+ * operations in this order (only the loop nest differs), so each column is bitwise its one-column GEMV.
  * k: a multiple of 64. Not AVX-512 BF16's vdpbf16ps: it rounds the activation to bf16, a different
  * function from the model's f32 head (and the GEMV is bound by memory, not by the conversion).
  */
