@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bitnet.engine import contract
+from bitnet.engine.cpu import detect_cpu
 
 REPO = Path(__file__).resolve().parent.parent
 HEADER = REPO / "kernels" / "ternary" / "include" / "bitnet_contract.h"
@@ -86,6 +87,16 @@ def test_the_parser_reads_what_the_header_prints(line_fmt: str) -> None:
         assert (report.act_quant, report.act_quant_source) == ("per_block", "BITNET_ACT_QUANT")
 
 
+@pytest.mark.parametrize(
+    ("state", "kernels", "amx"),
+    [("on", True, False), ("on, AMX-INT8 GEMM", True, True), ("off (BITNET_KERNELS=0)", False, False)],
+)
+def test_the_parser_reads_whether_the_gemm_runs_in_amx_tiles(state: str, kernels: bool, amx: bool) -> None:
+    fmt = header_strings()["BITNET_REPORT_KERNELS"].replace("\\n", "\n")
+    report = contract.parse_engine_report(fmt % (state, "avx512vnni"))
+    assert (report.kernels, report.gemm_amx, report.kernels_isa) == (kernels, amx, "avx512vnni")
+
+
 def test_nothing_reported_is_none() -> None:
     assert contract.parse_engine_report("") == contract.EngineReport()
 
@@ -109,3 +120,14 @@ def test_the_real_engine_report_parses(engine_bin_dir: Path, tmp_path: Path) -> 
     report = contract.parse_engine_report(done.stderr)
     assert report.cpu_variant and report.kernels is True and report.kernels_isa
     assert (report.act_quant, report.act_quant_source) == ("per_block", contract.ACT_QUANT_ENV)
+    # prompts run in AMX tiles exactly where the avx512vnni kernels run on a CPU with AMX-INT8
+    cpu = detect_cpu()
+    assert report.gemm_amx == (report.kernels_isa == "avx512vnni" and cpu.has("amx_tile", "amx_int8")), (
+        done.stderr[-2000:]
+    )
+    off = subprocess.run(
+        [str(engine_bin_dir / contract.INFERENCE_BINARY), "-m", str(model), "-p", "hi", "-n", "1", "-no-cnv",
+         "-t", "1"],
+        capture_output=True, text=True, timeout=120, env={**env, "BITNET_AMX": "0"},
+    )  # fmt: skip
+    assert off.returncode == 0 and contract.parse_engine_report(off.stderr).gemm_amx is False

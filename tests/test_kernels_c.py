@@ -206,6 +206,33 @@ def test_kernels_native(native_build: KernelBuild, variant: str) -> None:
     _run_variant(native_build, variant)
 
 
+@pytest.mark.skipif(HOST_ARCH != "x86_64", reason="AMX-INT8 is an x86-64 extension")
+def test_kernels_amx_gemm(native_build: KernelBuild) -> None:
+    """The AMX-INT8 tile GEMM of the avx512vnni build (Sapphire Rapids and later) equals the reference and the
+    vpdpbusd path bit for bit (tests/test_main.c group amx); skipped, saying why, where the CPU or the OS has
+    no AMX tiles."""
+    output = _run_logged(
+        [
+            _tool("ctest"),
+            "--test-dir",
+            str(native_build.build_dir),
+            "-L",
+            "^amx$",
+            "--output-on-failure",
+            "-V",
+        ],
+        native_build.log,
+        CTEST_TIMEOUT_S,
+    )
+    s = parse_ctest(output)
+    assert s.total > 0, f"ctest has no amx test (is the avx512 variant built?):\n{output[-3000:]}"
+    assert s.failed == 0, f"the AMX GEMM test failed (log {native_build.log}):\n{output[-6000:]}"
+    if s.skipped == s.total:
+        reason = re.search(r"SKIP: (.*)", output)
+        pytest.skip(reason.group(1) if reason else "the amx test exited 77 (no AMX on this host)")
+    assert "+ AMX GEMM" in output, f"the amx test passed without running the AMX path:\n{output[-3000:]}"
+
+
 @pytest.mark.skipif(HOST_ARCH != "x86_64", reason="x86-64 variant")
 def test_avxvnni_library_uses_vex_vpdpbusd(native_build: KernelBuild) -> None:
     """The AVX-VNNI library is built and really holds the VEX-encoded vpdpbusd (what Alder Lake and later

@@ -20,6 +20,7 @@ logits by ~1e-2, so a model's mean KL is 0 when no flip happens and ~1e-3 when a
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -253,8 +254,11 @@ def test_invoke_check_prints_the_table_passes_per_token_and_shows_per_block_miss
         assert rows[(head, "per_token")][-1] == "PASS"
         assert float(rows[(head, "per_token")][2]) <= DEFAULT_MAX_MEAN_KL
         assert float(rows[(head, "per_block")][2]) > float(rows[(head, "per_token")][2])
-    # bf16 stored exactly: the same numbers as the f32 head
-    assert rows[("bf16", "per_token")][2:5] == rows[("f32", "per_token")][2:5]
+    # bf16 stored exactly: the f32 head's numbers. Not to the last printed digit: the bf16 head runs our
+    # fp16/bf16 GEMM and the f32 one ggml's, whose f32 sums are ordered differently (~1e-7 relative; on a
+    # Sapphire Rapids host a KL printed as 0.000440 vs 0.000439); a lossy head moves them by far more.
+    for got, want in zip(rows[("bf16", "per_token")][2:5], rows[("f32", "per_token")][2:5], strict=True):
+        assert math.isclose(float(got), float(want), rel_tol=0.01, abs_tol=2e-6), (got, want)
     assert sorted(p.name for p in ckpt.iterdir()) == before  # converted files went to a temporary dir
 
 

@@ -74,6 +74,7 @@ def gguf_key(arch: str, name: str) -> str:
 #   ggml: CPU variant libggml-cpu-avx2.so                    (with GGML_CPU_VARIANT_REPORT=1)
 #   load_backend: loaded CPU backend from /path/libggml-cpu-avx2.so          (upstream, any build)
 #   bitnet: ternary kernels on (avx512vnni)  /  ... off (BITNET_KERNELS=0) (avx2)
+#   bitnet: ternary kernels on, AMX-INT8 GEMM (avx512vnni)   (prompts in AMX tiles; BITNET_AMX=0: without)
 #   bitnet: activation quantization per_token (file)  /  ... per_block (BITNET_ACT_QUANT)
 CPU_VARIANT_RE = re.compile(
     r"(?:CPU variant|loaded CPU backend from) \S*?ggml-cpu-([A-Za-z0-9_]+)\.(?:so|dll|dylib)\b"
@@ -91,6 +92,7 @@ class EngineReport:
     kernels: bool | None = None  # our ternary kernels on/off
     kernels_isa: str | None = None  # the kernels' instruction set (last parenthesis of the line)
     kernels_detail: str | None = None  # the whole text after on/off, e.g. "(BITNET_KERNELS=0) (avx2)"
+    gemm_amx: bool | None = None  # the kernels run prompts (GEMM) in AMX-INT8 tiles
     act_quant: str | None = None  # per_token / per_block
     act_quant_source: str | None = None  # where the mode came from: file, BITNET_ACT_QUANT, default
 
@@ -109,6 +111,7 @@ def parse_engine_report(text: str) -> EngineReport:
         kernels=None if kernels is None else kernels.group(1) == "on",
         kernels_isa=isa,
         kernels_detail=kernels.group(2).strip() if kernels else None,
+        gemm_amx=None if kernels is None else "AMX" in kernels.group(2),
         act_quant=act.group(1) if act else None,
         act_quant_source=act.group(2) if act else None,
     )

@@ -28,6 +28,7 @@ _X86_FLAGS = {
     "avx512_bf16": "avx512_bf16",
     "avx_vnni": "avx_vnni",
     "amx_int8": "amx_int8",
+    "amx_tile": "amx_tile",
 }
 _ARM_FLAGS = {
     "neon": "asimd",

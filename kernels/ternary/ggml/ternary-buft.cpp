@@ -347,8 +347,12 @@ static bool kernels_enabled() {
 void ggml_backend_cpu_ternary_report(void) {
     static const bool once = [] {
         if (std::getenv(BITNET_ENV_VARIANT_REPORT)) {
+            // "on, AMX-INT8 GEMM": prompts run in AMX tiles (Sapphire Rapids and later; BITNET_AMX=0 turns it off)
             fprintf(stderr, BITNET_REPORT_KERNELS,
-                    kernels_enabled() ? "on" : "off (" BITNET_ENV_KERNELS "=0)", bitnet_isa());
+                    !kernels_enabled() ? "off (" BITNET_ENV_KERNELS "=0)"
+                    : bitnet_gemm_amx() ? "on, AMX-INT8 GEMM"
+                                        : "on",
+                    bitnet_isa());
         }
         return true;
     }();

@@ -14,6 +14,7 @@
 #define BITNET_ENV_BARRIER_SPIN   "GGML_BARRIER_SPIN"       /* spins before a waiter yields, or off (patch 0009) */
 #define BITNET_ENV_FUSE           "BITNET_FUSE"             /* "0": no fused norm/matmul chains (patch 0012) */
 #define BITNET_ENV_ATTN           "BITNET_ATTN"             /* "0": prompt attention left to ggml (ternary-attn.cpp) */
+#define BITNET_ENV_AMX            "BITNET_AMX"              /* "0": the GEMM without AMX-INT8 tiles (avx512vnni.c) */
 #define BITNET_ENV_LAYOUT         "BITNET_LAYOUT"           /* tk1 | tk2: every ternary weight's layout (ternary-buft.h) */
 
 /* GGUF keys, after "<arch>." */

@@ -333,6 +333,15 @@ typedef struct {
 bitnet_kernel_info bitnet_get_kernel_info(void);
 const char *bitnet_isa(void);
 
+/* AMX-INT8 (Intel Sapphire Rapids and later): the avx512vnni build's bitnet_gemm runs its columns in
+ * 16-column tiles of TDPBSUD when the CPU has AMX-TILE + AMX-INT8 and Linux grants the process the tile
+ * state (probed once, at the first call); the results are bitwise those of the vpdpbusd path. 1 if
+ * bitnet_gemm uses AMX on this host (environment BITNET_AMX=0 turns it off before the first call), 0 in
+ * every other build. bitnet_set_gemm_amx(0/1) switches at run time (for tests and A/B benchmarks; not
+ * while another thread is inside bitnet_gemm) and returns what is now in effect. */
+int bitnet_gemm_amx(void);
+int bitnet_set_gemm_amx(int on);
+
 #ifdef __cplusplus
 }
 #endif

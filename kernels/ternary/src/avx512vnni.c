@@ -11,11 +11,29 @@
  * GEMV streams each 16-row group once and decodes in registers. GEMM decodes a (group, block) tile
  * once into a 4 KiB int8 scratch in "K4" order (plane p = 64 bytes: lane r = row r, k = 4p .. 4p+3),
  * then every column tile reuses it: one load per plane, RG x C vpdpbusd.
+ *
+ * AMX-INT8 (Sapphire Rapids and later; probed at run time, bitnet_gemm_amx): the same 4 KiB K4 scratch
+ * of a tile IS the "B" operand of TDPBSUD for four 64-k steps (16 k-quads x 16 rows x 4 bytes, row
+ * stride 64), and 16 activation columns x 64 k of the int8 blocks are its "A" operand straight from the
+ * caller's memory (row stride = the column stride), so C[column][row] += sum_k x[k] * code[k][row] with
+ * no re-layout. C holds the exact int32 sum of the codes; the combine subtracts the block's activation
+ * sum and runs the float steps of combine16, so every float equals the vpdpbusd path's bit for bit.
+ * Columns past the last full 16 go through the vpdpbusd micro-kernels.
  */
+#define _DEFAULT_SOURCE /* syscall() */
 #include "internal.h"
 
 #if defined(BITNET_ISA_AVX512VNNI)
 #include <immintrin.h>
+#include <stdlib.h>
+
+#if defined(__x86_64__) && defined(__linux__) && \
+    (defined(__clang__) ? __clang_major__ >= 12 : (defined(__GNUC__) && __GNUC__ >= 11))
+#define BITNET_AMX_CODE 1
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #if BITNET_GEMM_COLS < 1 || BITNET_GEMM_COLS > 12 || BITNET_GEMM_RG < 1 || BITNET_GEMM_RG > 2 || \
     BITNET_GEMM_RG * BITNET_GEMM_COLS > 24
@@ -208,6 +226,127 @@ static const micro_fn micro_table[BITNET_GEMM_RG][12] = {
 #endif
 };
 
+/* ---------------------------------------------------------------------------------------------- */
+/* AMX-INT8 tiles for the GEMM                                                                    */
+
+static int amx_state = -1; /* -1 not probed yet, 0 off, 1 on (read and written with relaxed atomics) */
+
+#if defined(BITNET_AMX_CODE)
+/* The CPU has AMX-TILE + AMX-INT8, the OS enables the tile state (XCR0 bits 17-18), and Linux granted
+ * this process the tile data (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA; idempotent). */
+static int amx_hw(void) {
+    unsigned a, b, c, d;
+    if (__get_cpuid_max(0, NULL) < 7) return 0;
+    __cpuid(1, a, b, c, d);
+    if (!(c & (1u << 27))) return 0; /* OSXSAVE */
+    __cpuid_count(7, 0, a, b, c, d);
+    if (!((d >> 24) & 1) || !((d >> 25) & 1)) return 0;
+    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) != 0) return 0;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    (void)hi;
+    return (lo & (3u << 17)) == (3u << 17);
+}
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_cfg;
+
+/* C tiles 0-3 (column tile t, row group j: 2t + j), A (16 columns x 64 k) in 4-5, B (64 k x 16 rows) in 6-7:
+ * every tile 16 rows x 64 bytes. Per block b: four k steps of TDPBSUD, then the C tiles go to `cbuf` and
+ * are combined into y like combine16. RG row groups (1-2) share the A loads, NT column tiles (1-2) the B. */
+#define BITNET_AMX_STEP(s)                                                                                       \
+    do {                                                                                                         \
+        _tile_loadd(6, planes + 1024 * (s), 64);                                                                 \
+        if (rg > 1) _tile_loadd(7, planes + 4096 + 1024 * (s), 64);                                              \
+        _tile_loadd(4, xa + 64 * (s), xs);                                                                       \
+        _tile_dpbsud(0, 4, 6);                                                                                   \
+        if (rg > 1) _tile_dpbsud(1, 4, 7);                                                                       \
+        if (nt > 1) {                                                                                            \
+            _tile_loadd(5, xa + 16 * xs + 64 * (s), xs);                                                         \
+            _tile_dpbsud(2, 5, 6);                                                                               \
+            if (rg > 1) _tile_dpbsud(3, 5, 7);                                                                   \
+        }                                                                                                        \
+    } while (0)
+
+__attribute__((target("amx-tile,amx-int8"))) static void amx_columns(const gemm_args *a, const uint8_t *planes,
+                                                                      const uint16_t *const *scales, int64_t g,
+                                                                      int rg, int64_t b, int64_t n16) {
+    _Alignas(64) int32_t cbuf[4][16][16];
+    const long xs = (long)(a->x_stride * (int64_t)sizeof(bitnet_act_block));
+    __m512 dw[2];
+    __mmask16 valid[2];
+    for (int j = 0; j < rg; j++) {
+        dw[j] = load_dw(scales[j] + b * BITNET_GROUP_ROWS);
+        valid[j] = rows_mask(g + j, a->w->rows);
+    }
+    __asm__ volatile("" ::: "memory"); /* the planes are stored before the tile loads read them */
+    for (int64_t c0 = 0; c0 < n16; c0 += 32) {
+        const int nt = n16 - c0 >= 32 ? 2 : 1;
+        const int8_t *xa = a->x[c0 * a->x_stride + b].qs;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        BITNET_AMX_STEP(0);
+        BITNET_AMX_STEP(1);
+        BITNET_AMX_STEP(2);
+        BITNET_AMX_STEP(3);
+        _tile_stored(0, cbuf[0], 64);
+        _tile_stored(1, cbuf[1], 64);
+        _tile_stored(2, cbuf[2], 64);
+        _tile_stored(3, cbuf[3], 64);
+        __asm__ volatile("" ::: "memory"); /* cbuf was written by the tile stores */
+        for (int t = 0; t < nt; t++)
+            for (int i = 0; i < 16; i++) {
+                const int64_t c = c0 + 16 * t + i;
+                const bitnet_act_block *xb = a->x + c * a->x_stride + b;
+                const __m512i nsum = _mm512_set1_epi32(xb->sum);
+                for (int j = 0; j < rg; j++) {
+                    const __m512i isum = _mm512_sub_epi32(_mm512_load_si512((const void *)cbuf[2 * t + j][i]), nsum);
+                    combine16(a->y + c * a->y_stride + (g + j) * BITNET_GROUP_ROWS, valid[j], b == 0, isum, dw[j],
+                              xb->d);
+                }
+            }
+    }
+}
+
+__attribute__((target("amx-tile"))) static void amx_begin(void) {
+    _Alignas(64) amx_cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 8; i++) {
+        cfg.colsb[i] = 64;
+        cfg.rows[i] = 16;
+    }
+    /* our own ldtilecfg: the compiler's _tile_loadconfig tells it only the first byte is read, and gcc 12
+     * then dropped the stores of the shapes (tilezero raised SIGILL) */
+    __asm__ volatile("ldtilecfg %0" : : "m"(cfg));
+}
+
+__attribute__((target("amx-tile"))) static void amx_end(void) { _tile_release(); }
+#else
+static int amx_hw(void) { return 0; }
+#endif
+
+int bitnet_gemm_amx(void) {
+    int s = __atomic_load_n(&amx_state, __ATOMIC_RELAXED);
+    if (s < 0) {
+        const char *e = getenv("BITNET_AMX");
+        s = (e && e[0] == '0' && e[1] == 0) ? 0 : amx_hw();
+        __atomic_store_n(&amx_state, s, __ATOMIC_RELAXED);
+    }
+    return s;
+}
+
+int bitnet_set_gemm_amx(int on) {
+    const int s = on ? amx_hw() : 0;
+    __atomic_store_n(&amx_state, s, __ATOMIC_RELAXED);
+    return s;
+}
+
 int bitnet_gemm(const bitnet_weights *w, const bitnet_act_block *x, int64_t ncols, int64_t x_stride, float *y,
                 int64_t y_stride, int64_t r0, int64_t r1) {
     const int rc = bitnet__check(w, x, ncols, x_stride, y, y_stride, r0, r1);
@@ -215,21 +354,41 @@ int bitnet_gemm(const bitnet_weights *w, const bitnet_act_block *x, int64_t ncol
     const gemm_args a = {w, x, x_stride, y_stride, y};
     const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1);
     const size_t tb = bitnet__tile_bytes(w->layout);
-    _Alignas(64) uint8_t planes[BITNET_GEMM_RG * 4096];
+    _Alignas(64) uint8_t planes[2 * 4096]; /* BITNET_GEMM_RG <= 2 */
+#if defined(BITNET_AMX_CODE)
+    /* columns [0, n16) in AMX tiles of 16, the rest through the vpdpbusd micro-kernels */
+    const int64_t n16 = ncols >= 16 && bitnet_gemm_amx() ? ncols / 16 * 16 : 0;
+    const int grp = n16 ? 2 : BITNET_GEMM_RG; /* AMX takes two row groups per step whatever the tile table says */
+    if (n16) amx_begin();
+#else
+    const int64_t n16 = 0;
+    const int grp = BITNET_GEMM_RG;
+#endif
 
-    for (int64_t g = r0 / BITNET_GROUP_ROWS; g < g1; g += BITNET_GEMM_RG) {
-        const int rg = g + BITNET_GEMM_RG <= g1 ? BITNET_GEMM_RG : (int)(g1 - g);
-        const uint16_t *scales[BITNET_GEMM_RG];
+    for (int64_t g = r0 / BITNET_GROUP_ROWS; g < g1; g += grp) {
+        const int rg = g + grp <= g1 ? grp : (int)(g1 - g);
+        const uint16_t *scales[2];
         for (int j = 0; j < rg; j++) scales[j] = bitnet__scales(w, g + j);
         for (int64_t b = 0; b < nb; b++) {
             for (int j = 0; j < rg; j++)
                 unpack_tile(w->layout, bitnet__codes(w, g + j) + (size_t)b * tb, planes + 4096 * j);
-            for (int64_t c0 = 0; c0 < ncols; c0 += BITNET_GEMM_COLS) {
+#if defined(BITNET_AMX_CODE)
+            if (n16) amx_columns(&a, planes, scales, g, rg, b, n16);
+#endif
+            for (int64_t c0 = n16; c0 < ncols; c0 += BITNET_GEMM_COLS) {
                 const int64_t nc = ncols - c0 < BITNET_GEMM_COLS ? ncols - c0 : BITNET_GEMM_COLS;
-                micro_table[rg - 1][nc - 1](&a, planes, scales, g, b, c0);
+                if (rg <= BITNET_GEMM_RG) {
+                    micro_table[rg - 1][nc - 1](&a, planes, scales, g, b, c0);
+                } else { /* AMX's 2 groups with a 1-group tile table: one group at a time */
+                    micro_table[0][nc - 1](&a, planes, scales, g, b, c0);
+                    micro_table[0][nc - 1](&a, planes + 4096, scales + 1, g + 1, b, c0);
+                }
             }
         }
     }
+#if defined(BITNET_AMX_CODE)
+    if (n16) amx_end();
+#endif
     return BITNET_OK;
 }
 

@@ -398,3 +398,11 @@ bitnet_kernel_info bitnet_get_kernel_info(void) {
 }
 
 const char *bitnet_isa(void) { return BITNET_ISA_NAME; }
+
+#if !defined(BITNET_ISA_AVX512VNNI) /* avx512vnni.c has the AMX GEMM and these two */
+int bitnet_gemm_amx(void) { return 0; }
+int bitnet_set_gemm_amx(int on) {
+    (void)on;
+    return 0;
+}
+#endif

@@ -1128,6 +1128,60 @@ static void group_fused(t_rng *r) {
     }
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* group: amx - the AMX-INT8 GEMM (avx512vnni build, CPU with AMX-TILE/INT8, tile state granted) equals */
+/* the reference bit for bit, and the vpdpbusd path of the same build; column counts around the 16- and */
+/* 32-column tiles, odd row groups, both layouts, extreme codes and activations, 2B4T shapes.          */
+static void amx_vs_vnni(t_rng *r, int64_t rows, int64_t k, int64_t ncols, bitnet_src_type src, bitnet_layout layout,
+                        int wmode, int amode) {
+    t_matrix m;
+    make_matrix(&m, rows, k, src, wmode, D_RANDOM, r);
+    bitnet_weights w;
+    void *data = repack(&m, layout, &w);
+    const int64_t x_stride = k / 256 + 1;
+    bitnet_act_block *x = make_acts(k, ncols, x_stride, amode, r);
+    float *ya = xalloc(sizeof(float) * (size_t)(rows * ncols)), *yv = xalloc(sizeof(float) * (size_t)(rows * ncols));
+    CHECK(bitnet_set_gemm_amx(0) == 0, "AMX did not switch off");
+    CHECK(bitnet_gemm(&w, x, ncols, x_stride, yv, rows, 0, rows) == BITNET_OK, "vpdpbusd gemm");
+    CHECK(bitnet_set_gemm_amx(1) == 1, "AMX did not switch back on");
+    CHECK(bitnet_gemm(&w, x, ncols, x_stride, ya, rows, 0, rows) == BITNET_OK, "AMX gemm");
+    CHECK(!memcmp(ya, yv, sizeof(float) * (size_t)(rows * ncols)),
+          "AMX and vpdpbusd GEMM differ: rows %lld k %lld cols %lld layout %d w %d a %d", (long long)rows,
+          (long long)k, (long long)ncols, layout, wmode, amode);
+    free(ya), free(yv), free(x), free(data);
+    free_matrix(&m);
+}
+
+static void group_amx(t_rng *r) {
+    const int64_t rows_list[] = {16, 17, 32, 48, 100};
+    const int64_t cols_list[] = {16, 17, 31, 32, 33, 47, 48, 64, 100};
+    const int64_t ks[] = {256, 512, 2560};
+    for (int ki = 0; ki < 3; ki++)
+        for (int ri = 0; ri < 5; ri++)
+            for (int ci = 0; ci < 9; ci++) {
+                if (g_quick && (ci % 2 || ki == 2)) continue;
+                run_case(r, rows_list[ri], ks[ki], cols_list[ci], BITNET_SRC_TQ2_0, BITNET_LAYOUT_TK2, W_RANDOM,
+                         D_RANDOM, A_QUANT);
+                run_case(r, rows_list[ri], ks[ki], cols_list[ci], BITNET_SRC_TQ1_0, BITNET_LAYOUT_TK1, W_RANDOM,
+                         D_RANDOM, A_PER_TOKEN);
+            }
+    /* extremes: int sums checked without the library too (run_case, unit scales) */
+    const int wmodes[] = {W_ALL_POS, W_ALL_NEG, W_BLOCKS}, amodes[] = {A_NEG128, A_POS127, A_ALTERNATE, A_RANDOM_INT8};
+    for (int wi = 0; wi < 3; wi++)
+        for (int ai = 0; ai < 4; ai++) {
+            run_case(r, 48, 512, 33, BITNET_SRC_TQ2_0, BITNET_LAYOUT_TK2, wmodes[wi], D_UNIT, amodes[ai]);
+            amx_vs_vnni(r, 40, 768, 35, BITNET_SRC_TQ2_0, BITNET_LAYOUT_TK2, wmodes[wi], amodes[ai]);
+        }
+    /* the 2B4T shapes at prefill widths */
+    const int64_t shapes[4][2] = {{2560, 2560}, {640, 2560}, {6912, 2560}, {2560, 6912}};
+    for (int s = 0; s < 4; s++) {
+        if (g_quick && s != 1) continue;
+        amx_vs_vnni(r, shapes[s][0], shapes[s][1], 80, BITNET_SRC_TQ2_0, BITNET_LAYOUT_TK2, W_RANDOM, A_QUANT);
+        amx_vs_vnni(r, shapes[s][0], shapes[s][1], 37, BITNET_SRC_TQ1_0, BITNET_LAYOUT_TK1, W_RANDOM, A_PER_TOKEN);
+    }
+    if (!g_quick) run_case(r, 640, 2560, 512, BITNET_SRC_TQ2_0, BITNET_LAYOUT_TK2, W_RANDOM, D_RANDOM, A_QUANT);
+}
+
 int main(int argc, char **argv) {
     const char *group = argc > 1 ? argv[1] : "";
     for (int i = 2; i < argc; i++)
@@ -1142,6 +1196,13 @@ int main(int argc, char **argv) {
                 BITNET_TEST_ISA);
         return 1;
     }
+    if (!strcmp(group, "amx") && !bitnet_gemm_amx()) {
+        printf("SKIP: amx: %s\n", strcmp(bitnet_isa(), "avx512vnni")
+                                       ? "the AMX GEMM is part of the avx512vnni build only"
+                                       : "this CPU has no AMX-TILE/AMX-INT8, the OS did not grant the tile state, "
+                                         "or BITNET_AMX=0");
+        return 77;
+    }
     t_rng rng = {0x5eed0000u + (uint64_t)strlen(group)};
     if (!strcmp(group, "layout")) group_layout(&rng);
     else if (!strcmp(group, "quant")) group_quant(&rng);
@@ -1155,12 +1216,13 @@ int main(int argc, char **argv) {
     else if (!strcmp(group, "pertoken")) group_pertoken(&rng);
     else if (!strcmp(group, "chunks")) group_chunks(&rng);
     else if (!strcmp(group, "fused")) group_fused(&rng);
+    else if (!strcmp(group, "amx")) group_amx(&rng);
     else {
-        fprintf(stderr, "usage: %s layout|quant|kernels|edges|ggml|tq1|errors|f16|f16gemm|pertoken|chunks|fused [--quick]\n", argv[0]);
+        fprintf(stderr, "usage: %s layout|quant|kernels|edges|ggml|tq1|errors|f16|f16gemm|pertoken|chunks|fused|amx [--quick]\n", argv[0]);
         return 2;
     }
     const bitnet_kernel_info info = bitnet_get_kernel_info();
-    printf("%s [%s, isa %s, tiles %dx16 rows x %d cols]: %ld checks, %ld failed\n", group, BITNET_TEST_VARIANT,
-           info.isa, info.gemm_row_groups, info.gemm_cols, g_checks, g_fail);
+    printf("%s [%s, isa %s%s, tiles %dx16 rows x %d cols]: %ld checks, %ld failed\n", group, BITNET_TEST_VARIANT,
+           info.isa, bitnet_gemm_amx() ? " + AMX GEMM" : "", info.gemm_row_groups, info.gemm_cols, g_checks, g_fail);
     return g_fail ? 1 : (g_checks ? 0 : 1);
 }
