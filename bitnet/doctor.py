@@ -44,7 +44,8 @@ def format_doctor(report: dict[str, Any]) -> str:
     lines.append(f"engine:   {engine.get('version', '-')}")
     lines.append(f"variant:  {engine.get('cpu_variant') or '-'} (active for this CPU)")
     isa = engine.get("kernels_isa")
-    lines.append(f"kernels:  {engine.get('kernels', '-')}" + (f" ({isa})" if isa else ""))
+    amx = ", prompts in AMX-INT8 tiles; BITNET_AMX=0 turns them off" if engine.get("gemm_amx") else ""
+    lines.append(f"kernels:  {engine.get('kernels', '-')}" + (f" ({isa}{amx})" if isa else ""))
     if report.get("model"):
         lines.append(f"model:    {report['model']} gguf={report['model_is_gguf']}")
         act = report.get("activation_quant")

@@ -446,6 +446,9 @@ def test_doctor_reports_what_the_engine_says_about_our_kernels(engine_build_dir:
     expected_isa = {v.name: v.kernel_isa for v in engine.load_pin().variants}  # engine.toml's kernel_isa
     assert expected_isa["sse42"] == "ssse3" and expected_isa["avx512"] == "avx512vnni"  # the table is read
     assert engine_info["kernels_isa"] == expected_isa[str(engine_info["cpu_variant"])]
+    # prompts in AMX tiles where our avx512vnni kernels run on a CPU with AMX-INT8, and only there
+    amx_host = detect_cpu().has("amx_tile", "amx_int8") and engine_info["kernels_isa"] == "avx512vnni"
+    assert engine_info["gemm_amx"] is (kernels == "1" and amx_host)
 
 
 # ---------------------------------------------------------------- the ISA variants: one list, engine.toml

@@ -133,7 +133,7 @@ def probe_engine(binary: str, env: Mapping[str, str], timeout: float | None = No
     ``built with``); ``<binary> --list-devices`` with ``GGML_CPU_VARIANT_REPORT=1`` makes ggml load its
     CPU backend and name the library it chose, giving "cpu_variant" (``libggml-cpu-avx2.so`` -> "avx2";
     upstream's ``load_backend: loaded CPU backend from ...`` line is understood too). "kernels" ("ours"
-    or "off") and "kernels_isa" come from the engine's own `bitnet: ternary kernels ...` line in the same
+    or "off"), "kernels_isa" and "gemm_amx" come from the engine's own `bitnet: ternary kernels ...` line in the same
     probe; an engine that prints none (built without our kernels, or a stand-in) falls back to the
     environment: "off" when ``BITNET_KERNELS=0``, else "ours". Never raises: a probe that cannot start,
     fails or hangs (past `timeout`, default 10 s) is described in "error".
@@ -146,6 +146,7 @@ def probe_engine(binary: str, env: Mapping[str, str], timeout: float | None = No
         "cpu_variant": None,
         "kernels": "off" if env.get(KERNELS_ENV) == "0" else "ours",
         "kernels_isa": None,  # e.g. "avx512vnni", when the engine reports its kernels
+        "gemm_amx": None,  # True when the kernels run prompts in AMX-INT8 tiles (Sapphire Rapids and later)
         "error": None,
     }
     version_text, version_error = _probe([binary, "--version"], env, limit)
@@ -163,6 +164,7 @@ def probe_engine(binary: str, env: Mapping[str, str], timeout: float | None = No
         if report.kernels is not None:  # what the engine says beats what the environment suggests
             info["kernels"] = "ours" if report.kernels else "off"
             info["kernels_isa"] = report.kernels_isa
+            info["gemm_amx"] = report.gemm_amx
     return info
 
 
