@@ -133,8 +133,8 @@ def probe_engine(binary: str, env: Mapping[str, str], timeout: float | None = No
     ``built with``); ``<binary> --list-devices`` with ``GGML_CPU_VARIANT_REPORT=1`` makes ggml load its
     CPU backend and name the library it chose, giving "cpu_variant" (``libggml-cpu-avx2.so`` -> "avx2";
     upstream's ``load_backend: loaded CPU backend from ...`` line is understood too). "kernels" ("ours"
-    or "off"), "kernels_isa" and "gemm_amx" come from the engine's own `bitnet: ternary kernels ...` line in the same
-    probe; an engine that prints none (built without our kernels, or a stand-in) falls back to the
+    or "off"), "kernels_isa" and "gemm_amx" come from the engine's own `bitnet: ternary kernels ...` line
+    in the same probe; an engine that prints none (built without our kernels, or a stand-in) falls back to the
     environment: "off" when ``BITNET_KERNELS=0``, else "ours". Never raises: a probe that cannot start,
     fails or hangs (past `timeout`, default 10 s) is described in "error".
     """
