@@ -131,14 +131,28 @@ def test_configs_cross_isa_unless_an_item_names_its_own():
     assert Config("stock", "avx2").env() == {
         "BITNET_KERNELS": "0",
         "BITNET_ACT_QUANT": None,
+        "BITNET_AMX": None,
         "GGML_CPU_VARIANT": "avx2",
     }
     assert Config("perblock").env() == {
         "BITNET_KERNELS": "1",
         "BITNET_ACT_QUANT": "per_block",
+        "BITNET_AMX": None,
         "GGML_CPU_VARIANT": None,
     }
-    assert Config().env() == {"BITNET_KERNELS": "1", "BITNET_ACT_QUANT": None, "GGML_CPU_VARIANT": None}
+    # noamx prices the AMX-INT8 GEMM in the same run (BITNET_AMX=0 keeps our GEMM on vpdpbusd)
+    assert Config("noamx").env() == {
+        "BITNET_KERNELS": "1",
+        "BITNET_ACT_QUANT": None,
+        "BITNET_AMX": "0",
+        "GGML_CPU_VARIANT": None,
+    }
+    assert Config().env() == {
+        "BITNET_KERNELS": "1",
+        "BITNET_ACT_QUANT": None,
+        "BITNET_AMX": None,
+        "GGML_CPU_VARIANT": None,
+    }
     with pytest.raises(BenchSpecError, match="two kernel"):
         expand_configs(["ours+stock"])
 

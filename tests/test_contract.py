@@ -40,6 +40,7 @@ def added_patch_lines() -> str:
         ("BITNET_ENV_BARRIER_SPIN", contract.BARRIER_SPIN_ENV),
         ("BITNET_ENV_FUSE", contract.FUSE_ENV),
         ("BITNET_ENV_ATTN", contract.ATTN_ENV),
+        ("BITNET_ENV_AMX", contract.AMX_ENV),
         ("BITNET_GGUF_HIDDEN_ACTIVATION", contract.HIDDEN_ACTIVATION),
         ("BITNET_GGUF_ACTIVATION_QUANT", contract.ACTIVATION_QUANT),
     ],
@@ -128,6 +129,6 @@ def test_the_real_engine_report_parses(engine_bin_dir: Path, tmp_path: Path) -> 
     off = subprocess.run(
         [str(engine_bin_dir / contract.INFERENCE_BINARY), "-m", str(model), "-p", "hi", "-n", "1", "-no-cnv",
          "-t", "1"],
-        capture_output=True, text=True, timeout=120, env={**env, "BITNET_AMX": "0"},
+        capture_output=True, text=True, timeout=120, env={**env, contract.AMX_ENV: "0"},
     )  # fmt: skip
     assert off.returncode == 0 and contract.parse_engine_report(off.stderr).gemm_amx is False

@@ -56,7 +56,7 @@ from typing import Any
 
 from gguf import GGMLQuantizationType
 
-from bitnet.engine.contract import ACT_QUANT_ENV, CPU_VARIANT_ENV, KERNELS_ENV
+from bitnet.engine.contract import ACT_QUANT_ENV, AMX_ENV, CPU_VARIANT_ENV, KERNELS_ENV
 from bitnet.errors import BenchSpecError
 from bitnet.paths import REPO_ROOT
 
@@ -87,8 +87,9 @@ __all__ = [
 SPEC_DIR = REPO_ROOT / "bench" / "specs"
 VARIANT_ENV = CPU_VARIANT_ENV  # our engine patch 0002: force libggml-cpu-<name>
 # ours: BITNET_KERNELS=1 (the file's activation mode); stock: =0; perblock: our kernels forced to ggml's
-# per-256-block activations (BITNET_ACT_QUANT=per_block), to price the per-token definition (issue 12)
-KERNELS = ("ours", "stock", "perblock")
+# per-256-block activations (BITNET_ACT_QUANT=per_block), to price the per-token definition (issue 12);
+# noamx: our kernels with the GEMM kept off AMX-INT8 tiles (BITNET_AMX=0), to price them where the CPU has them
+KERNELS = ("ours", "stock", "perblock", "noamx")
 # bitnet.models.synthetic's sizes (kept here so a spec is checked without importing the generator).
 DUMMY_SIZES = ("tiny", "125M", "350M", "700M", "1.3B", "2B", "3B", "7B", "13B")
 DEFAULT_N_PROMPT, DEFAULT_N_GEN, DEFAULT_REPS = 512, 128, 5
@@ -164,10 +165,11 @@ class Config:
         """Environment overrides for the engine; None means "remove the variable" (auto variant, the
         file's own activation mode). A peer gets none of our switches."""
         if self.peer is not None:
-            return {KERNELS_ENV: None, ACT_QUANT_ENV: None, VARIANT_ENV: None}
+            return {KERNELS_ENV: None, ACT_QUANT_ENV: None, AMX_ENV: None, VARIANT_ENV: None}
         return {
             KERNELS_ENV: "0" if self.kernels == "stock" else "1",
             ACT_QUANT_ENV: "per_block" if self.kernels == "perblock" else None,
+            AMX_ENV: "0" if self.kernels == "noamx" else None,
             VARIANT_ENV: self.variant,
         }
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 __all__ = [
     "ACT_QUANT_ENV",
     "ACT_QUANT_MODES",
+    "AMX_ENV",
     "ATTN_ENV",
     "BARRIER_SPIN_ENV",
     "BENCH_BINARY",
@@ -51,6 +52,7 @@ VARIANT_REPORT_ENV = "GGML_CPU_VARIANT_REPORT"  # "1": the engine prints the lin
 BARRIER_SPIN_ENV = "GGML_BARRIER_SPIN"  # spins before a waiting thread yields its core, or "off" (patch 0009)
 SPLIT_ENV = "BITNET_SPLIT"  # "static": the fixed row split instead of guided chunks (ternary-buft.cpp)
 FUSE_ENV = "BITNET_FUSE"  # "0": norm/matmul/epilogue chains node by node (ternary-fuse.cpp, patch 0012)
+AMX_ENV = "BITNET_AMX"  # "0": the ternary GEMM without AMX-INT8 tiles (kernels/ternary/src/avx512vnni.c)
 ATTN_ENV = "BITNET_ATTN"  # "0": prompt attention by ggml's own tiled kernel (ternary-attn.cpp)
 BIN_DIR_ENV = "BITNET_BIN_DIR"  # ours: extra directory searched for the binaries
 
