@@ -259,8 +259,8 @@ typedef struct {
  * are combined into y like combine16. RG row groups (1-2) share the A loads, NT column tiles (1-2) the B. */
 #define BITNET_AMX_STEP(s)                                                                                       \
     do {                                                                                                         \
-        _tile_loadd(6, planes + 1024 * (s), 64);                                                                 \
-        if (rg > 1) _tile_loadd(7, planes + 4096 + 1024 * (s), 64);                                              \
+        _tile_loadd(6, pl + 1024 * (s), 64);                                                                     \
+        if (rg > 1) _tile_loadd(7, pl + 4096 + 1024 * (s), 64);                                                  \
         _tile_loadd(4, xa + 64 * (s), xs);                                                                       \
         _tile_dpbsud(0, 4, 6);                                                                                   \
         if (rg > 1) _tile_dpbsud(1, 4, 7);                                                                       \
@@ -271,45 +271,50 @@ typedef struct {
         }                                                                                                        \
     } while (0)
 
+/* Blocks [b0, b0 + nbk) of row groups g .. g+rg-1 (their K4 scratch: block b0 + bb of group j at planes +
+ * (2 bb + j) 4096), columns [0, n16) in tiles of 16: columns outer, blocks inner, so the tile loads walk each
+ * column's activations forward (a fixed block across all columns jumps a whole column's stride per row, which
+ * ran the 2560x6912 GEMM at half the speed of the others) and the scratch stays in L1. */
 __attribute__((target("amx-tile,amx-int8"))) static void amx_columns(const gemm_args *a, const uint8_t *planes,
                                                                       const uint16_t *const *scales, int64_t g,
-                                                                      int rg, int64_t b, int64_t n16) {
+                                                                      int rg, int64_t b0, int nbk, int64_t n16) {
     _Alignas(64) int32_t cbuf[4][16][16];
     const long xs = (long)(a->x_stride * (int64_t)sizeof(bitnet_act_block));
-    __m512 dw[2];
     __mmask16 valid[2];
-    for (int j = 0; j < rg; j++) {
-        dw[j] = load_dw(scales[j] + b * BITNET_GROUP_ROWS);
-        valid[j] = rows_mask(g + j, a->w->rows);
-    }
+    for (int j = 0; j < rg; j++) valid[j] = rows_mask(g + j, a->w->rows);
     __asm__ volatile("" ::: "memory"); /* the planes are stored before the tile loads read them */
     for (int64_t c0 = 0; c0 < n16; c0 += 32) {
         const int nt = n16 - c0 >= 32 ? 2 : 1;
-        const int8_t *xa = a->x[c0 * a->x_stride + b].qs;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        BITNET_AMX_STEP(0);
-        BITNET_AMX_STEP(1);
-        BITNET_AMX_STEP(2);
-        BITNET_AMX_STEP(3);
-        _tile_stored(0, cbuf[0], 64);
-        _tile_stored(1, cbuf[1], 64);
-        _tile_stored(2, cbuf[2], 64);
-        _tile_stored(3, cbuf[3], 64);
-        __asm__ volatile("" ::: "memory"); /* cbuf was written by the tile stores */
-        for (int t = 0; t < nt; t++)
-            for (int i = 0; i < 16; i++) {
-                const int64_t c = c0 + 16 * t + i;
-                const bitnet_act_block *xb = a->x + c * a->x_stride + b;
-                const __m512i nsum = _mm512_set1_epi32(xb->sum);
-                for (int j = 0; j < rg; j++) {
-                    const __m512i isum = _mm512_sub_epi32(_mm512_load_si512((const void *)cbuf[2 * t + j][i]), nsum);
-                    combine16(a->y + c * a->y_stride + (g + j) * BITNET_GROUP_ROWS, valid[j], b == 0, isum, dw[j],
-                              xb->d);
-                }
+        for (int bb = 0; bb < nbk; bb++) {
+            const int64_t b = b0 + bb;
+            const uint8_t *pl = planes + 8192 * bb;
+            const int8_t *xa = a->x[c0 * a->x_stride + b].qs;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            BITNET_AMX_STEP(0);
+            BITNET_AMX_STEP(1);
+            BITNET_AMX_STEP(2);
+            BITNET_AMX_STEP(3);
+            _tile_stored(0, cbuf[0], 64);
+            _tile_stored(1, cbuf[1], 64);
+            _tile_stored(2, cbuf[2], 64);
+            _tile_stored(3, cbuf[3], 64);
+            __asm__ volatile("" ::: "memory"); /* cbuf was written by the tile stores */
+            for (int j = 0; j < rg; j++) {
+                const __m512 dw = load_dw(scales[j] + b * BITNET_GROUP_ROWS);
+                for (int t = 0; t < nt; t++)
+                    for (int i = 0; i < 16; i++) {
+                        const int64_t c = c0 + 16 * t + i;
+                        const bitnet_act_block *xb = a->x + c * a->x_stride + b;
+                        const __m512i isum = _mm512_sub_epi32(_mm512_load_si512((const void *)cbuf[2 * t + j][i]),
+                                                              _mm512_set1_epi32(xb->sum));
+                        combine16(a->y + c * a->y_stride + (g + j) * BITNET_GROUP_ROWS, valid[j], b == 0, isum, dw,
+                                  xb->d);
+                    }
             }
+        }
     }
 }
 
@@ -347,48 +352,74 @@ int bitnet_set_gemm_amx(int on) {
     return s;
 }
 
+#define BITNET_AMX_KB 4 /* 256-blocks per pass of the AMX GEMM: 2 groups x 4 blocks x 4 KiB = 32 KiB of scratch */
+
+#if defined(BITNET_AMX_CODE)
+/* The GEMM with AMX: per pair of row groups and run of BITNET_AMX_KB blocks, unpack the scratch once, then the
+ * columns [0, n16) in AMX tiles and the rest through the vpdpbusd micro-kernels (one group at a time when the
+ * tile table has gemm_row_groups 1). */
+static void gemm_amx(const gemm_args *a, int64_t ncols, int64_t r0, int64_t r1) {
+    const bitnet_weights *w = a->w;
+    const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1), n16 = ncols / 16 * 16;
+    const size_t tb = bitnet__tile_bytes(w->layout);
+    _Alignas(64) uint8_t planes[BITNET_AMX_KB * 2 * 4096];
+    amx_begin();
+    for (int64_t g = r0 / BITNET_GROUP_ROWS; g < g1; g += 2) {
+        const int rg = g + 2 <= g1 ? 2 : 1;
+        const uint16_t *scales[2];
+        for (int j = 0; j < rg; j++) scales[j] = bitnet__scales(w, g + j);
+        for (int64_t b0 = 0; b0 < nb; b0 += BITNET_AMX_KB) {
+            const int nbk = nb - b0 < BITNET_AMX_KB ? (int)(nb - b0) : BITNET_AMX_KB;
+            for (int bb = 0; bb < nbk; bb++)
+                for (int j = 0; j < rg; j++)
+                    unpack_tile(w->layout, bitnet__codes(w, g + j) + (size_t)(b0 + bb) * tb,
+                                planes + 8192 * bb + 4096 * j);
+            amx_columns(a, planes, scales, g, rg, b0, nbk, n16);
+            for (int bb = 0; bb < nbk; bb++)
+                for (int64_t c0 = n16; c0 < ncols; c0 += BITNET_GEMM_COLS) {
+                    const int64_t nc = ncols - c0 < BITNET_GEMM_COLS ? ncols - c0 : BITNET_GEMM_COLS;
+                    const uint8_t *pl = planes + 8192 * bb;
+                    if (rg <= BITNET_GEMM_RG) {
+                        micro_table[rg - 1][nc - 1](a, pl, scales, g, b0 + bb, c0);
+                    } else {
+                        micro_table[0][nc - 1](a, pl, scales, g, b0 + bb, c0);
+                        micro_table[0][nc - 1](a, pl + 4096, scales + 1, g + 1, b0 + bb, c0);
+                    }
+                }
+        }
+    }
+    amx_end();
+}
+#endif
+
 int bitnet_gemm(const bitnet_weights *w, const bitnet_act_block *x, int64_t ncols, int64_t x_stride, float *y,
                 int64_t y_stride, int64_t r0, int64_t r1) {
     const int rc = bitnet__check(w, x, ncols, x_stride, y, y_stride, r0, r1);
     if (rc != BITNET_OK) return rc;
     const gemm_args a = {w, x, x_stride, y_stride, y};
+#if defined(BITNET_AMX_CODE)
+    if (ncols >= 16 && bitnet_gemm_amx()) {
+        gemm_amx(&a, ncols, r0, r1);
+        return BITNET_OK;
+    }
+#endif
     const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1);
     const size_t tb = bitnet__tile_bytes(w->layout);
-    _Alignas(64) uint8_t planes[2 * 4096]; /* BITNET_GEMM_RG <= 2 */
-#if defined(BITNET_AMX_CODE)
-    /* columns [0, n16) in AMX tiles of 16, the rest through the vpdpbusd micro-kernels */
-    const int64_t n16 = ncols >= 16 && bitnet_gemm_amx() ? ncols / 16 * 16 : 0;
-    const int grp = n16 ? 2 : BITNET_GEMM_RG; /* AMX takes two row groups per step whatever the tile table says */
-    if (n16) amx_begin();
-#else
-    const int64_t n16 = 0;
-    const int grp = BITNET_GEMM_RG;
-#endif
+    _Alignas(64) uint8_t planes[BITNET_GEMM_RG * 4096];
 
-    for (int64_t g = r0 / BITNET_GROUP_ROWS; g < g1; g += grp) {
-        const int rg = g + grp <= g1 ? grp : (int)(g1 - g);
-        const uint16_t *scales[2];
+    for (int64_t g = r0 / BITNET_GROUP_ROWS; g < g1; g += BITNET_GEMM_RG) {
+        const int rg = g + BITNET_GEMM_RG <= g1 ? BITNET_GEMM_RG : (int)(g1 - g);
+        const uint16_t *scales[BITNET_GEMM_RG];
         for (int j = 0; j < rg; j++) scales[j] = bitnet__scales(w, g + j);
         for (int64_t b = 0; b < nb; b++) {
             for (int j = 0; j < rg; j++)
                 unpack_tile(w->layout, bitnet__codes(w, g + j) + (size_t)b * tb, planes + 4096 * j);
-#if defined(BITNET_AMX_CODE)
-            if (n16) amx_columns(&a, planes, scales, g, rg, b, n16);
-#endif
-            for (int64_t c0 = n16; c0 < ncols; c0 += BITNET_GEMM_COLS) {
+            for (int64_t c0 = 0; c0 < ncols; c0 += BITNET_GEMM_COLS) {
                 const int64_t nc = ncols - c0 < BITNET_GEMM_COLS ? ncols - c0 : BITNET_GEMM_COLS;
-                if (rg <= BITNET_GEMM_RG) {
-                    micro_table[rg - 1][nc - 1](&a, planes, scales, g, b, c0);
-                } else { /* AMX's 2 groups with a 1-group tile table: one group at a time */
-                    micro_table[0][nc - 1](&a, planes, scales, g, b, c0);
-                    micro_table[0][nc - 1](&a, planes + 4096, scales + 1, g + 1, b, c0);
-                }
+                micro_table[rg - 1][nc - 1](&a, planes, scales, g, b, c0);
             }
         }
     }
-#if defined(BITNET_AMX_CODE)
-    if (n16) amx_end();
-#endif
     return BITNET_OK;
 }
 
