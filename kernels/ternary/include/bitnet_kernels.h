@@ -213,7 +213,7 @@ void bitnet_ref_quantize_act_per_token(const float *x, int64_t k, bitnet_act_blo
  *     y[c*y_stride + r] = row r of W . column c of x,   x of column c at x + c*x_stride (in blocks).
  * Row range: 0 <= r0 <= r1 <= rows, r0 a multiple of 16, r1 a multiple of 16 or == rows.
  * Returns BITNET_OK or BITNET_EINVAL. No allocation, no threads; safe to call concurrently on
- * disjoint row ranges. Stack use < 40 KiB.
+ * disjoint row ranges. Stack use < 72 KiB (the AMX GEMM keeps 64 KiB of scratch; the others < 40 KiB).
  * ---------------------------------------------------------------------------------------------- */
 int bitnet_gemv(const bitnet_weights *w, const bitnet_act_block *x, float *y, int64_t r0, int64_t r1);
 int bitnet_gemm(const bitnet_weights *w, const bitnet_act_block *x, int64_t ncols, int64_t x_stride, float *y,

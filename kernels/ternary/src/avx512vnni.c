@@ -150,28 +150,30 @@ int bitnet_gemv(const bitnet_weights *w, const bitnet_act_block *x, float *y, in
 /* ---------------------------------------------------------------------------------------------- */
 /* GEMM                                                                                           */
 
-/* Decode tile (g, b) into 64 planes of 64 bytes, K4 order: plane p, lane r = codes of row r, k = 4p..4p+3. */
-static void unpack_tile(bitnet_layout layout, const uint8_t *tile, uint8_t *restrict planes) {
+/* The codes c (unsigned) or, with `sign`, the weights c - 1 in {-1, 0, 1} (AMX's TDPBSSD operand). */
+BITNET_INLINE void unpack_tile_as(bitnet_layout layout, const uint8_t *tile, uint8_t *restrict planes, const int sign) {
+    const __m512i off = _mm512_set1_epi8(sign ? 1 : 0);
     if (layout == BITNET_LAYOUT_TK2) {
         const __m512i m3 = _mm512_set1_epi8(3);
         for (int c = 0; c < BITNET_TK2_CHUNKS; c++) {
             const __m512i v = _mm512_load_si512((const void *)(tile + 64 * c));
             /* plane p = k/4 lives at byte 64p = 16k */
-            _mm512_store_si512((void *)(planes + 16 * bitnet_tk2_k(c, 0, 0)), _mm512_and_si512(v, m3));
-            _mm512_store_si512((void *)(planes + 16 * bitnet_tk2_k(c, 1, 0)),
-                               _mm512_and_si512(_mm512_srli_epi16(v, 2), m3));
-            _mm512_store_si512((void *)(planes + 16 * bitnet_tk2_k(c, 2, 0)),
-                               _mm512_and_si512(_mm512_srli_epi16(v, 4), m3));
-            _mm512_store_si512((void *)(planes + 16 * bitnet_tk2_k(c, 3, 0)),
-                               _mm512_and_si512(_mm512_srli_epi16(v, 6), m3));
+            for (int l = 0; l < 4; l++)
+                _mm512_store_si512((void *)(planes + 16 * bitnet_tk2_k(c, l, 0)),
+                                   _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 2 * l), m3), off));
         }
     } else {
         for (int c = 0; c < BITNET_TK1_CHUNKS; c++) {
             __m512i r = _mm512_load_si512((const void *)(tile + 64 * c));
             for (int n = 0; n < (c < 12 ? 5 : 4); n++, r = times3(r))
-                _mm512_store_si512((void *)(planes + 16 * bitnet_tk1_k(c, n, 0)), trit_of(r));
+                _mm512_store_si512((void *)(planes + 16 * bitnet_tk1_k(c, n, 0)), _mm512_sub_epi8(trit_of(r), off));
         }
     }
+}
+
+/* Decode tile (g, b) into 64 planes of 64 bytes, K4 order: plane p, lane r = codes of row r, k = 4p..4p+3. */
+static void unpack_tile(bitnet_layout layout, const uint8_t *tile, uint8_t *restrict planes) {
+    unpack_tile_as(layout, tile, planes, 0);
 }
 
 /* RG groups x C columns for block b: acc = -sum_x; 64 planes of vpdpbusd; combine into y. */
@@ -255,66 +257,92 @@ typedef struct {
 } amx_cfg;
 
 /* C tiles 0-3 (column tile t, row group j: 2t + j), A (16 columns x 64 k) in 4-5, B (64 k x 16 rows) in 6-7:
- * every tile 16 rows x 64 bytes. Per block b: four k steps of TDPBSUD, then the C tiles go to `cbuf` and
- * are combined into y like combine16. RG row groups (1-2) share the A loads, NT column tiles (1-2) the B. */
+ * every tile 16 rows x 64 bytes. The B scratch holds the weights w = c - 1 (signed), so TDPBSSD gives the
+ * int32 dot directly (the vpdpbusd path's acc = -sum + codes . x, the same integer). RG row groups (1-2) share
+ * the A loads, NT column tiles (1-2) the B. */
 #define BITNET_AMX_STEP(s)                                                                                       \
     do {                                                                                                         \
         _tile_loadd(6, pl + 1024 * (s), 64);                                                                     \
         if (rg > 1) _tile_loadd(7, pl + 4096 + 1024 * (s), 64);                                                  \
         _tile_loadd(4, xa + 64 * (s), xs);                                                                       \
-        _tile_dpbsud(0, 4, 6);                                                                                   \
-        if (rg > 1) _tile_dpbsud(1, 4, 7);                                                                       \
+        _tile_dpbssd(0, 4, 6);                                                                                   \
+        if (rg > 1) _tile_dpbssd(1, 4, 7);                                                                       \
         if (nt > 1) {                                                                                            \
             _tile_loadd(5, xa + 16 * xs + 64 * (s), xs);                                                         \
-            _tile_dpbsud(2, 5, 6);                                                                               \
-            if (rg > 1) _tile_dpbsud(3, 5, 7);                                                                   \
+            _tile_dpbssd(2, 5, 6);                                                                               \
+            if (rg > 1) _tile_dpbssd(3, 5, 7);                                                                   \
         }                                                                                                        \
     } while (0)
 
-/* Blocks [b0, b0 + nbk) of row groups g .. g+rg-1 (their K4 scratch: block b0 + bb of group j at planes +
- * (2 bb + j) 4096), columns [0, n16) in tiles of 16: columns outer, blocks inner, so the tile loads walk each
- * column's activations forward (a fixed block across all columns jumps a whole column's stride per row, which
- * ran the 2560x6912 GEMM at half the speed of the others) and the scratch stays in L1. */
-__attribute__((target("amx-tile,amx-int8"))) static void amx_columns(const gemm_args *a, const uint8_t *planes,
-                                                                      const uint16_t *const *scales, int64_t g,
-                                                                      int rg, int64_t b0, int nbk, int64_t n16) {
-    _Alignas(64) int32_t cbuf[4][16][16];
+#define BITNET_AMX_KB 4 /* 256-blocks per pass: 2 groups x 4 blocks x 4 KiB = 32 KiB of weight scratch */
+
+typedef int32_t amx_cbuf[BITNET_AMX_KB][4][16][16]; /* one column pair's int32 sums, every block of a pass */
+
+/* The tile work of column pair [c0, c0 + 32) (or 16) over the pass's blocks: sums into cb. */
+__attribute__((target("amx-tile,amx-int8"))) static void amx_issue(const gemm_args *a, const uint8_t *planes,
+                                                                    int rg, int64_t b0, int nbk, int64_t c0,
+                                                                    int nt, amx_cbuf cb) {
     const long xs = (long)(a->x_stride * (int64_t)sizeof(bitnet_act_block));
-    __mmask16 valid[2];
-    for (int j = 0; j < rg; j++) valid[j] = rows_mask(g + j, a->w->rows);
-    __asm__ volatile("" ::: "memory"); /* the planes are stored before the tile loads read them */
-    for (int64_t c0 = 0; c0 < n16; c0 += 32) {
-        const int nt = n16 - c0 >= 32 ? 2 : 1;
-        for (int bb = 0; bb < nbk; bb++) {
-            const int64_t b = b0 + bb;
-            const uint8_t *pl = planes + 8192 * bb;
-            const int8_t *xa = a->x[c0 * a->x_stride + b].qs;
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-            BITNET_AMX_STEP(0);
-            BITNET_AMX_STEP(1);
-            BITNET_AMX_STEP(2);
-            BITNET_AMX_STEP(3);
-            _tile_stored(0, cbuf[0], 64);
-            _tile_stored(1, cbuf[1], 64);
-            _tile_stored(2, cbuf[2], 64);
-            _tile_stored(3, cbuf[3], 64);
-            __asm__ volatile("" ::: "memory"); /* cbuf was written by the tile stores */
-            for (int j = 0; j < rg; j++) {
-                const __m512 dw = load_dw(scales[j] + b * BITNET_GROUP_ROWS);
-                for (int t = 0; t < nt; t++)
-                    for (int i = 0; i < 16; i++) {
-                        const int64_t c = c0 + 16 * t + i;
-                        const bitnet_act_block *xb = a->x + c * a->x_stride + b;
-                        const __m512i isum = _mm512_sub_epi32(_mm512_load_si512((const void *)cbuf[2 * t + j][i]),
-                                                              _mm512_set1_epi32(xb->sum));
-                        combine16(a->y + c * a->y_stride + (g + j) * BITNET_GROUP_ROWS, valid[j], b == 0, isum, dw,
-                                  xb->d);
-                    }
+    for (int bb = 0; bb < nbk; bb++) {
+        const uint8_t *pl = planes + 8192 * bb;
+        const int8_t *xa = a->x[c0 * a->x_stride + b0 + bb].qs;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        BITNET_AMX_STEP(0);
+        BITNET_AMX_STEP(1);
+        BITNET_AMX_STEP(2);
+        BITNET_AMX_STEP(3);
+        _tile_stored(0, cb[bb][0], 64);
+        _tile_stored(1, cb[bb][1], 64);
+        if (nt > 1) _tile_stored(2, cb[bb][2], 64);
+        if (nt > 1 && rg > 1) _tile_stored(3, cb[bb][3], 64);
+    }
+    __asm__ volatile("" ::: "memory"); /* cb was written by the tile stores */
+}
+
+/* y of column pair [c0, c0 + 16 nt) += the pass's blocks, one block after the other in float (combine16's
+ * steps: (float)isum * (dw * dx), added to the running y; b == 0 starts from +0), y loaded and stored once. */
+static void amx_combine(const gemm_args *a, const uint16_t *const *scales, int64_t g, int rg, int64_t b0, int nbk,
+                        int64_t c0, int nt, amx_cbuf cb) {
+    __m512 dw[BITNET_AMX_KB][2];
+    for (int bb = 0; bb < nbk; bb++)
+        for (int j = 0; j < rg; j++) dw[bb][j] = load_dw(scales[j] + (b0 + bb) * BITNET_GROUP_ROWS);
+    for (int j = 0; j < rg; j++) {
+        const __mmask16 valid = rows_mask(g + j, a->w->rows);
+        for (int t = 0; t < nt; t++)
+            for (int i = 0; i < 16; i++) {
+                const int64_t c = c0 + 16 * t + i;
+                const bitnet_act_block *xb = a->x + c * a->x_stride + b0;
+                float *yp = a->y + c * a->y_stride + (g + j) * BITNET_GROUP_ROWS;
+                __m512 acc = b0 == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(valid, yp);
+                for (int bb = 0; bb < nbk; bb++) {
+                    const __m512 isum = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)cb[bb][2 * t + j][i]));
+                    acc = _mm512_add_ps(acc, _mm512_mul_ps(isum, _mm512_mul_ps(dw[bb][j], _mm512_set1_ps(xb[bb].d))));
+                }
+                _mm512_mask_storeu_ps(yp, valid, acc);
             }
-        }
+    }
+}
+
+/* Columns [0, n16) of the pass: column pairs outer (the tile loads walk each column's activations forward; a
+ * fixed block across all columns jumps a column's stride per tile row, which ran the 2560x6912 GEMM at half
+ * the others' speed), software-pipelined: the tiles of pair p+1 are issued before pair p is combined, so the
+ * TMUL unit and the vector ports work at the same time. */
+static void amx_columns(const gemm_args *a, const uint8_t *planes, const uint16_t *const *scales, int64_t g, int rg,
+                        int64_t b0, int nbk, int64_t n16) {
+    _Alignas(64) amx_cbuf cb[2];
+    int64_t c0 = 0;
+    int nt = n16 >= 32 ? 2 : 1;
+    amx_issue(a, planes, rg, b0, nbk, 0, nt, cb[0]);
+    for (int p = 0; c0 < n16; p++) {
+        const int64_t c1 = c0 + 16 * nt;
+        const int nt1 = n16 - c1 >= 32 ? 2 : 1;
+        if (c1 < n16) amx_issue(a, planes, rg, b0, nbk, c1, nt1, cb[(p + 1) & 1]);
+        amx_combine(a, scales, g, rg, b0, nbk, c0, nt, cb[p & 1]);
+        c0 = c1;
+        nt = nt1;
     }
 }
 
@@ -352,12 +380,10 @@ int bitnet_set_gemm_amx(int on) {
     return s;
 }
 
-#define BITNET_AMX_KB 4 /* 256-blocks per pass of the AMX GEMM: 2 groups x 4 blocks x 4 KiB = 32 KiB of scratch */
-
 #if defined(BITNET_AMX_CODE)
-/* The GEMM with AMX: per pair of row groups and run of BITNET_AMX_KB blocks, unpack the scratch once, then the
- * columns [0, n16) in AMX tiles and the rest through the vpdpbusd micro-kernels (one group at a time when the
- * tile table has gemm_row_groups 1). */
+/* The GEMM with AMX: per pair of row groups and pass of BITNET_AMX_KB blocks, unpack the weights (signed) once
+ * and run the columns [0, n16) in AMX tiles; the rest (ncols % 16) through the vpdpbusd micro-kernels on the
+ * codes (unpacked again, unsigned; one group at a time when the tile table has gemm_row_groups 1). */
 static void gemm_amx(const gemm_args *a, int64_t ncols, int64_t r0, int64_t r1) {
     const bitnet_weights *w = a->w;
     const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1), n16 = ncols / 16 * 16;
@@ -372,20 +398,23 @@ static void gemm_amx(const gemm_args *a, int64_t ncols, int64_t r0, int64_t r1) 
             const int nbk = nb - b0 < BITNET_AMX_KB ? (int)(nb - b0) : BITNET_AMX_KB;
             for (int bb = 0; bb < nbk; bb++)
                 for (int j = 0; j < rg; j++)
-                    unpack_tile(w->layout, bitnet__codes(w, g + j) + (size_t)(b0 + bb) * tb,
-                                planes + 8192 * bb + 4096 * j);
+                    unpack_tile_as(w->layout, bitnet__codes(w, g + j) + (size_t)(b0 + bb) * tb,
+                                   planes + 8192 * bb + 4096 * j, 1);
             amx_columns(a, planes, scales, g, rg, b0, nbk, n16);
-            for (int bb = 0; bb < nbk; bb++)
+            if (n16 == ncols) continue;
+            for (int bb = 0; bb < nbk; bb++) {
+                for (int j = 0; j < rg; j++)
+                    unpack_tile(w->layout, bitnet__codes(w, g + j) + (size_t)(b0 + bb) * tb, planes + 4096 * j);
                 for (int64_t c0 = n16; c0 < ncols; c0 += BITNET_GEMM_COLS) {
                     const int64_t nc = ncols - c0 < BITNET_GEMM_COLS ? ncols - c0 : BITNET_GEMM_COLS;
-                    const uint8_t *pl = planes + 8192 * bb;
                     if (rg <= BITNET_GEMM_RG) {
-                        micro_table[rg - 1][nc - 1](a, pl, scales, g, b0 + bb, c0);
+                        micro_table[rg - 1][nc - 1](a, planes, scales, g, b0 + bb, c0);
                     } else {
-                        micro_table[0][nc - 1](a, pl, scales, g, b0 + bb, c0);
-                        micro_table[0][nc - 1](a, pl + 4096, scales + 1, g + 1, b0 + bb, c0);
+                        micro_table[0][nc - 1](a, planes, scales, g, b0 + bb, c0);
+                        micro_table[0][nc - 1](a, planes + 4096, scales + 1, g + 1, b0 + bb, c0);
                     }
                 }
+            }
         }
     }
     amx_end();
