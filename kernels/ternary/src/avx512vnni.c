@@ -283,6 +283,8 @@ __attribute__((target("amx-tile,amx-int8"))) static void amx_issue(const gemm_ar
                                                                     int rg, int64_t b0, int nbk, int64_t c0,
                                                                     int nt, amx_cbuf cb) {
     const long xs = (long)(a->x_stride * (int64_t)sizeof(bitnet_act_block));
+    /* the tile loads are asm the compiler cannot see reading memory: the unpacked planes must be stored first */
+    __asm__ volatile("" ::: "memory");
     for (int bb = 0; bb < nbk; bb++) {
         const uint8_t *pl = planes + 8192 * bb;
         const int8_t *xa = a->x[c0 * a->x_stride + b0 + bb].qs;
