@@ -265,7 +265,7 @@ def test_min_max_footer_only_when_the_plot_draws_bars():
 def _table_ratios(df: pd.DataFrame) -> dict:
     summary = summarize(df)
     cells = summary[summary["config"] != summary.attrs["baseline"]]
-    keys = [c for c in ("model_name", "n_threads", "test", "config") if c in cells]
+    keys = [c for c in ("model_name", "n_threads", "busy", "test", "config") if c in cells]
     return {tuple(cell[keys]): cell["ratio"] for _, cell in cells.iterrows()}
 
 

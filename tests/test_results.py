@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from benchhelpers import bench_row, write_bitnet_gguf
 
+from bitnet.bench import roofline
 from bitnet.bench.results import (
     ResultsWriter,
     bench_test_name,
@@ -179,7 +180,10 @@ def test_single_config_has_no_ratio_and_llama_bench_sd_is_used_for_one_rep():
 # ---------------------------------------------------------------------------------------- roofline
 
 
-def test_roofline_fields_on_decode_rows_only():
+def test_roofline_fields_on_decode_rows_only(monkeypatch: pytest.MonkeyPatch):
+    # a 32 MiB last-level cache, whatever this host's sysfs says (a Sapphire Rapids VM reported 480 MiB,
+    # under which a 1 GB-per-token model is "cache-sized" and gets no roofline)
+    monkeypatch.setattr(roofline, "llc_bytes", lambda *a, **k: 32 * 1024**2)
     bw = Bandwidth(gbs=20.0, samples_gbs=(19.0, 20.0, 21.0), n_threads=2, buffer_bytes=1 << 28)
     tg = {"n_prompt": 0, "n_gen": 128, "avg_ts": 10.0, "bytes_per_token": 1_000_000_000}
     add_roofline(tg, bw)
