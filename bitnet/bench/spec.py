@@ -88,7 +88,7 @@ SPEC_DIR = REPO_ROOT / "bench" / "specs"
 VARIANT_ENV = CPU_VARIANT_ENV  # our engine patch 0002: force libggml-cpu-<name>
 # ours: BITNET_KERNELS=1 (the file's activation mode); stock: =0; perblock: our kernels forced to ggml's
 # per-256-block activations (BITNET_ACT_QUANT=per_block), to price the per-token definition (issue 12);
-# noamx: our kernels with the GEMM kept off AMX-INT8 tiles (BITNET_AMX=0), to price them where the CPU has them
+# noamx: our kernels with the GEMM kept off AMX-INT8 tiles (BITNET_AMX=0), to price them where a CPU has them
 KERNELS = ("ours", "stock", "perblock", "noamx")
 # bitnet.models.synthetic's sizes (kept here so a spec is checked without importing the generator).
 DUMMY_SIZES = ("tiny", "125M", "350M", "700M", "1.3B", "2B", "3B", "7B", "13B")
