@@ -166,22 +166,19 @@ def parse_ctest(output: str) -> CtestSummary:
     return CtestSummary(total=int(m.group(3)), failed=int(m.group(2) or 0), skipped=skipped, output=output)
 
 
-def _run_variant(build: KernelBuild, variant: str) -> None:
+def _ctest(build: KernelBuild, label: str, *extra: str) -> tuple[str, CtestSummary]:
+    """Run the tests labelled `label` (anchored) in `build`; ctest's output and its summary."""
     output = _run_logged(
-        [
-            _tool("ctest"),
-            "--test-dir",
-            str(build.build_dir),
-            "-L",
-            f"^{variant}$",
-            "--output-on-failure",
-            "--timeout",
-            "600",
-        ],
+        [_tool("ctest"), "--test-dir", str(build.build_dir), "-L", f"^{label}$", "--output-on-failure",
+         "--timeout", "600", *extra],
         build.log,
         CTEST_TIMEOUT_S,
-    )
-    s = parse_ctest(output)
+    )  # fmt: skip
+    return output, parse_ctest(output)
+
+
+def _run_variant(build: KernelBuild, variant: str) -> None:
+    output, s = _ctest(build, variant)
     assert s.total > 0, f"ctest ran no test for variant {variant} (log {build.log}):\n{output[-3000:]}"
     assert s.failed == 0, (
         f"{s.failed} of {s.total} C tests failed for {variant} (log {build.log}):\n{output[-6000:]}"
@@ -211,20 +208,7 @@ def test_kernels_amx_gemm(native_build: KernelBuild) -> None:
     """The AMX-INT8 tile GEMM of the avx512vnni build (Sapphire Rapids and later) equals the reference and the
     vpdpbusd path bit for bit (tests/test_main.c group amx); skipped, saying why, where the CPU or the OS has
     no AMX tiles."""
-    output = _run_logged(
-        [
-            _tool("ctest"),
-            "--test-dir",
-            str(native_build.build_dir),
-            "-L",
-            "^amx$",
-            "--output-on-failure",
-            "-V",
-        ],
-        native_build.log,
-        CTEST_TIMEOUT_S,
-    )
-    s = parse_ctest(output)
+    output, s = _ctest(native_build, "amx", "-V")
     assert s.total > 0, f"ctest has no amx test (is the avx512 variant built?):\n{output[-3000:]}"
     assert s.failed == 0, f"the AMX GEMM test failed (log {native_build.log}):\n{output[-6000:]}"
     if s.skipped == s.total:
