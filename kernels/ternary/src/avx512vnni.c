@@ -126,23 +126,44 @@ BITNET_INLINE __m512i dot_tk1(const uint8_t *tile, const bitnet_act_block *xb) {
     return _mm512_sub_epi32(t, _mm512_set1_epi32(xb->sum));
 }
 
+/* y of one 16-row group += block b (the float steps of every path: (float)isum * (dw * dx), in block order). */
+BITNET_INLINE __m512 gemv_block(const bitnet_weights *w, const uint8_t *q, const uint16_t *s,
+                                const bitnet_act_block *xb, __m512 acc) {
+    if (BITNET_PREFETCH)
+        for (size_t o = 0; o < bitnet__tile_bytes(w->layout); o += 64)
+            _mm_prefetch((const char *)q + BITNET_PREFETCH + o, _MM_HINT_T0);
+    const __m512i isum = w->layout == BITNET_LAYOUT_TK2 ? dot_tk2(q, xb) : dot_tk1(q, xb);
+    const __m512 dwdx = _mm512_mul_ps(load_dw(s), _mm512_set1_ps(xb->d));
+    return _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(isum), dwdx));
+}
+
+/* Two row groups at once, from the two halves of the range, block by block: two sequential streams per thread.
+ * On a Sapphire Rapids VM one stream read 8.1-8.5 GB/s per core and two 9.8-10.4 (`bench_gemv_avx512
+ * --no-gemm`, 6912x2560 and 2560x6912; 2 threads 16.1-16.5 -> 19.7-19.9 GB/s); four were no better than two.
+ * Each group's y is the same function of its own tiles as with one stream, bit for bit. */
 int bitnet_gemv(const bitnet_weights *w, const bitnet_act_block *x, float *y, int64_t r0, int64_t r1) {
     const int rc = bitnet__check(w, x, 1, 0, y, 0, r0, r1);
     if (rc != BITNET_OK) return rc;
-    const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1);
+    const int64_t nb = w->k / BITNET_QK, g0 = r0 / BITNET_GROUP_ROWS, g1 = bitnet__groups(r1);
+    const int64_t half = (g1 - g0) / 2;
     const size_t tb = bitnet__tile_bytes(w->layout);
-    for (int64_t g = r0 / BITNET_GROUP_ROWS; g < g1; g++) {
-        const uint8_t *q = bitnet__codes(w, g);
-        const uint16_t *s = bitnet__scales(w, g);
-        __m512 acc = _mm512_setzero_ps();
-        for (int64_t b = 0; b < nb; b++, q += tb, s += BITNET_GROUP_ROWS) {
-            if (BITNET_PREFETCH)
-                for (size_t o = 0; o < tb; o += 64) _mm_prefetch((const char *)q + BITNET_PREFETCH + o, _MM_HINT_T0);
-            const __m512i isum = w->layout == BITNET_LAYOUT_TK2 ? dot_tk2(q, x + b) : dot_tk1(q, x + b);
-            const __m512 dwdx = _mm512_mul_ps(load_dw(s), _mm512_set1_ps(x[b].d));
-            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(isum), dwdx));
+    for (int64_t i = 0; i < g1 - g0 - half; i++) {
+        const int64_t ga = g0 + i, gb = g0 + half + i + ((g1 - g0) % 2); /* odd count: the middle group alone */
+        const int two = i < half;
+        const uint8_t *qa = bitnet__codes(w, ga), *qb = two ? bitnet__codes(w, gb) : qa;
+        const uint16_t *sa = bitnet__scales(w, ga), *sb = two ? bitnet__scales(w, gb) : sa;
+        __m512 acca = _mm512_setzero_ps(), accb = acca;
+        if (two) {
+            for (int64_t b = 0; b < nb; b++) {
+                acca = gemv_block(w, qa + (size_t)b * tb, sa + b * BITNET_GROUP_ROWS, x + b, acca);
+                accb = gemv_block(w, qb + (size_t)b * tb, sb + b * BITNET_GROUP_ROWS, x + b, accb);
+            }
+            _mm512_mask_storeu_ps(y + gb * BITNET_GROUP_ROWS, rows_mask(gb, w->rows), accb);
+        } else {
+            for (int64_t b = 0; b < nb; b++)
+                acca = gemv_block(w, qa + (size_t)b * tb, sa + b * BITNET_GROUP_ROWS, x + b, acca);
         }
-        _mm512_mask_storeu_ps(y + g * BITNET_GROUP_ROWS, rows_mask(g, w->rows), acc);
+        _mm512_mask_storeu_ps(y + ga * BITNET_GROUP_ROWS, rows_mask(ga, w->rows), acca);
     }
     return BITNET_OK;
 }
