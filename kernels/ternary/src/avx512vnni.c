@@ -13,12 +13,12 @@
  * then every column tile reuses it: one load per plane, RG x C vpdpbusd.
  *
  * AMX-INT8 (Sapphire Rapids and later; probed at run time, bitnet_gemm_amx): the same 4 KiB K4 scratch
- * of a tile IS the "B" operand of TDPBSUD for four 64-k steps (16 k-quads x 16 rows x 4 bytes, row
- * stride 64), and 16 activation columns x 64 k of the int8 blocks are its "A" operand straight from the
- * caller's memory (row stride = the column stride), so C[column][row] += sum_k x[k] * code[k][row] with
- * no re-layout. C holds the exact int32 sum of the codes; the combine subtracts the block's activation
- * sum and runs the float steps of combine16, so every float equals the vpdpbusd path's bit for bit.
- * Columns past the last full 16 go through the vpdpbusd micro-kernels.
+ * of a tile, unpacked as the signed weights code - 1, IS the "B" operand of TDPBSSD for four 64-k steps
+ * (16 k-quads x 16 rows x 4 bytes, row stride 64), and 16 activation columns x 64 k of the int8 blocks are
+ * its "A" operand straight from the caller's memory (row stride = the column stride), so C[column][row] +=
+ * sum_k x[k] * w[k][row] with no re-layout: the exact int32 the vpdpbusd path forms as -sum + codes . x.
+ * The float steps are combine16's in the same order, so every float equals the vpdpbusd path's bit for
+ * bit. Columns past the last full 16 go through the vpdpbusd micro-kernels.
  */
 #define _DEFAULT_SOURCE /* syscall() */
 #include "internal.h"
@@ -149,11 +149,12 @@ int bitnet_gemv(const bitnet_weights *w, const bitnet_act_block *x, float *y, in
     const size_t tb = bitnet__tile_bytes(w->layout);
     for (int64_t i = 0; i < g1 - g0 - half; i++) {
         const int64_t ga = g0 + i, gb = g0 + half + i + ((g1 - g0) % 2); /* odd count: the middle group alone */
-        const int two = i < half;
-        const uint8_t *qa = bitnet__codes(w, ga), *qb = two ? bitnet__codes(w, gb) : qa;
-        const uint16_t *sa = bitnet__scales(w, ga), *sb = two ? bitnet__scales(w, gb) : sa;
+        const uint8_t *qa = bitnet__codes(w, ga);
+        const uint16_t *sa = bitnet__scales(w, ga);
         __m512 acca = _mm512_setzero_ps(), accb = acca;
-        if (two) {
+        if (i < half) {
+            const uint8_t *qb = bitnet__codes(w, gb);
+            const uint16_t *sb = bitnet__scales(w, gb);
             for (int64_t b = 0; b < nb; b++) {
                 acca = gemv_block(w, qa + (size_t)b * tb, sa + b * BITNET_GROUP_ROWS, x + b, acca);
                 accb = gemv_block(w, qb + (size_t)b * tb, sb + b * BITNET_GROUP_ROWS, x + b, accb);
@@ -318,7 +319,7 @@ __attribute__((target("amx-tile,amx-int8"))) static void amx_issue(const gemm_ar
         BITNET_AMX_STEP(2);
         BITNET_AMX_STEP(3);
         _tile_stored(0, cb[bb][0], 64);
-        _tile_stored(1, cb[bb][1], 64);
+        if (rg > 1) _tile_stored(1, cb[bb][1], 64);
         if (nt > 1) _tile_stored(2, cb[bb][2], 64);
         if (nt > 1 && rg > 1) _tile_stored(3, cb[bb][3], 64);
     }
