@@ -41,6 +41,7 @@ def added_patch_lines() -> str:
         ("BITNET_ENV_FUSE", contract.FUSE_ENV),
         ("BITNET_ENV_ATTN", contract.ATTN_ENV),
         ("BITNET_ENV_AMX", contract.AMX_ENV),
+        ("BITNET_ENV_REPACK_CACHE", contract.REPACK_CACHE_ENV),
         ("BITNET_GGUF_HIDDEN_ACTIVATION", contract.HIDDEN_ACTIVATION),
         ("BITNET_GGUF_ACTIVATION_QUANT", contract.ACTIVATION_QUANT),
     ],
@@ -96,6 +97,22 @@ def test_the_parser_reads_whether_the_gemm_runs_in_amx_tiles(state: str, kernels
     fmt = header_strings()["BITNET_REPORT_KERNELS"].replace("\\n", "\n")
     report = contract.parse_engine_report(fmt % (state, "avx512vnni"))
     assert (report.kernels, report.gemm_amx, report.kernels_isa) == (kernels, amx, "avx512vnni")
+
+
+@pytest.mark.parametrize(
+    ("what", "state", "detail"),
+    [
+        ("read 210 of 210 tensors from /m/x.gguf.avx2.bitnet-repack", "read", "210 of 210"),
+        ("wrote 56 tensors to /m/x.gguf.avx2.bitnet-repack", "wrote", "56 tensors"),
+        ("off (BITNET_REPACK_CACHE=0)", "off", "BITNET_REPACK_CACHE=0"),
+        ("not written (/m/x.gguf.avx2.bitnet-repack: No space left on device)", "not written", "No space"),
+    ],
+)
+def test_the_parser_reads_the_repack_cache_line(what: str, state: str, detail: str) -> None:
+    fmt = header_strings()["BITNET_REPORT_REPACK_CACHE"].replace("\\n", "\n")
+    report = contract.parse_engine_report("noise\n" + fmt % what + "more noise\n")
+    assert report.repack_cache == state
+    assert report.repack_cache_detail is not None and detail in report.repack_cache_detail
 
 
 def test_nothing_reported_is_none() -> None:

@@ -389,7 +389,9 @@ def test_ternary_weights_use_our_buffer_type_unless_switched_off(
     assert any(t.name == "token_embd.weight" and t.tensor_type.name == "F16" for t in tensors)
     ours = [t for t in tensors if t.tensor_type.name in ("TQ1_0", "TQ2_0")]
     expected_mib = sum(int(t.n_bytes) for t in ours) / 2**20
-    assert expected_mib * 0.99 <= sizes["1"] <= expected_mib * 1.05 + 0.1, (
+    # each tensor starts on a page (the repack cache maps whole pages of its file): < 4 KiB more per tensor
+    padding_mib = len(ours) * 4096 / 2**20
+    assert expected_mib * 0.99 <= sizes["1"] <= expected_mib * 1.05 + padding_mib + 0.1, (
         f"CPU_BITNET holds {sizes['1']} MiB, expected the ternary weights = {expected_mib:.2f} MiB"
     )
     assert sizes["0"] == 0.0, "BITNET_KERNELS=0 still used our buffer type"

@@ -27,6 +27,8 @@ __all__ = [
     "KERNELS_ENV",
     "PERPLEXITY_BINARY",
     "QUANTIZE_BINARY",
+    "REPACK_CACHE_ENV",
+    "REPACK_CACHE_SUFFIX",
     "SERVER_BINARY",
     "SPLIT_ENV",
     "VARIANT_REPORT_ENV",
@@ -54,7 +56,12 @@ SPLIT_ENV = "BITNET_SPLIT"  # "static": the fixed row split instead of guided ch
 FUSE_ENV = "BITNET_FUSE"  # "0": norm/matmul/epilogue chains node by node (ternary-fuse.cpp, patch 0012)
 AMX_ENV = "BITNET_AMX"  # "0": the ternary GEMM without AMX-INT8 tiles (kernels/ternary/src/avx512vnni.c)
 ATTN_ENV = "BITNET_ATTN"  # "0": prompt attention by ggml's own tiled kernel (ternary-attn.cpp)
+REPACK_CACHE_ENV = "BITNET_REPACK_CACHE"  # "0": no repack cache file beside the model (ternary-cache.cpp)
 BIN_DIR_ENV = "BITNET_BIN_DIR"  # ours: extra directory searched for the binaries
+
+# The repack cache: the weights in our layout, kept beside a memory-mapped GGUF for the next load,
+# one file per kernel ISA: <model>.gguf.<isa>.bitnet-repack
+REPACK_CACHE_SUFFIX = ".bitnet-repack"
 
 ACT_QUANT_MODES = ("per_token", "per_block")
 
@@ -78,11 +85,14 @@ def gguf_key(arch: str, name: str) -> str:
 #   bitnet: ternary kernels on (avx512vnni)  /  ... off (BITNET_KERNELS=0) (avx2)
 #   bitnet: ternary kernels on, AMX-INT8 GEMM (avx512vnni)   (prompts in AMX tiles; BITNET_AMX=0: without)
 #   bitnet: activation quantization per_token (file)  /  ... per_block (BITNET_ACT_QUANT)
+#   bitnet: repack cache read 210 of 210 tensors from PATH  /  ... wrote 210 tensors to PATH  /
+#           ... off (BITNET_REPACK_CACHE=0)  /  ... not written (PATH: reason)      (once per model load)
 CPU_VARIANT_RE = re.compile(
     r"(?:CPU variant|loaded CPU backend from) \S*?ggml-cpu-([A-Za-z0-9_]+)\.(?:so|dll|dylib)\b"
 )
 KERNELS_RE = re.compile(r"bitnet: ternary kernels (on|off)\b([^\n]*)")
 ACT_QUANT_RE = re.compile(r"bitnet: activation quantization (\w+) \(([^()\n]*)\)")
+REPACK_CACHE_RE = re.compile(r"bitnet: repack cache (read|wrote|off|not written)\b([^\n]*)")
 _LAST_PAREN = re.compile(r"\(([^()\n]*)\)\s*$")
 
 
@@ -97,6 +107,8 @@ class EngineReport:
     gemm_amx: bool | None = None  # the kernels run prompts (GEMM) in AMX-INT8 tiles
     act_quant: str | None = None  # per_token / per_block
     act_quant_source: str | None = None  # where the mode came from: file, BITNET_ACT_QUANT, default
+    repack_cache: str | None = None  # read / wrote / off / not written: the first load's repack cache
+    repack_cache_detail: str | None = None  # the rest of that line (counts and path, or the reason)
 
 
 def parse_engine_report(text: str) -> EngineReport:
@@ -104,6 +116,7 @@ def parse_engine_report(text: str) -> EngineReport:
     variant = CPU_VARIANT_RE.search(text)
     kernels = KERNELS_RE.search(text)
     act = ACT_QUANT_RE.search(text)
+    cache = REPACK_CACHE_RE.search(text)
     isa = None
     if kernels:
         paren = _LAST_PAREN.search(kernels.group(2))
@@ -116,4 +129,6 @@ def parse_engine_report(text: str) -> EngineReport:
         gemm_amx=None if kernels is None else "AMX" in kernels.group(2),
         act_quant=act.group(1) if act else None,
         act_quant_source=act.group(2) if act else None,
+        repack_cache=cache.group(1) if cache else None,
+        repack_cache_detail=cache.group(2).strip() if cache else None,
     )

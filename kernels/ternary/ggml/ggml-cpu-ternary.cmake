@@ -20,7 +20,8 @@ set(_bitnet_c
     "${BITNET_KERNELS_DIR}/src/f16.c"
     "${BITNET_KERNELS_DIR}/src/norm.c")
 target_sources(${GGML_CPU_NAME} PRIVATE ${_bitnet_c} "${BITNET_KERNELS_DIR}/ggml/ternary-buft.cpp"
-    "${BITNET_KERNELS_DIR}/ggml/ternary-fuse.cpp" "${BITNET_KERNELS_DIR}/ggml/ternary-attn.cpp")
+    "${BITNET_KERNELS_DIR}/ggml/ternary-fuse.cpp" "${BITNET_KERNELS_DIR}/ggml/ternary-attn.cpp"
+    "${BITNET_KERNELS_DIR}/ggml/ternary-cache.cpp")
 target_include_directories(${GGML_CPU_NAME} PRIVATE
     "${BITNET_KERNELS_DIR}/include" "${BITNET_KERNELS_DIR}/src" "${_bitnet_gen}")
 target_compile_definitions(${GGML_CPU_NAME} PRIVATE GGML_USE_CPU_TERNARY)

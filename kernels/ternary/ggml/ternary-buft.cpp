@@ -15,12 +15,14 @@
 // kernels' ISA. ref: ggml/src/ggml-cpu/traits.h, repack.cpp.
 
 #include "ternary-buft.h"
+#include "ternary-cache.h"
 
 #include "ggml-backend-impl.h"
 #include "ggml-cpu.h"
 #include "traits.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -29,22 +31,12 @@
 #include <thread>
 #include <vector>
 
-#if defined(__linux__)
-#    include <sys/mman.h>
-#endif
+#include <sys/mman.h>  // the buffer is mmap'd (POSIX); its repack cache is Linux only
+#include <unistd.h>
 
 ggml_backend_buffer_type_t ggml_backend_cpu_ternary_buffer_type(void);
 
 namespace bitnet_ggml {
-
-static size_t alloc_size(const ggml_tensor * w) {
-    if (!shape_ok(w)) {
-        return ggml_nbytes(w);
-    }
-    const size_t ours = bitnet_weights_size(layout_of(w), w->ne[1], w->ne[0]);
-    // a tensor we could not repack (a non-ternary code) keeps ggml's bytes: room for either
-    return ours > ggml_nbytes(w) ? ours : ggml_nbytes(w);
-}
 
 class tensor_traits : public ggml::cpu::tensor_traits {
   public:
@@ -241,61 +233,118 @@ static attn_traits g_attn;
 
 }  // namespace bitnet_ggml
 
-static enum ggml_status ternary_buffer_init_tensor(ggml_backend_buffer_t, ggml_tensor * tensor) {
+// Our buffer: page-aligned memory from mmap with the repack cache of its tensors (ternary-cache.h); every
+// tensor starts on a page (get_alignment) so that a cached one can map its pages of the cache file.
+struct weights_buffer {
+    uint8_t *                 base;
+    size_t                    size;  // mapped bytes: a whole number of pages
+    bitnet_ggml::repack_cache cache;
+
+    weights_buffer(uint8_t * b, size_t n) : base(b), size(n), cache(b, n) {}
+};
+
+static weights_buffer * weights_of(ggml_backend_buffer_t buffer) {
+    return static_cast<weights_buffer *>(buffer->context);
+}
+
+static enum ggml_status ternary_buffer_init_tensor(ggml_backend_buffer_t buffer, ggml_tensor * tensor) {
     // stored as the base class pointer get_tensor_traits() casts back to
     ggml::cpu::tensor_traits * traits = &bitnet_ggml::g_stock;
     if (bitnet_ggml::shape_ok(tensor)) {
         traits = &bitnet_ggml::g_ours;
     }
+    weights_of(buffer)->cache.announce(tensor, traits == &bitnet_ggml::g_ours);
     tensor->extra = traits;
     return GGML_STATUS_SUCCESS;
 }
 
-static void ternary_buffer_set_tensor(ggml_backend_buffer_t, ggml_tensor * tensor, const void * data,
+static void ternary_buffer_set_tensor(ggml_backend_buffer_t buffer, ggml_tensor * tensor, const void * data,
                                       size_t offset, size_t size) {
     GGML_ASSERT(offset == 0 && size == ggml_nbytes(tensor));
+    bitnet_ggml::repack_cache & cache = weights_of(buffer)->cache;
     if (tensor->extra == static_cast<ggml::cpu::tensor_traits *>(&bitnet_ggml::g_ours)) {
+        if (cache.map(tensor, data)) {
+            return;  // our layout, from the cache file of an earlier load
+        }
         const int rc = bitnet_ggml::repack(tensor, data);
+        cache.repacked(tensor, rc == BITNET_OK);
         if (rc == BITNET_OK) {
             return;
         }
         // e.g. a TQ2_0 code 3 (not ternary): keep ggml's bytes and its kernels for this tensor
         GGML_LOG_WARN("bitnet: %s not repacked (code %d); stock kernels run it\n", tensor->name, rc);
         tensor->extra = static_cast<ggml::cpu::tensor_traits *>(&bitnet_ggml::g_stock);
+    } else {
+        cache.before_copy(tensor, data);
     }
     memcpy(tensor->data, data, size);
+}
+
+static void * ternary_buffer_get_base(ggml_backend_buffer_t buffer) { return weights_of(buffer)->base; }
+
+static void ternary_buffer_clear(ggml_backend_buffer_t buffer, uint8_t value) {
+    weights_buffer * wb = weights_of(buffer);
+    wb->cache.drop_all();  // cached tensors are read-only file pages: private zeroed memory again
+    if (value != 0) {
+        memset(wb->base, value, wb->size);
+    }
+}
+
+static void ternary_buffer_free(ggml_backend_buffer_t buffer) {
+    weights_buffer * wb   = weights_of(buffer);
+    uint8_t *        base = wb->base;
+    const size_t     size = wb->size;
+    delete wb;  // waits for a cache file being finished
+    munmap(base, size);
+}
+
+static size_t page_size() {
+    static const size_t page = (size_t) sysconf(_SC_PAGESIZE);
+    return page;
 }
 
 static const char * ternary_buft_get_name(ggml_backend_buffer_type_t) { return "CPU_BITNET"; }
 
 static ggml_backend_buffer_t ternary_buft_alloc_buffer(ggml_backend_buffer_type_t buft, size_t size) {
-    ggml_backend_buffer_t buffer = ggml_backend_buft_alloc_buffer(ggml_backend_cpu_buffer_type(), size);
-    if (buffer == nullptr) {
+    // 2 MiB-aligned (the repack cache's image is, in its file, for huge pages in both), whole pages
+    const size_t huge = (size_t) 2 << 20;
+    const size_t len  = (std::max<size_t>(size, 1) + page_size() - 1) / page_size() * page_size();
+    void *       raw  = mmap(nullptr, len + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) {
+        GGML_LOG_ERROR("bitnet: could not allocate %zu MiB for the weights: %s\n", len >> 20, strerror(errno));
         return nullptr;
     }
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    // Ask for transparent huge pages (the usual THP mode is "madvise"): loading writes every byte once, and
+    auto * mem  = (uint8_t *) (((uintptr_t) raw + huge - 1) & ~(uintptr_t) (huge - 1));
+    auto * tail = mem + len;
+    if (mem > (uint8_t *) raw) {
+        munmap(raw, (size_t) (mem - (uint8_t *) raw));
+    }
+    if ((uint8_t *) raw + len + huge > tail) {
+        munmap(tail, (size_t) ((uint8_t *) raw + len + huge - tail));
+    }
+#if defined(MADV_HUGEPAGE)
+    // Ask for transparent huge pages (the usual THP mode is "madvise"): a repack writes every byte once, and
     // 2 MiB pages take 512x fewer page faults for it; decode then streams the weights with fewer TLB misses.
     // Advice only: without THP nothing changes.
-    {
-        const uintptr_t huge  = (uintptr_t) 2 << 20;
-        const uintptr_t base  = (uintptr_t) ggml_backend_buffer_get_base(buffer);
-        const uintptr_t first = (base + huge - 1) & ~(huge - 1);
-        const uintptr_t last  = (base + ggml_backend_buffer_get_size(buffer)) & ~(huge - 1);
-        if (last > first) {
-            (void) madvise((void *) first, last - first, MADV_HUGEPAGE);
-        }
-    }
+    (void) madvise(mem, len, MADV_HUGEPAGE);
 #endif
-    buffer->buft              = buft;
-    buffer->iface.init_tensor = ternary_buffer_init_tensor;
-    buffer->iface.set_tensor  = ternary_buffer_set_tensor;
-    buffer->iface.get_tensor  = nullptr;
-    buffer->iface.cpy_tensor  = nullptr;
-    return buffer;
+    const ggml_backend_buffer_i iface = {
+        /* .free_buffer   = */ ternary_buffer_free,
+        /* .get_base      = */ ternary_buffer_get_base,
+        /* .init_tensor   = */ ternary_buffer_init_tensor,
+        /* .memset_tensor = */ nullptr,  // weights are only set
+        /* .set_tensor    = */ ternary_buffer_set_tensor,
+        /* .get_tensor    = */ nullptr,
+        /* .set_tensor_2d = */ nullptr,
+        /* .get_tensor_2d = */ nullptr,
+        /* .cpy_tensor    = */ nullptr,
+        /* .clear         = */ ternary_buffer_clear,
+        /* .reset         = */ nullptr,
+    };
+    return ggml_backend_buffer_init(buft, iface, new weights_buffer(mem, len), size);
 }
 
-static size_t ternary_buft_get_alignment(ggml_backend_buffer_type_t) { return TENSOR_ALIGNMENT; }
+static size_t ternary_buft_get_alignment(ggml_backend_buffer_type_t) { return page_size(); }
 
 static size_t ternary_buft_get_alloc_size(ggml_backend_buffer_type_t, const ggml_tensor * tensor) {
     return bitnet_ggml::alloc_size(tensor);

@@ -16,6 +16,7 @@
 #define BITNET_ENV_ATTN           "BITNET_ATTN"             /* "0": prompt attention left to ggml (ternary-attn.cpp) */
 #define BITNET_ENV_AMX            "BITNET_AMX"              /* "0": the GEMM without AMX-INT8 tiles (avx512vnni.c) */
 #define BITNET_ENV_LAYOUT         "BITNET_LAYOUT"           /* tk1 | tk2: every ternary weight's layout (ternary-buft.h) */
+#define BITNET_ENV_REPACK_CACHE   "BITNET_REPACK_CACHE"     /* "0": no <gguf>.<isa>.bitnet-repack file (ternary-cache.cpp) */
 
 /* GGUF keys, after "<arch>." */
 #define BITNET_GGUF_HIDDEN_ACTIVATION "hidden_activation"   /* relu2 | silu (patch 0001) */
@@ -27,5 +28,6 @@
 #define BITNET_REPORT_ACT_QUANT   "bitnet: activation quantization %s (%s)" /* patch 0006 */
 #define BITNET_REPORT_FUSED       "bitnet: fused chain %s\n"                 /* ternary-fuse.cpp, first run of a kind */
 #define BITNET_REPORT_ATTN        "bitnet: prompt attention ours\n"          /* ternary-attn.cpp, first run */
+#define BITNET_REPORT_REPACK_CACHE "bitnet: repack cache %s\n"              /* ternary-cache.cpp, per load */
 
 #endif /* BITNET_CONTRACT_H */
