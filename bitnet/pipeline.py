@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bitnet.engine.build import ProgressFn
-from bitnet.engine.contract import ACTIVATION_QUANT, HIDDEN_ACTIVATION, gguf_key
+from bitnet.engine.contract import (
+    ACTIVATION_QUANT,
+    HIDDEN_ACTIVATION,
+    REPACK_CACHE_ENV,
+    REPACK_CACHE_SUFFIX,
+    gguf_key,
+)
 from bitnet.errors import RuntimeLaunchError, SetupError
 from bitnet.models.installed import LOCK_NAME, ModelLock, model_path, resolved_revision, write_lock
 from bitnet.models.synthetic import write_synthetic
@@ -148,6 +154,12 @@ def setup_model(
     if smoke_tokens > 0:
         output = smoke_generate(out, build_dir=build_dir, n_predict=smoke_tokens)
         steps.append(f"smoke: generated {smoke_tokens} tokens")
+        # the smoke run's load wrote our kernels' layout beside the model (ternary-cache.cpp)
+        for cache in sorted(out.parent.glob(out.name + ".*" + REPACK_CACHE_SUFFIX)):
+            steps.append(
+                f"repack cache: {cache} ({cache.stat().st_size / 1e6:.1f} MB): later loads map it "
+                f"instead of repacking ({REPACK_CACHE_ENV}=0: off)"
+            )
     return SetupReport(model_name=name, gguf=out, steps=steps, smoke_output=output)
 
 

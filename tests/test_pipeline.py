@@ -42,6 +42,9 @@ def test_setup_tiny_offline_is_idempotent_and_repairs_a_bad_file(engine_build_di
     assert any("wrote synthetic" in s for s in first.steps)
     assert first.smoke_output.startswith("The capital of France is")
     assert len(first.smoke_output) > len("The capital of France is")
+    # the smoke run wrote the repack cache beside the model; setup says where
+    caches = sorted(first.gguf.parent.glob(first.gguf.name + ".*.bitnet-repack"))
+    assert len(caches) == 1 and any(s.startswith(f"repack cache: {caches[0]} (") for s in first.steps)
     mtime = first.gguf.stat().st_mtime_ns
 
     second = setup_model("tiny", build_dir=engine_build_dir, models_dir=tmp_path)
