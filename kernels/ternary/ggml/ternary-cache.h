@@ -25,8 +25,8 @@ class repack_cache {
     // loading is over), else its bytes are copied
     void announce(const ggml_tensor * t, bool ours);
     // set_tensor, before repacking t from data (its bytes in the mapped GGUF): true if t's range now maps
-    // the cache file's copy (checked against data), false if t must be repacked (then, when a cache file is
-    // being written, t's range is that file's and the repack writes it)
+    // the cache file's copy (checked against data), false if t must be repacked into its range (private
+    // memory; when a cache file is being written, repacked() copies the result into it)
     bool map(const ggml_tensor * t, const void * data);
     // after repacking t (its range is private memory): ok = it holds our layout now
     void repacked(const ggml_tensor * t, bool ok);
