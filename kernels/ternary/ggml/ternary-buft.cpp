@@ -1,7 +1,7 @@
 // ggml-cpu "extra buffer type" for BitNet b1.58 ternary weights (TQ2_0, TQ1_0) and the fp16/bf16 head.
 //
 // Like ggml-cpu/repack.cpp: weights placed in this buffer type are re-laid-out at load time
-// (set_tensor → bitnet_repack) and MUL_MAT with them runs our kernels on the CPU backend's own threads
+// (set_tensor → bitnet_repack, or mapped from the repack cache of an earlier load: ternary-cache.cpp) and MUL_MAT with them runs our kernels on the CPU backend's own threads
 // (compute_forward). GGUF files stay in upstream types. BITNET_KERNELS=0 in the environment disables
 // the buffer type, so the same binary runs stock ggml (for A/B benchmarks and tests).
 //
@@ -314,14 +314,11 @@ static ggml_backend_buffer_t ternary_buft_alloc_buffer(ggml_backend_buffer_type_
         GGML_LOG_ERROR("bitnet: could not allocate %zu MiB for the weights: %s\n", len >> 20, strerror(errno));
         return nullptr;
     }
-    auto * mem  = (uint8_t *) (((uintptr_t) raw + huge - 1) & ~(uintptr_t) (huge - 1));
-    auto * tail = mem + len;
+    auto * mem = (uint8_t *) (((uintptr_t) raw + huge - 1) & ~(uintptr_t) (huge - 1));
     if (mem > (uint8_t *) raw) {
         munmap(raw, (size_t) (mem - (uint8_t *) raw));
     }
-    if ((uint8_t *) raw + len + huge > tail) {
-        munmap(tail, (size_t) ((uint8_t *) raw + len + huge - tail));
-    }
+    munmap(mem + len, (size_t) ((uint8_t *) raw + huge - mem));  // the rest of the 2 MiB of slack
 #if defined(MADV_HUGEPAGE)
     // Ask for transparent huge pages (the usual THP mode is "madvise"): a repack writes every byte once, and
     // 2 MiB pages take 512x fewer page faults for it; decode then streams the weights with fewer TLB misses.

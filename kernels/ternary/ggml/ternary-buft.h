@@ -134,13 +134,16 @@ inline int64_t row_bytes(const ggml_tensor * w) {
     return (int64_t) bitnet_weights_size(layout_of(w), BITNET_GROUP_ROWS, w->ne[0]) / BITNET_GROUP_ROWS;
 }
 
+// Bytes of a ternary weight w in our layout.
+inline size_t repacked_size(const ggml_tensor * w) { return bitnet_weights_size(layout_of(w), w->ne[1], w->ne[0]); }
+
 // Bytes of w in our buffer: our layout's, or ggml's where that is more (a tensor we could not repack, a
 // non-ternary code, keeps ggml's bytes there).
 inline size_t alloc_size(const ggml_tensor * w) {
     if (!shape_ok(w)) {
         return ggml_nbytes(w);
     }
-    const size_t ours = bitnet_weights_size(layout_of(w), w->ne[1], w->ne[0]);
+    const size_t ours = repacked_size(w);
     return ours > ggml_nbytes(w) ? ours : ggml_nbytes(w);
 }
 

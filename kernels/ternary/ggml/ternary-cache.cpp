@@ -122,14 +122,12 @@ void report(const std::string & what) {
     }
 }
 
-size_t ours_size(const ggml_tensor * t) { return bitnet_weights_size(layout_of(t), t->ne[1], t->ne[0]); }
-
 // The first and last 16-row groups of t as repacked now from src equal those at `have` (t's layout).
 bool same_edges(const ggml_tensor * t, const void * src, const uint8_t * have) {
     const bitnet_layout layout = layout_of(t);
     const int64_t       rows = t->ne[1], k = t->ne[0], nb = k / BITNET_QK;
     const int64_t       groups = (rows + BITNET_GROUP_ROWS - 1) / BITNET_GROUP_ROWS;
-    const size_t        total  = ours_size(t);
+    const size_t        total  = repacked_size(t);
     const size_t        scales = BITNET_GROUP_ROWS * sizeof(uint16_t);
     const size_t        tb     = total / (size_t) (groups * nb) - scales;
     // only two groups' bytes of this get written (and faulted in)
@@ -292,7 +290,7 @@ struct repack_cache_state {
             return false;
         }
         const file_entry & e = entries[it->second];
-        if (e.buf_off != buf_off(t) || e.size != ours_size(t) || e.src_off != src_off || e.ne0 != t->ne[0] ||
+        if (e.buf_off != buf_off(t) || e.size != repacked_size(t) || e.src_off != src_off || e.ne0 != t->ne[0] ||
             e.ne1 != t->ne[1] || e.type != (int32_t) t->type || e.layout != (int32_t) layout_of(t)) {
             return false;
         }
@@ -395,7 +393,7 @@ bool repack_cache::map(const ggml_tensor * t, const void * data) {
         file_entry e{};
         std::snprintf(e.name, sizeof e.name, "%s", t->name);
         e.buf_off    = s.buf_off(t);
-        e.size       = ours_size(t);
+        e.size       = repacked_size(t);
         e.src_off    = src_off;
         e.ne0        = t->ne[0];
         e.ne1        = t->ne[1];
