@@ -133,30 +133,56 @@ BITNET_INLINE void dot_tk1(const uint8_t *tile, const bitnet_act_block *xb, __m2
     acc[1] = a1;
 }
 
+/* rows 0-7 (f0) and 8-15 (f1) of one group += block xb (the float steps of every path, in block order) */
+BITNET_INLINE void gemv_block(const bitnet_weights *w, const uint8_t *q, const uint16_t *s, const bitnet_act_block *xb,
+                              __m256 *f0, __m256 *f1) {
+    if (BITNET_PREFETCH)
+        for (size_t o = 0; o < bitnet__tile_bytes(w->layout); o += 64)
+            _mm_prefetch((const char *)q + BITNET_PREFETCH + o, _MM_HINT_T0);
+    __m256i acc[2];
+    if (w->layout == BITNET_LAYOUT_TK2) dot_tk2(q, xb, acc);
+    else dot_tk1(q, xb, acc);
+    const __m256 dx = _mm256_set1_ps(xb->d);
+    const __m256 i0 = _mm256_cvtepi32_ps(widen(acc[0], xb->sum));
+    const __m256 i1 = _mm256_cvtepi32_ps(widen(acc[1], xb->sum));
+    *f0 = _mm256_add_ps(*f0, _mm256_mul_ps(i0, _mm256_mul_ps(load_dw8(s), dx)));
+    *f1 = _mm256_add_ps(*f1, _mm256_mul_ps(i1, _mm256_mul_ps(load_dw8(s + 8), dx)));
+}
+
+BITNET_INLINE void store_group(const bitnet_weights *w, float *y, int64_t g, __m256 f0, __m256 f1) {
+    const int64_t n = w->rows - g * BITNET_GROUP_ROWS;
+    _mm256_maskstore_ps(y + g * BITNET_GROUP_ROWS, lanes_below(n), f0);
+    _mm256_maskstore_ps(y + g * BITNET_GROUP_ROWS + 8, lanes_below(n - 8), f1);
+}
+
+/* Two row groups at once, from the two halves of the range, block by block: two sequential streams per
+ * thread, as in avx512vnni.c (Sapphire Rapids VM, this code forced: one stream read 5.9 GB/s per core).
+ * Each group's y is the same function of its own tiles as with one stream, bit for bit. */
 int bitnet_gemv(const bitnet_weights *w, const bitnet_act_block *x, float *y, int64_t r0, int64_t r1) {
     const int rc = bitnet__check(w, x, 1, 0, y, 0, r0, r1);
     if (rc != BITNET_OK) return rc;
-    const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1);
+    const int64_t nb = w->k / BITNET_QK, g0 = r0 / BITNET_GROUP_ROWS, g1 = bitnet__groups(r1);
+    const int64_t half = (g1 - g0) / 2;
     const size_t tb = bitnet__tile_bytes(w->layout);
-    for (int64_t g = r0 / BITNET_GROUP_ROWS; g < g1; g++) {
-        const uint8_t *q = bitnet__codes(w, g);
-        const uint16_t *s = bitnet__scales(w, g);
-        __m256 f0 = _mm256_setzero_ps(), f1 = f0;
-        for (int64_t b = 0; b < nb; b++, q += tb, s += BITNET_GROUP_ROWS) {
-            if (BITNET_PREFETCH)
-                for (size_t o = 0; o < tb; o += 64) _mm_prefetch((const char *)q + BITNET_PREFETCH + o, _MM_HINT_T0);
-            __m256i acc[2];
-            if (w->layout == BITNET_LAYOUT_TK2) dot_tk2(q, x + b, acc);
-            else dot_tk1(q, x + b, acc);
-            const __m256 dx = _mm256_set1_ps(x[b].d);
-            const __m256 i0 = _mm256_cvtepi32_ps(widen(acc[0], x[b].sum));
-            const __m256 i1 = _mm256_cvtepi32_ps(widen(acc[1], x[b].sum));
-            f0 = _mm256_add_ps(f0, _mm256_mul_ps(i0, _mm256_mul_ps(load_dw8(s), dx)));
-            f1 = _mm256_add_ps(f1, _mm256_mul_ps(i1, _mm256_mul_ps(load_dw8(s + 8), dx)));
+    for (int64_t i = 0; i < g1 - g0 - half; i++) {
+        const int64_t ga = g0 + i, gb = g0 + half + i + ((g1 - g0) % 2); /* odd count: the middle group alone */
+        const uint8_t *qa = bitnet__codes(w, ga);
+        const uint16_t *sa = bitnet__scales(w, ga);
+        __m256 fa0 = _mm256_setzero_ps(), fa1 = fa0;
+        if (i < half) {
+            const uint8_t *qb = bitnet__codes(w, gb);
+            const uint16_t *sb = bitnet__scales(w, gb);
+            __m256 fb0 = fa0, fb1 = fa0;
+            for (int64_t b = 0; b < nb; b++) {
+                gemv_block(w, qa + (size_t)b * tb, sa + b * BITNET_GROUP_ROWS, x + b, &fa0, &fa1);
+                gemv_block(w, qb + (size_t)b * tb, sb + b * BITNET_GROUP_ROWS, x + b, &fb0, &fb1);
+            }
+            store_group(w, y, gb, fb0, fb1);
+        } else {
+            for (int64_t b = 0; b < nb; b++)
+                gemv_block(w, qa + (size_t)b * tb, sa + b * BITNET_GROUP_ROWS, x + b, &fa0, &fa1);
         }
-        const int64_t n = w->rows - g * BITNET_GROUP_ROWS;
-        _mm256_maskstore_ps(y + g * BITNET_GROUP_ROWS, lanes_below(n), f0);
-        _mm256_maskstore_ps(y + g * BITNET_GROUP_ROWS + 8, lanes_below(n - 8), f1);
+        store_group(w, y, ga, fa0, fa1);
     }
     return BITNET_OK;
 }

@@ -151,8 +151,11 @@ BITNET_INLINE float reduce64(const __m256 *a) {
 BITNET_INLINE float gemv_row(const uint16_t *wr, int64_t k, const float *x, int bf16) {
     __m256 a[8]; /* a[m]: lanes 8m .. 8m+7 */
     for (int m = 0; m < 8; m++) a[m] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < k; i += 64)
+    for (int64_t i = 0; i < k; i += 64) {
+        if (BITNET_PREFETCH) /* 128 bytes a step, BITNET_PREFETCH ahead (rows follow each other in memory) */
+            for (int o = 0; o < 128; o += 64) _mm_prefetch((const char *)(wr + i) + BITNET_PREFETCH + o, _MM_HINT_T0);
         for (int m = 0; m < 8; m++) a[m] = mac8(a[m], wr + i + 8 * m, x + i + 8 * m, bf16);
+    }
     return reduce64(a);
 }
 
