@@ -91,8 +91,15 @@ def _complete(handle: ServerHandle) -> None:
 def served(model: Path, runtime: BitNetRuntime, tmp_path: Path) -> Iterator[tuple[ServerHandle, Path]]:
     _cache_in_large_folios(model)
     log = tmp_path / "server.log"
-    with serve(model, runtime=runtime, threads=1, parallel=1, ctx_size=256, log_path=log,
-               extra_args=["--log-verbosity", "4"]) as handle:
+    with serve(
+        model,
+        runtime=runtime,
+        threads=1,
+        parallel=1,
+        ctx_size=256,
+        log_path=log,
+        extra_args=["--log-verbosity", "4"],
+    ) as handle:
         _complete(handle)
         yield handle, log
 
@@ -123,8 +130,15 @@ def test_stock_keeps_every_tensor_in_the_mapping(
     """Without our kernels nothing is copied out of the mapping, so nothing moves and nothing is released."""
     monkeypatch.setenv(contract.KERNELS_ENV, "0")
     log = tmp_path / "server.log"
-    with serve(model, runtime=runtime, threads=1, parallel=1, ctx_size=256, log_path=log,
-               extra_args=["--log-verbosity", "4"]) as handle:
+    with serve(
+        model,
+        runtime=runtime,
+        threads=1,
+        parallel=1,
+        ctx_size=256,
+        log_path=log,
+        extra_args=["--log-verbosity", "4"],
+    ) as handle:
         _complete(handle)
         text = log.read_text()
         assert "listening on" in text and "small tensors" not in text
