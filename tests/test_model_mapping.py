@@ -15,6 +15,7 @@ import mmap
 import os
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -87,10 +88,9 @@ def _complete(handle: ServerHandle) -> None:
         conn.close()
 
 
-@pytest.fixture
-def served(model: Path, runtime: BitNetRuntime, tmp_path: Path) -> Iterator[tuple[ServerHandle, Path]]:
-    _cache_in_large_folios(model)
-    log = tmp_path / "server.log"
+@contextmanager
+def _answering_server(model: Path, runtime: BitNetRuntime, log: Path) -> Iterator[ServerHandle]:
+    """llama-server on `model` (libllama's load messages in `log`) after it answered one completion."""
     with serve(
         model,
         runtime=runtime,
@@ -101,6 +101,14 @@ def served(model: Path, runtime: BitNetRuntime, tmp_path: Path) -> Iterator[tupl
         extra_args=["--log-verbosity", "4"],
     ) as handle:
         _complete(handle)
+        yield handle
+
+
+@pytest.fixture
+def served(model: Path, runtime: BitNetRuntime, tmp_path: Path) -> Iterator[tuple[ServerHandle, Path]]:
+    _cache_in_large_folios(model)
+    log = tmp_path / "server.log"
+    with _answering_server(model, runtime, log) as handle:
         yield handle, log
 
 
@@ -130,16 +138,7 @@ def test_stock_keeps_every_tensor_in_the_mapping(
     """Without our kernels nothing is copied out of the mapping, so nothing moves and nothing is released."""
     monkeypatch.setenv(contract.KERNELS_ENV, "0")
     log = tmp_path / "server.log"
-    with serve(
-        model,
-        runtime=runtime,
-        threads=1,
-        parallel=1,
-        ctx_size=256,
-        log_path=log,
-        extra_args=["--log-verbosity", "4"],
-    ) as handle:
-        _complete(handle)
+    with _answering_server(model, runtime, log) as handle:
         text = log.read_text()
         assert "listening on" in text and "small tensors" not in text
         # every tensor's pages (MAP_POPULATE read them all) are still mapped
