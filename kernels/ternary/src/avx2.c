@@ -64,11 +64,11 @@ BITNET_INLINE __m256i widen(__m256i acc16, int32_t sum) {
 }
 #endif
 
-/* y8 = (first ? 0 : y8) + (float)isum * (dw * dx), masked to valid rows */
-BITNET_INLINE void combine8(float *y, __m256i valid, int first, __m256i isum, __m256 dw, float dx) {
-    const __m256 prev = first ? _mm256_setzero_ps() : _mm256_maskload_ps(y, valid);
+/* out8 = (prev ? prev8 : 0) + (float)isum * (dw * dx), masked to valid rows */
+BITNET_INLINE void combine8(float *out, const float *prev, __m256i valid, __m256i isum, __m256 dw, float dx) {
+    const __m256 p = prev ? _mm256_maskload_ps(prev, valid) : _mm256_setzero_ps();
     const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, _mm256_set1_ps(dx)));
-    _mm256_maskstore_ps(y, valid, _mm256_add_ps(prev, t));
+    _mm256_maskstore_ps(out, valid, _mm256_add_ps(p, t));
 }
 
 /* Trit of each byte, given rs = r ^ 0x80 (so signed compares order r): (r >= 86) + (r >= 171). The
@@ -241,9 +241,10 @@ BITNET_INLINE void micro(const gemm_args *a, const uint8_t *planes, const uint16
     const __m256i v0 = lanes_below(n), v1 = lanes_below(n - 8);
     const __m256 dw0 = load_dw8(scales + b * BITNET_GROUP_ROWS), dw1 = load_dw8(scales + b * BITNET_GROUP_ROWS + 8);
     for (int c = 0; c < C; c++) {
-        float *yc = a->y + (c0 + c) * a->y_stride + g * BITNET_GROUP_ROWS;
-        combine8(yc, v0, b == 0, widen(acc[0][c], xc[c]->sum), dw0, xc[c]->d);
-        combine8(yc + 8, v1, b == 0, widen(acc[1][c], xc[c]->sum), dw1, xc[c]->d);
+        const float *prev = bitnet__yprev(a, g, c0 + c, b);
+        float *out = bitnet__ynext(a, g, c0 + c, b);
+        combine8(out, prev, v0, widen(acc[0][c], xc[c]->sum), dw0, xc[c]->d);
+        combine8(out + 8, prev ? prev + 8 : NULL, v1, widen(acc[1][c], xc[c]->sum), dw1, xc[c]->d);
     }
 }
 

@@ -56,10 +56,10 @@ BITNET_INLINE __m512 load_dw(const uint16_t *s) { /* 16 fp16 row scales -> float
 }
 
 /* y16 = (b == 0 ? 0 : y16) + (float)isum * (dw * dx), 16 rows, masked to the valid rows. */
-BITNET_INLINE void combine16(float *y, __mmask16 valid, int first, __m512i isum, __m512 dw, float dx) {
-    const __m512 prev = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(valid, y);
+BITNET_INLINE void combine16(float *out, const float *prev, __mmask16 valid, __m512i isum, __m512 dw, float dx) {
+    const __m512 p = prev ? _mm512_maskz_loadu_ps(valid, prev) : _mm512_setzero_ps();
     const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw, _mm512_set1_ps(dx)));
-    _mm512_mask_storeu_ps(y, valid, _mm512_add_ps(prev, t));
+    _mm512_mask_storeu_ps(out, valid, _mm512_add_ps(p, t));
 }
 
 BITNET_INLINE __mmask16 rows_mask(int64_t g, int64_t rows) {
@@ -220,7 +220,7 @@ BITNET_INLINE void micro(const gemm_args *a, const uint8_t *planes, const uint16
         const __m512 dw = load_dw(scales[j] + b * BITNET_GROUP_ROWS);
         const __mmask16 valid = rows_mask(g + j, a->w->rows);
         for (int c = 0; c < C; c++)
-            combine16(a->y + (c0 + c) * a->y_stride + (g + j) * BITNET_GROUP_ROWS, valid, b == 0, acc[j][c], dw,
+            combine16(bitnet__ynext(a, g + j, c0 + c, b), bitnet__yprev(a, g + j, c0 + c, b), valid, acc[j][c], dw,
                       xc[c]->d);
     }
 }
@@ -327,7 +327,8 @@ __attribute__((target("amx-tile,amx-int8"))) static void amx_issue(const gemm_ar
 }
 
 /* y of column pair [c0, c0 + 16 nt) += the pass's blocks, one block after the other in float (combine16's
- * steps: (float)isum * (dw * dx), added to the running y; b == 0 starts from +0), y loaded and stored once. */
+ * steps: (float)isum * (dw * dx), added to the running sum; b == 0 starts from +0): the running sums are
+ * loaded and stored once per pass (bitnet__yprev / bitnet__ynext: the scratch between passes, y at the end). */
 static void amx_combine(const gemm_args *a, const uint16_t *const *scales, int64_t g, int rg, int64_t b0, int nbk,
                         int64_t c0, int nt, amx_cbuf cb) {
     __m512 dw[BITNET_AMX_KB][2];
@@ -339,31 +340,31 @@ static void amx_combine(const gemm_args *a, const uint16_t *const *scales, int64
             for (int i = 0; i < 16; i++) {
                 const int64_t c = c0 + 16 * t + i;
                 const bitnet_act_block *xb = a->x + c * a->x_stride + b0;
-                float *yp = a->y + c * a->y_stride + (g + j) * BITNET_GROUP_ROWS;
-                __m512 acc = b0 == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(valid, yp);
+                const float *prev = bitnet__yprev(a, g + j, c, b0);
+                __m512 acc = prev ? _mm512_maskz_loadu_ps(valid, prev) : _mm512_setzero_ps();
                 for (int bb = 0; bb < nbk; bb++) {
                     const __m512 isum = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)cb[bb][2 * t + j][i]));
                     acc = _mm512_add_ps(acc, _mm512_mul_ps(isum, _mm512_mul_ps(dw[bb][j], _mm512_set1_ps(xb[bb].d))));
                 }
-                _mm512_mask_storeu_ps(yp, valid, acc);
+                _mm512_mask_storeu_ps(bitnet__ynext(a, g + j, c, b0 + nbk - 1), valid, acc);
             }
     }
 }
 
-/* Columns [0, n16) of the pass: column pairs outer (the tile loads walk each column's activations forward; a
- * fixed block across all columns jumps a column's stride per tile row, which ran the 2560x6912 GEMM at half
- * the others' speed), software-pipelined: the tiles of pair p+1 are issued before pair p is combined, so the
- * TMUL unit and the vector ports work at the same time. */
+/* Columns [cc0, cc1) of the pass (cc1 - cc0 a multiple of 16): column pairs outer (the tile loads walk each
+ * column's activations forward; a fixed block across all columns jumps a column's stride per tile row, which
+ * ran the 2560x6912 GEMM at half the others' speed), software-pipelined: the tiles of pair p+1 are issued
+ * before pair p is combined, so the TMUL unit and the vector ports work at the same time. */
 static void amx_columns(const gemm_args *a, const uint8_t *planes, const uint16_t *const *scales, int64_t g, int rg,
-                        int64_t b0, int nbk, int64_t n16) {
+                        int64_t b0, int nbk, int64_t cc0, int64_t cc1) {
     _Alignas(64) amx_cbuf cb[2];
-    int64_t c0 = 0;
-    int nt = n16 >= 32 ? 2 : 1;
-    amx_issue(a, planes, rg, b0, nbk, 0, nt, cb[0]);
-    for (int p = 0; c0 < n16; p++) {
+    int64_t c0 = cc0;
+    int nt = cc1 - c0 >= 32 ? 2 : 1;
+    amx_issue(a, planes, rg, b0, nbk, c0, nt, cb[0]);
+    for (int p = 0; c0 < cc1; p++) {
         const int64_t c1 = c0 + 16 * nt;
-        const int nt1 = n16 - c1 >= 32 ? 2 : 1;
-        if (c1 < n16) amx_issue(a, planes, rg, b0, nbk, c1, nt1, cb[(p + 1) & 1]);
+        const int nt1 = cc1 - c1 >= 32 ? 2 : 1;
+        if (c1 < cc1) amx_issue(a, planes, rg, b0, nbk, c1, nt1, cb[(p + 1) & 1]);
         amx_combine(a, scales, g, rg, b0, nbk, c0, nt, cb[p & 1]);
         c0 = c1;
         nt = nt1;
@@ -405,12 +406,14 @@ int bitnet_set_gemm_amx(int on) {
 }
 
 #if defined(BITNET_AMX_CODE)
-/* The GEMM with AMX: per pair of row groups and pass of BITNET_AMX_KB blocks, unpack the weights (signed) once
- * and run the columns [0, n16) in AMX tiles; the rest (ncols % 16) through the vpdpbusd micro-kernels on the
- * codes (unpacked again, unsigned; one group at a time when the tile table has gemm_row_groups 1). */
-static void gemm_amx(const gemm_args *a, int64_t ncols, int64_t r0, int64_t r1) {
-    const bitnet_weights *w = a->w;
-    const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1), n16 = ncols / 16 * 16;
+/* The GEMM with AMX: per pair of row groups, chunk of columns and pass of BITNET_AMX_KB blocks, unpack the
+ * weights (signed) once and run the chunk's whole column tiles in AMX; the rest (ncols % 16, last chunk) through
+ * the vpdpbusd micro-kernels on the codes (unpacked again, unsigned; one group at a time when the tile table has
+ * gemm_row_groups 1). */
+static void gemm_amx(const bitnet_weights *w, const bitnet_act_block *x, int64_t ncols, int64_t x_stride, float *y,
+                     int64_t y_stride, int64_t r0, int64_t r1) {
+    gemm_args a = {w, x, x_stride, y_stride, y, bitnet__ys_alloc(2, ncols), 0, 0, 2 * BITNET_GROUP_ROWS};
+    const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1), chunk = a.ys ? BITNET_YS_COLS : ncols;
     const size_t tb = bitnet__tile_bytes(w->layout);
     _Alignas(64) uint8_t planes[BITNET_AMX_KB * 2 * 4096];
     amx_begin();
@@ -418,30 +421,39 @@ static void gemm_amx(const gemm_args *a, int64_t ncols, int64_t r0, int64_t r1) 
         const int rg = g + 2 <= g1 ? 2 : 1;
         const uint16_t *scales[2];
         for (int j = 0; j < rg; j++) scales[j] = bitnet__scales(w, g + j);
-        for (int64_t b0 = 0; b0 < nb; b0 += BITNET_AMX_KB) {
-            const int nbk = nb - b0 < BITNET_AMX_KB ? (int)(nb - b0) : BITNET_AMX_KB;
-            for (int bb = 0; bb < nbk; bb++)
-                for (int j = 0; j < rg; j++)
-                    unpack_tile_as(w->layout, bitnet__codes(w, g + j) + (size_t)(b0 + bb) * tb,
-                                   planes + 8192 * bb + 4096 * j, 1);
-            amx_columns(a, planes, scales, g, rg, b0, nbk, n16);
-            if (n16 == ncols) continue;
-            for (int bb = 0; bb < nbk; bb++) {
-                for (int j = 0; j < rg; j++)
-                    unpack_tile(w->layout, bitnet__codes(w, g + j) + (size_t)(b0 + bb) * tb, planes + 4096 * j);
-                for (int64_t c0 = n16; c0 < ncols; c0 += BITNET_GEMM_COLS) {
-                    const int64_t nc = ncols - c0 < BITNET_GEMM_COLS ? ncols - c0 : BITNET_GEMM_COLS;
-                    if (rg <= BITNET_GEMM_RG) {
-                        micro_table[rg - 1][nc - 1](a, planes, scales, g, b0 + bb, c0);
-                    } else {
-                        micro_table[0][nc - 1](a, planes, scales, g, b0 + bb, c0);
-                        micro_table[0][nc - 1](a, planes + 4096, scales + 1, g + 1, b0 + bb, c0);
+        a.ys_g0 = g;
+        for (int64_t cc0 = 0; cc0 < ncols; cc0 += chunk) {
+            const int64_t cc1 = ncols - cc0 < chunk ? ncols : cc0 + chunk;
+            const int64_t n16 = cc0 + (cc1 - cc0) / 16 * 16; /* AMX: [cc0, n16); vpdpbusd: [n16, cc1) */
+            a.ys_c0 = cc0;
+            for (int64_t b0 = 0; b0 < nb; b0 += BITNET_AMX_KB) {
+                const int nbk = nb - b0 < BITNET_AMX_KB ? (int)(nb - b0) : BITNET_AMX_KB;
+                if (n16 > cc0) {
+                    for (int bb = 0; bb < nbk; bb++)
+                        for (int j = 0; j < rg; j++)
+                            unpack_tile_as(w->layout, bitnet__codes(w, g + j) + (size_t)(b0 + bb) * tb,
+                                           planes + 8192 * bb + 4096 * j, 1);
+                    amx_columns(&a, planes, scales, g, rg, b0, nbk, cc0, n16);
+                }
+                if (n16 == cc1) continue;
+                for (int bb = 0; bb < nbk; bb++) {
+                    for (int j = 0; j < rg; j++)
+                        unpack_tile(w->layout, bitnet__codes(w, g + j) + (size_t)(b0 + bb) * tb, planes + 4096 * j);
+                    for (int64_t c0 = n16; c0 < cc1; c0 += BITNET_GEMM_COLS) {
+                        const int64_t nc = cc1 - c0 < BITNET_GEMM_COLS ? cc1 - c0 : BITNET_GEMM_COLS;
+                        if (rg <= BITNET_GEMM_RG) {
+                            micro_table[rg - 1][nc - 1](&a, planes, scales, g, b0 + bb, c0);
+                        } else {
+                            micro_table[0][nc - 1](&a, planes, scales, g, b0 + bb, c0);
+                            micro_table[0][nc - 1](&a, planes + 4096, scales + 1, g + 1, b0 + bb, c0);
+                        }
                     }
                 }
             }
         }
     }
     amx_end();
+    free(a.ys);
 }
 #endif
 
@@ -449,14 +461,15 @@ int bitnet_gemm(const bitnet_weights *w, const bitnet_act_block *x, int64_t ncol
                 int64_t y_stride, int64_t r0, int64_t r1) {
     const int rc = bitnet__check(w, x, ncols, x_stride, y, y_stride, r0, r1);
     if (rc != BITNET_OK) return rc;
-    const gemm_args a = {w, x, x_stride, y_stride, y};
 #if defined(BITNET_AMX_CODE)
     if (ncols >= 16 && bitnet_gemm_amx()) {
-        gemm_amx(&a, ncols, r0, r1);
+        gemm_amx(w, x, ncols, x_stride, y, y_stride, r0, r1);
         return BITNET_OK;
     }
 #endif
-    const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1);
+    gemm_args a = {w, x, x_stride, y_stride, y, bitnet__ys_alloc(BITNET_GEMM_RG, ncols), 0, 0,
+                   BITNET_GEMM_RG * BITNET_GROUP_ROWS};
+    const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1), chunk = a.ys ? BITNET_YS_COLS : ncols;
     const size_t tb = bitnet__tile_bytes(w->layout);
     _Alignas(64) uint8_t planes[BITNET_GEMM_RG * 4096];
 
@@ -464,15 +477,21 @@ int bitnet_gemm(const bitnet_weights *w, const bitnet_act_block *x, int64_t ncol
         const int rg = g + BITNET_GEMM_RG <= g1 ? BITNET_GEMM_RG : (int)(g1 - g);
         const uint16_t *scales[BITNET_GEMM_RG];
         for (int j = 0; j < rg; j++) scales[j] = bitnet__scales(w, g + j);
-        for (int64_t b = 0; b < nb; b++) {
-            for (int j = 0; j < rg; j++)
-                unpack_tile(w->layout, bitnet__codes(w, g + j) + (size_t)b * tb, planes + 4096 * j);
-            for (int64_t c0 = 0; c0 < ncols; c0 += BITNET_GEMM_COLS) {
-                const int64_t nc = ncols - c0 < BITNET_GEMM_COLS ? ncols - c0 : BITNET_GEMM_COLS;
-                micro_table[rg - 1][nc - 1](&a, planes, scales, g, b, c0);
+        a.ys_g0 = g;
+        for (int64_t cc0 = 0; cc0 < ncols; cc0 += chunk) {
+            const int64_t cc1 = ncols - cc0 < chunk ? ncols : cc0 + chunk;
+            a.ys_c0 = cc0;
+            for (int64_t b = 0; b < nb; b++) {
+                for (int j = 0; j < rg; j++)
+                    unpack_tile(w->layout, bitnet__codes(w, g + j) + (size_t)b * tb, planes + 4096 * j);
+                for (int64_t c0 = cc0; c0 < cc1; c0 += BITNET_GEMM_COLS) {
+                    const int64_t nc = cc1 - c0 < BITNET_GEMM_COLS ? cc1 - c0 : BITNET_GEMM_COLS;
+                    micro_table[rg - 1][nc - 1](&a, planes, scales, g, b, c0);
+                }
             }
         }
     }
+    free(a.ys);
     return BITNET_OK;
 }
 

@@ -171,9 +171,9 @@ BITNET_INLINE void micro(const gemm_args *a, const uint8_t *planes, const uint16
     }
     const int64_t n = a->w->rows - g * BITNET_GROUP_ROWS;
     for (int c = 0; c < C; c++) {
-        float *yc = a->y + (c0 + c) * a->y_stride + g * BITNET_GROUP_ROWS;
+        const float *yp = bitnet__yprev(a, g, c0 + c, b);
         float prev[16] = {0};
-        if (b != 0) memcpy(prev, yc, sizeof(float) * (size_t)(n < 16 ? n : 16));
+        if (yp) memcpy(prev, yp, sizeof(float) * (size_t)(n < 16 ? n : 16));
         const float32x4_t dx = vdupq_n_f32(xc[c]->d);
         const int32x4_t sum = vdupq_n_s32(xc[c]->sum);
         float32x4_t out[4];
@@ -182,7 +182,7 @@ BITNET_INLINE void micro(const gemm_args *a, const uint8_t *planes, const uint16
             const float32x4_t base = b == 0 ? vdupq_n_f32(0.0f) : vld1q_f32(prev + 4 * q);
             out[q] = vaddq_f32(base, vmulq_f32(isum, vmulq_f32(load_dw4(scales + b * BITNET_GROUP_ROWS + 4 * q), dx)));
         }
-        store16(yc, out, n);
+        store16(bitnet__ynext(a, g, c0 + c, b), out, n);
     }
 }
 

@@ -59,12 +59,12 @@ BITNET_INLINE void store_rows(float *y, __m128 v, int64_t n) {
     }
 }
 
-/* y4 = (first ? 0 : y4) + (float)isum * (dw * dx), first n rows */
-BITNET_INLINE void combine4(float *y, int64_t n, int first, __m128i isum, __m128 dw, float dx) {
-    float prev[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (!first && n > 0) memcpy(prev, y, (size_t)(n < 4 ? n : 4) * sizeof(float));
+/* out4 = (prev ? prev4 : 0) + (float)isum * (dw * dx), first n rows */
+BITNET_INLINE void combine4(float *out, const float *prev, int64_t n, __m128i isum, __m128 dw, float dx) {
+    float p[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (prev && n > 0) memcpy(p, prev, (size_t)(n < 4 ? n : 4) * sizeof(float));
     const __m128 t = _mm_mul_ps(_mm_cvtepi32_ps(isum), _mm_mul_ps(dw, _mm_set1_ps(dx)));
-    store_rows(y, _mm_add_ps(_mm_loadu_ps(prev), t), n);
+    store_rows(out, _mm_add_ps(_mm_loadu_ps(p), t), n);
 }
 
 /* Trit of each byte, given rs = r ^ 0x80 (signed compares order r): (r >= 86) + (r >= 171); see avx2.c */
@@ -196,8 +196,9 @@ BITNET_INLINE void micro(const gemm_args *a, const uint8_t *planes, const uint16
     for (int q = 0; q < 4; q++) {
         const __m128 dw = load_dw4(scales + b * BITNET_GROUP_ROWS + 4 * q);
         for (int c = 0; c < C; c++) {
-            float *yc = a->y + (c0 + c) * a->y_stride + g * BITNET_GROUP_ROWS + 4 * q;
-            combine4(yc, n - 4 * q, b == 0, widen(acc[q][c], xc[c]->sum), dw, xc[c]->d);
+            const float *prev = bitnet__yprev(a, g, c0 + c, b);
+            combine4(bitnet__ynext(a, g, c0 + c, b) + 4 * q, prev ? prev + 4 * q : NULL, n - 4 * q,
+                     widen(acc[q][c], xc[c]->sum), dw, xc[c]->d);
         }
     }
 }

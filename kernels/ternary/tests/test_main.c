@@ -411,6 +411,13 @@ static void group_kernels(t_rng *r) {
                      D_RANDOM, A_QUANT);
         }
     if (!g_quick) run_case(r, 2560, 2560, 128, BITNET_SRC_TQ2_0, BITNET_LAYOUT_TK2, W_RANDOM, D_RANDOM, A_QUANT);
+    /* more columns than the GEMMs keep running sums for at once (BITNET_YS_COLS 512): a second chunk with a
+     * one-column tile at its end, and a third, narrow one */
+    const int64_t wide[] = {545, 1037};
+    for (int i = 0; i < 2; i++) {
+        run_case(r, 33, 512, wide[i], BITNET_SRC_TQ2_0, BITNET_LAYOUT_TK2, W_RANDOM, D_RANDOM, A_QUANT);
+        run_case(r, 17, 256, wide[i], BITNET_SRC_TQ1_0, BITNET_LAYOUT_TK1, W_RANDOM, D_RANDOM, A_PER_TOKEN);
+    }
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -1180,6 +1187,13 @@ static void group_amx(t_rng *r) {
         amx_vs_vnni(r, shapes[s][0], shapes[s][1], 37, BITNET_SRC_TQ1_0, BITNET_LAYOUT_TK1, W_RANDOM, A_PER_TOKEN);
     }
     if (!g_quick) run_case(r, 640, 2560, 512, BITNET_SRC_TQ2_0, BITNET_LAYOUT_TK2, W_RANDOM, D_RANDOM, A_QUANT);
+    /* past one 512-column chunk of running sums: a second chunk with a 1-column tail, and a last chunk too
+     * narrow for a tile (only vpdpbusd columns) */
+    const int64_t wide[] = {545, 1037};
+    for (int i = 0; i < 2; i++) {
+        amx_vs_vnni(r, 48, 1280, wide[i], BITNET_SRC_TQ2_0, BITNET_LAYOUT_TK2, W_RANDOM, A_QUANT);
+        if (!g_quick) run_case(r, 33, 1280, wide[i], BITNET_SRC_TQ1_0, BITNET_LAYOUT_TK1, W_RANDOM, D_RANDOM, A_PER_TOKEN);
+    }
 }
 
 int main(int argc, char **argv) {
