@@ -55,7 +55,7 @@ BITNET_INLINE __m512 load_dw(const uint16_t *s) { /* 16 fp16 row scales -> float
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)s));
 }
 
-/* y16 = (b == 0 ? 0 : y16) + (float)isum * (dw * dx), 16 rows, masked to the valid rows. */
+/* out16 = (prev ? prev16 : 0) + (float)isum * (dw * dx), 16 rows, masked to the valid rows. */
 BITNET_INLINE void combine16(float *out, const float *prev, __mmask16 valid, __m512i isum, __m512 dw, float dx) {
     const __m512 p = prev ? _mm512_maskz_loadu_ps(valid, prev) : _mm512_setzero_ps();
     const __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw, _mm512_set1_ps(dx)));

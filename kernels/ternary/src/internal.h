@@ -119,7 +119,7 @@ static inline float bitnet__fp16_to_fp32(uint16_t h) {
  * and only the last block stores y: in y a column is a whole row count of floats from the next (2560 or
  * 6912 for the 2B), which maps the columns' running sums onto a few cache sets, and reloading them after
  * every block stalled the GEMMs (AVX2 pp512: ~20% of the micro-kernel's time, AMX: 27% of its own). Columns
- * are taken BITNET_YS_COLS at a time; ys == NULL (no memory for the scratch) keeps the sums in y itself. */
+ * are taken BITNET_YS_COLS at a time; ys == NULL (under 64 columns, or no memory) keeps the sums in y itself. */
 #define BITNET_YS_COLS 512 /* one llama.cpp ubatch */
 typedef struct {
     const bitnet_weights *w;
