@@ -124,6 +124,30 @@ def test_a_damaged_cache_is_deleted_and_not_used(
     assert _run(engine_bin_dir, model, text_file, tmp_path / "c.bin")[0].repack_cache == "wrote"
 
 
+@pytest.mark.parametrize(("written", "wanted"), [("tk2", "tk1"), ("tk1", "tk2")])
+def test_a_cache_in_another_layout_is_replaced(
+    engine_bin_dir: Path, tmp_path: Path, text_file: Path, written: str, wanted: str
+) -> None:
+    """A file written for another layout (tuning.json's tq2_base3 changed in an update, or BITNET_LAYOUT)
+    is deleted at the first load that wants the other one, and that load's next one writes a fitting
+    file: not every later load repacking beside a useless one."""
+    model = _model(tmp_path / "m")
+    _, base, _ = _run(engine_bin_dir, model, text_file, tmp_path / "a.bin", BITNET_LAYOUT=written)
+    assert len(_cache_files(model)) == 1
+    report, logits, stderr = _run(engine_bin_dir, model, text_file, tmp_path / "b.bin", BITNET_LAYOUT=wanted)
+    assert "is in another layout there; deleted, the next load rebuilds it" in stderr
+    n = _ternary_tensors(model)
+    assert report.repack_cache == "read" and report.repack_cache_detail is not None
+    assert report.repack_cache_detail.startswith(f"0 of {n} tensors")
+    assert logits == base  # both layouts compute the same sums
+    assert _cache_files(model) == []
+    again, logits, _ = _run(engine_bin_dir, model, text_file, tmp_path / "c.bin", BITNET_LAYOUT=wanted)
+    assert again.repack_cache == "wrote" and logits == base
+    last, logits, _ = _run(engine_bin_dir, model, text_file, tmp_path / "d.bin", BITNET_LAYOUT=wanted)
+    assert last.repack_cache == "read" and last.repack_cache_detail is not None
+    assert last.repack_cache_detail.startswith(f"{n} of {n} tensors") and logits == base
+
+
 def test_a_cache_of_another_file_is_not_used(engine_bin_dir: Path, tmp_path: Path, text_file: Path) -> None:
     """Same name, other content (a different dummy seed is not available, so: a TQ1_0 file renamed)."""
     a = _model(tmp_path / "a", "tq2_0")

@@ -284,14 +284,24 @@ struct repack_cache_state {
         return true;
     }
 
+    // The file's entry for t no longer fits this build (another layout: tuning.json's tq2_base3 changed in
+    // an update, or BITNET_LAYOUT; another placement in the buffer): deleted, so the next load writes one
+    // that does, instead of every later load repacking beside a useless file.
+    void stale(const ggml_tensor * t, const char * why) {
+        GGML_LOG_WARN("bitnet: %s: %s %s; deleted, the next load rebuilds it\n", path.c_str(), t->name, why);
+        unlink(path.c_str());
+        index.clear();  // the rest of this load repacks
+    }
+
     bool map_cached(const ggml_tensor * t, const void * data, uint64_t src_off) {
         const auto it = index.find(t->name);
-        if (it == index.end()) {
+        if (it == index.end()) {  // e.g. a tensor left to ggml's kernels (a code 3) is never written to the file
             return false;
         }
         const file_entry & e = entries[it->second];
         if (e.buf_off != buf_off(t) || e.size != repacked_size(t) || e.src_off != src_off || e.ne0 != t->ne[0] ||
             e.ne1 != t->ne[1] || e.type != (int32_t) t->type || e.layout != (int32_t) layout_of(t)) {
+            stale(t, e.layout != (int32_t) layout_of(t) ? "is in another layout there" : "is placed differently there");
             return false;
         }
 #    if defined(MADV_POPULATE_READ)
