@@ -110,6 +110,39 @@ BITNET_INLINE void dot_tk2(const uint8_t *tile, const bitnet_act_block *xb, __m2
     acc[1] = acc_add(a1, b1);
 }
 
+#if defined(BITNET_AVX2_DPBUSD)
+/* With vpdpbusd the trits need not be materialized (as in avx512vnni.c's dot_tk1): with r_0 = q and
+ * r_{n+1} = 3 r_n mod 256, trit_n = (3 r_n - r_{n+1}) / 256 exactly, so sum_n trit_n . x_n =
+ * (3 sum r_n . x_n - sum r_{n+1} . x_n) / 256: two vpdpbusd and two byte adds per plane and half instead
+ * of two compares, two adds and one vpdpbusd. Lane bound: 255 * 128 * 4 * 64 * 3 < 2^31. Accumulators
+ * a/b x plane parity x half (8): one pair per plane would wait on vpdpbusd's latency. */
+BITNET_INLINE void tk1_chunk(const uint8_t *tile, const bitnet_act_block *xb, int c, const int planes,
+                             __m256i a[2][2], __m256i b[2][2]) {
+    __m256i r0 = _mm256_load_si256((const __m256i *)(tile + 64 * c));
+    __m256i r1 = _mm256_load_si256((const __m256i *)(tile + 64 * c + 32));
+    for (int n = 0; n < planes; n++) {
+        const __m256i x = bcast4(xb->qs + bitnet_tk1_k(c, n, 0));
+        a[n & 1][0] = mac(a[n & 1][0], r0, x);
+        a[n & 1][1] = mac(a[n & 1][1], r1, x);
+        r0 = times3(r0);
+        r1 = times3(r1);
+        b[n & 1][0] = mac(b[n & 1][0], r0, x);
+        b[n & 1][1] = mac(b[n & 1][1], r1, x);
+    }
+}
+
+BITNET_INLINE void dot_tk1(const uint8_t *tile, const bitnet_act_block *xb, __m256i acc[2]) {
+    __m256i a[2][2], b[2][2];
+    for (int j = 0; j < 2; j++) a[j][0] = a[j][1] = b[j][0] = b[j][1] = _mm256_setzero_si256();
+#pragma GCC unroll 2 /* see dot_tk2 */
+    for (int c = 0; c < 12; c++) tk1_chunk(tile, xb, c, 5, a, b);
+    tk1_chunk(tile, xb, 12, 4, a, b);
+    for (int h = 0; h < 2; h++) {
+        const __m256i sa = _mm256_add_epi32(a[0][h], a[1][h]), sb = _mm256_add_epi32(b[0][h], b[1][h]);
+        acc[h] = _mm256_srai_epi32(_mm256_sub_epi32(_mm256_add_epi32(sa, _mm256_add_epi32(sa, sa)), sb), 8);
+    }
+}
+#else
 BITNET_INLINE void tk1_chunk(const uint8_t *tile, const bitnet_act_block *xb, int c, const int planes, __m256i *a0,
                              __m256i *a1) {
     const __m256i bias = _mm256_set1_epi8((char)0x80);
@@ -132,6 +165,8 @@ BITNET_INLINE void dot_tk1(const uint8_t *tile, const bitnet_act_block *xb, __m2
     acc[0] = a0;
     acc[1] = a1;
 }
+
+#endif
 
 /* rows 0-7 (f0) and 8-15 (f1) of one group += block xb (the float steps of every path, in block order) */
 BITNET_INLINE void gemv_block(const bitnet_weights *w, const uint8_t *q, const uint16_t *s, const bitnet_act_block *xb,
