@@ -150,8 +150,9 @@ BITNET_INLINE float reduce64(const __m256 *a) {
 
 /* Where the ISA prefetches its weights (tuning.json prefetch_bytes > 0), the head's rows are asked into L2
  * HEAD_PREFETCH bytes ahead, 128 bytes a step (rows follow each other in memory). Measured on a Sapphire
- * Rapids VM (bench_head --cols 1 --rows 128256, 2 threads): into L1 1 KiB ahead 19.6-21 (avx2) / 22-23
- * (avx512) GB/s of fp16, into L2 3 KiB ahead 23-24 / 25-26; into L1 2 KiB ahead no better than 1 KiB. */
+ * Rapids VM (bench_head --cols 1 --rows 128256, 2 threads, GB/s of fp16): avx2 19.7-20.5 with the earlier
+ * prefetch into L1 1 KiB ahead, 22.4-23.8 with this; avx512 (two-row loop, no prefetch before) 21.9-22.2 ->
+ * 24.7-25.4. Into L1 2 KiB ahead was no better than 1 KiB. */
 #define HEAD_PREFETCH 3072
 BITNET_INLINE void head_prefetch(const uint16_t *w) {
     if (BITNET_PREFETCH)
