@@ -26,6 +26,10 @@
 #include "simd-gemm.h"
 #include "vec.h"
 
+#if defined(__AVX__) && defined(__F16C__)
+#    include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -82,6 +86,46 @@ float tile_row_max(const float * x) {
     float max_ggml;
     ggml_vec_max_f32(KT, &max_ggml, x);
     return max_ggml;
+}
+
+// A whole key tile (kv == KT, DK a multiple of 8) straight from its f16 rows to kf[dk][key]: 8 keys x 8
+// dims converted (exact, as ggml_cpu_fp16_to_fp32) and transposed in registers, instead of converting
+// rows into kr and copying them column by column (one scalar load and store per element). False: not
+// taken (no F16C in this build, or a short last tile), the caller does it the plain way.
+bool keys_transposed(const char * k0, size_t row_bytes, int kv, int64_t DK, float * kf) {
+#if defined(__AVX__) && defined(__F16C__)
+    if (kv != KT || DK % 8 != 0) {
+        return false;
+    }
+    for (int j0 = 0; j0 < KT; j0 += 8) {
+        for (int64_t d0 = 0; d0 < DK; d0 += 8) {
+            __m256 r[8];
+            for (int i = 0; i < 8; i++) {
+                const auto * row = (const ggml_fp16_t *) (k0 + (j0 + i) * row_bytes) + d0;
+                r[i] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *) row));
+            }
+            __m256 t[8], u[8];
+            for (int i = 0; i < 8; i += 2) {
+                t[i]     = _mm256_unpacklo_ps(r[i], r[i + 1]);
+                t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+            }
+            for (int i = 0; i < 8; i += 4) {
+                u[i]     = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+                u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+                u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+                u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+            }
+            for (int i = 0; i < 4; i++) {  // dim d0 + i: keys j0..j0+3 from u[i], j0+4..j0+7 from u[i + 4]
+                _mm256_storeu_ps(kf + (d0 + i) * KT + j0, _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+                _mm256_storeu_ps(kf + (d0 + i + 4) * KT + j0, _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+            }
+        }
+    }
+    return true;
+#else
+    (void) k0, (void) row_bytes, (void) kv, (void) DK, (void) kf;
+    return false;
+#endif
 }
 
 }  // namespace
@@ -150,14 +194,16 @@ static void attn_item(const ggml_tensor * dst, int64_t item, scratch & w) {
             }
         }
         // keys: f32 rows, then transposed to kf[dk][key] (columns past kv keep the previous tile's, as ggml)
-        for (int j = 0; j < kv; j++) {
-            ggml_cpu_fp16_to_fp32((const ggml_fp16_t *) ((const char *) k->data + (ic + j) * k->nb[1] + g * k->nb[2]),
-                                  &w.kr[j * DK], DK);
-        }
-        for (int64_t d = 0; d < DK; d++) {
-            float * kd = &w.kf[d * KT];
+        const char * k0 = (const char *) k->data + ic * k->nb[1] + g * k->nb[2];
+        if (!keys_transposed(k0, k->nb[1], kv, DK, w.kf.data())) {
             for (int j = 0; j < kv; j++) {
-                kd[j] = w.kr[j * DK + d];
+                ggml_cpu_fp16_to_fp32((const ggml_fp16_t *) (k0 + j * k->nb[1]), &w.kr[j * DK], DK);
+            }
+            for (int64_t d = 0; d < DK; d++) {
+                float * kd = &w.kf[d * KT];
+                for (int j = 0; j < kv; j++) {
+                    kd[j] = w.kr[j * DK + d];
+                }
             }
         }
         for (int j = 0; j < kv; j++) {
