@@ -8,11 +8,13 @@
 // GEMMs (simd_gemm) and the online softmax. In a 512-token prefill of the 2B4T shape those conversions were
 // ~40% of the attention time (perf annotate), repeated for each of the 4 query heads that share a key/value
 // head (GQA). Here a work item is (key/value head, query tile): the mask, key and value tiles are converted
-// once for its 4 query heads, vectorized (ggml_cpu_fp16_to_fp32), and then each head runs exactly ggml's
-// sequence: simd_gemm for Q K^T, ggml_vec_scale_f32, the -inf padding, ggml_vec_add_f32 of the mask,
-// ggml_vec_max_f32, expf, ggml_vec_soft_max_f32, simd_gemm for the values, the final 1/S scale - the same
-// functions, compiled with the same flags, on the same values in the same order. The conversions are exact,
-// and key/value buffers keep ggml's contents between tiles (stale columns past a short last tile included).
+// once for its 4 query heads, vectorized (ggml_cpu_fp16_to_fp32; whole key tiles converted and transposed
+// in registers), and then each head runs exactly ggml's sequence: simd_gemm for Q K^T, ggml_vec_scale_f32,
+// the -inf padding, ggml_vec_add_f32 of the mask, the row maximum (tile_row_max: ggml_vec_max_f32's value
+// in 8 lanes, see there), expf, ggml_vec_soft_max_f32, simd_gemm for the values, the final 1/S scale - the
+// same functions, compiled with the same flags, on the same values in the same order. The conversions are
+// exact, and key/value buffers keep ggml's contents between tiles (stale columns past a short last tile
+// included).
 //
 // Taken: f32 Q, f16 K and V, f16 mask broadcast over heads, no ALiBi, softcap or sinks, >= 64 query rows
 // (where ggml runs the tiled path). Anything else stays ggml's. BITNET_ATTN=0 leaves all of it to ggml.
