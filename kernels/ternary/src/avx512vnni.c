@@ -356,12 +356,14 @@ static void amx_combine(const gemm_args *a, const uint16_t *const *scales, int64
  * ran the 2560x6912 GEMM at half the others' speed), software-pipelined: the tiles of pair p+1 are issued
  * before pair p is combined, so the TMUL unit and the vector ports work at the same time. */
 static void amx_columns(const gemm_args *a, const uint8_t *planes, const uint16_t *const *scales, int64_t g, int rg,
-                        int64_t b0, int nbk, int64_t cc0, int64_t cc1) {
+                        int64_t b0, int nbk, int64_t cc0, int64_t cc1, const uint8_t *const *next, size_t next_bytes) {
     _Alignas(64) amx_cbuf cb[2];
     int64_t c0 = cc0;
     int nt = cc1 - c0 >= 32 ? 2 : 1;
+    const int64_t npairs = (cc1 - cc0 + 31) / 32;
     amx_issue(a, planes, rg, b0, nbk, c0, nt, cb[0]);
     for (int p = 0; c0 < cc1; p++) {
+        for (int j = 0; j < rg; j++) bitnet__prefetch_part(next[j], next_bytes, p, npairs);
         const int64_t c1 = c0 + 16 * nt;
         const int nt1 = cc1 - c1 >= 32 ? 2 : 1;
         if (c1 < cc1) amx_issue(a, planes, rg, b0, nbk, c1, nt1, cb[(p + 1) & 1]);
@@ -429,11 +431,16 @@ static void gemm_amx(const bitnet_weights *w, const bitnet_act_block *x, int64_t
             for (int64_t b0 = 0; b0 < nb; b0 += BITNET_AMX_KB) {
                 const int nbk = nb - b0 < BITNET_AMX_KB ? (int)(nb - b0) : BITNET_AMX_KB;
                 if (n16 > cc0) {
+                    /* the next pass's tiles; after the last pass, the next pair's first ones */
+                    const uint8_t *next[2];
+                    for (int j = 0; j < rg; j++)
+                        next[j] = b0 + BITNET_AMX_KB < nb ? bitnet__codes(w, g + j) + (size_t)(b0 + BITNET_AMX_KB) * tb
+                                                          : bitnet__codes(w, g + j + rg);
                     for (int bb = 0; bb < nbk; bb++)
                         for (int j = 0; j < rg; j++)
                             unpack_tile_as(w->layout, bitnet__codes(w, g + j) + (size_t)(b0 + bb) * tb,
                                            planes + 8192 * bb + 4096 * j, 1);
-                    amx_columns(&a, planes, scales, g, rg, b0, nbk, cc0, n16);
+                    amx_columns(&a, planes, scales, g, rg, b0, nbk, cc0, n16, next, BITNET_AMX_KB * tb);
                 }
                 if (n16 == cc1) continue;
                 for (int bb = 0; bb < nbk; bb++) {
@@ -484,6 +491,11 @@ int bitnet_gemm(const bitnet_weights *w, const bitnet_act_block *x, int64_t ncol
             for (int64_t b = 0; b < nb; b++) {
                 for (int j = 0; j < rg; j++)
                     unpack_tile(w->layout, bitnet__codes(w, g + j) + (size_t)b * tb, planes + 4096 * j);
+                /* block b + 1's tiles; after the last block, the next pair's block 0 */
+                for (int j = 0; j < rg; j++)
+                    bitnet__prefetch_part(b + 1 < nb ? bitnet__codes(w, g + j) + (size_t)(b + 1) * tb
+                                                     : bitnet__codes(w, g + j + rg),
+                                          tb, 0, 1);
                 for (int64_t c0 = cc0; c0 < cc1; c0 += BITNET_GEMM_COLS) {
                     const int64_t nc = cc1 - c0 < BITNET_GEMM_COLS ? cc1 - c0 : BITNET_GEMM_COLS;
                     micro_table[rg - 1][nc - 1](&a, planes, scales, g, b, c0);
