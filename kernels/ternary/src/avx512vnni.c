@@ -207,7 +207,7 @@ BITNET_INLINE void micro(const gemm_args *a, const uint8_t *planes, const uint16
         xc[c] = a->x + (c0 + c) * a->x_stride + b;
         for (int j = 0; j < RG; j++) acc[j][c] = _mm512_set1_epi32(-xc[c]->sum);
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int p = 0; p < 64; p++) {
         __m512i wv[BITNET_GEMM_RG];
         for (int j = 0; j < RG; j++) wv[j] = _mm512_load_si512((const void *)(planes + 4096 * j + 64 * p));
@@ -216,12 +216,13 @@ BITNET_INLINE void micro(const gemm_args *a, const uint8_t *planes, const uint16
             for (int j = 0; j < RG; j++) acc[j][c] = _mm512_dpbusd_epi32(acc[j][c], wv[j], xv);
         }
     }
+    const bitnet__ysums ys = bitnet__ysums_at(a, g, c0, b);
     for (int j = 0; j < RG; j++) {
         const __m512 dw = load_dw(scales[j] + b * BITNET_GROUP_ROWS);
         const __mmask16 valid = rows_mask(g + j, a->w->rows);
         for (int c = 0; c < C; c++)
-            combine16(bitnet__ynext(a, g + j, c0 + c, b), bitnet__yprev(a, g + j, c0 + c, b), valid, acc[j][c], dw,
-                      xc[c]->d);
+            combine16(ys.next + c * ys.next_ld + 16 * j, ys.prev ? ys.prev + c * ys.prev_ld + 16 * j : NULL, valid,
+                      acc[j][c], dw, xc[c]->d);
     }
 }
 

@@ -152,6 +152,22 @@ BITNET_INLINE float *bitnet__ynext(const gemm_args *a, int64_t g, int64_t c, int
     return b == a->w->k / BITNET_QK - 1 ? bitnet__yout(a, g, c) : bitnet__yrun(a, g, c);
 }
 
+/* Block b's running sums for columns c0.. of group g: column c at prev + c * prev_ld (prev NULL for block 0),
+ * written to next + c * next_ld; group g + j at + 16 j in both. The same addresses as bitnet__yprev and
+ * bitnet__ynext, computed once per micro-kernel call instead of per column and group. */
+typedef struct {
+    const float *prev;
+    float *next;
+    int64_t prev_ld, next_ld;
+} bitnet__ysums;
+BITNET_INLINE bitnet__ysums bitnet__ysums_at(const gemm_args *a, int64_t g, int64_t c0, int64_t b) {
+    const int64_t run_ld = a->ys ? a->ys_ld : a->y_stride;
+    const int last = b == a->w->k / BITNET_QK - 1;
+    bitnet__ysums s = {b == 0 ? NULL : bitnet__yrun(a, g, c0), last ? bitnet__yout(a, g, c0) : bitnet__yrun(a, g, c0),
+                       run_ld, last ? a->y_stride : run_ld};
+    return s;
+}
+
 /* The GEMM driver shared by the ISAs that tile one 16-row group at a time (AVX2, SSSE3, NEON): per group, chunk
  * of columns and 256-block, the ISA's unpack_tile() expands the codes into int8 planes once, then its
  * micro-kernels (table entry C-1 handles C columns, C <= BITNET_GEMM_COLS) consume them for every column tile. */
