@@ -330,26 +330,33 @@ __attribute__((target("amx-tile,amx-int8"))) static void amx_issue(const gemm_ar
 /* y of column pair [c0, c0 + 16 nt) += the pass's blocks, one block after the other in float (combine16's
  * steps: (float)isum * (dw * dx), added to the running sum; b == 0 starts from +0): the running sums are
  * loaded and stored once per pass (bitnet__yprev / bitnet__ynext: the scratch between passes, y at the end). */
-static void amx_combine(const gemm_args *a, const uint16_t *const *scales, int64_t g, int rg, int64_t b0, int nbk,
-                        int64_t c0, int nt, amx_cbuf cb) {
+BITNET_INLINE void amx_combine_n(const gemm_args *a, const uint16_t *const *scales, int64_t g, int rg, int64_t b0,
+                                  const int nbk, int64_t c0, int nt, amx_cbuf cb) {
     __m512 dw[BITNET_AMX_KB][2];
     for (int bb = 0; bb < nbk; bb++)
         for (int j = 0; j < rg; j++) dw[bb][j] = load_dw(scales[j] + (b0 + bb) * BITNET_GROUP_ROWS);
+    /* addresses once per call (as in micro): the running sums before the pass, and where the pass's go */
+    const bitnet__ysums sp = bitnet__ysums_at(a, g, c0, b0), sn = bitnet__ysums_at(a, g, c0, b0 + nbk - 1);
     for (int j = 0; j < rg; j++) {
         const __mmask16 valid = rows_mask(g + j, a->w->rows);
         for (int t = 0; t < nt; t++)
             for (int i = 0; i < 16; i++) {
-                const int64_t c = c0 + 16 * t + i;
-                const bitnet_act_block *xb = a->x + c * a->x_stride + b0;
-                const float *prev = bitnet__yprev(a, g + j, c, b0);
-                __m512 acc = prev ? _mm512_maskz_loadu_ps(valid, prev) : _mm512_setzero_ps();
+                const int64_t c = 16 * t + i;
+                const bitnet_act_block *xb = a->x + (c0 + c) * a->x_stride + b0;
+                __m512 acc = sp.prev ? _mm512_maskz_loadu_ps(valid, sp.prev + c * sp.prev_ld + 16 * j)
+                                     : _mm512_setzero_ps();
                 for (int bb = 0; bb < nbk; bb++) {
                     const __m512 isum = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)cb[bb][2 * t + j][i]));
                     acc = _mm512_add_ps(acc, _mm512_mul_ps(isum, _mm512_mul_ps(dw[bb][j], _mm512_set1_ps(xb[bb].d))));
                 }
-                _mm512_mask_storeu_ps(bitnet__ynext(a, g + j, c, b0 + nbk - 1), valid, acc);
+                _mm512_mask_storeu_ps(sn.next + c * sn.next_ld + 16 * j, valid, acc);
             }
     }
+}
+static void amx_combine(const gemm_args *a, const uint16_t *const *scales, int64_t g, int rg, int64_t b0, int nbk,
+                        int64_t c0, int nt, amx_cbuf cb) {
+    if (nbk == BITNET_AMX_KB) amx_combine_n(a, scales, g, rg, b0, BITNET_AMX_KB, c0, nt, cb);
+    else amx_combine_n(a, scales, g, rg, b0, nbk, c0, nt, cb);
 }
 
 /* Columns [cc0, cc1) of the pass (cc1 - cc0 a multiple of 16): column pairs outer (the tile loads walk each
