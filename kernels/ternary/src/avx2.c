@@ -275,9 +275,10 @@ BITNET_INLINE void micro(const gemm_args *a, const uint8_t *planes, const uint16
     const int64_t n = a->w->rows - g * BITNET_GROUP_ROWS;
     const __m256i v0 = lanes_below(n), v1 = lanes_below(n - 8);
     const __m256 dw0 = load_dw8(scales + b * BITNET_GROUP_ROWS), dw1 = load_dw8(scales + b * BITNET_GROUP_ROWS + 8);
+    const bitnet__ysums ys = bitnet__ysums_at(a, g, c0, b);
     for (int c = 0; c < C; c++) {
-        const float *prev = bitnet__yprev(a, g, c0 + c, b);
-        float *out = bitnet__ynext(a, g, c0 + c, b);
+        const float *prev = ys.prev ? ys.prev + c * ys.prev_ld : NULL;
+        float *out = ys.next + c * ys.next_ld;
         combine8(out, prev, v0, widen(acc[0][c], xc[c]->sum), dw0, xc[c]->d);
         combine8(out + 8, prev ? prev + 8 : NULL, v1, widen(acc[1][c], xc[c]->sum), dw1, xc[c]->d);
     }

@@ -329,7 +329,7 @@ __attribute__((target("amx-tile,amx-int8"))) static void amx_issue(const gemm_ar
 
 /* y of column pair [c0, c0 + 16 nt) += the pass's blocks, one block after the other in float (combine16's
  * steps: (float)isum * (dw * dx), added to the running sum; b == 0 starts from +0): the running sums are
- * loaded and stored once per pass (bitnet__yprev / bitnet__ynext: the scratch between passes, y at the end). */
+ * loaded and stored once per pass (bitnet__ysums_at: the scratch between passes, y at the end). */
 BITNET_INLINE void amx_combine_n(const gemm_args *a, const uint16_t *const *scales, int64_t g, int rg, int64_t b0,
                                   const int nbk, int64_t c0, int nt, amx_cbuf cb) {
     __m512 dw[BITNET_AMX_KB][2];

@@ -170,8 +170,9 @@ BITNET_INLINE void micro(const gemm_args *a, const uint8_t *planes, const uint16
         }
     }
     const int64_t n = a->w->rows - g * BITNET_GROUP_ROWS;
+    const bitnet__ysums ys = bitnet__ysums_at(a, g, c0, b);
     for (int c = 0; c < C; c++) {
-        const float *yp = bitnet__yprev(a, g, c0 + c, b);
+        const float *yp = ys.prev ? ys.prev + c * ys.prev_ld : NULL;
         float prev[16] = {0};
         if (yp) memcpy(prev, yp, sizeof(float) * (size_t)(n < 16 ? n : 16));
         const float32x4_t dx = vdupq_n_f32(xc[c]->d);
@@ -182,7 +183,7 @@ BITNET_INLINE void micro(const gemm_args *a, const uint8_t *planes, const uint16
             const float32x4_t base = b == 0 ? vdupq_n_f32(0.0f) : vld1q_f32(prev + 4 * q);
             out[q] = vaddq_f32(base, vmulq_f32(isum, vmulq_f32(load_dw4(scales + b * BITNET_GROUP_ROWS + 4 * q), dx)));
         }
-        store16(bitnet__ynext(a, g, c0 + c, b), out, n);
+        store16(ys.next + c * ys.next_ld, out, n);
     }
 }
 

@@ -193,11 +193,12 @@ BITNET_INLINE void micro(const gemm_args *a, const uint8_t *planes, const uint16
         }
     }
     const int64_t n = a->w->rows - g * BITNET_GROUP_ROWS;
+    const bitnet__ysums ys = bitnet__ysums_at(a, g, c0, b);
     for (int q = 0; q < 4; q++) {
         const __m128 dw = load_dw4(scales + b * BITNET_GROUP_ROWS + 4 * q);
         for (int c = 0; c < C; c++) {
-            const float *prev = bitnet__yprev(a, g, c0 + c, b);
-            combine4(bitnet__ynext(a, g, c0 + c, b) + 4 * q, prev ? prev + 4 * q : NULL, n - 4 * q,
+            const float *prev = ys.prev ? ys.prev + c * ys.prev_ld : NULL;
+            combine4(ys.next + c * ys.next_ld + 4 * q, prev ? prev + 4 * q : NULL, n - 4 * q,
                      widen(acc[q][c], xc[c]->sum), dw, xc[c]->d);
         }
     }
