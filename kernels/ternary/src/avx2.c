@@ -262,7 +262,7 @@ BITNET_INLINE void micro(const gemm_args *a, const uint8_t *planes, const uint16
         xc[c] = a->x + (c0 + c) * a->x_stride + b;
         acc[0][c] = acc[1][c] = _mm256_setzero_si256();
     }
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int p = 0; p < 64; p++) {
         const __m256i w0 = _mm256_load_si256((const __m256i *)(planes + 64 * p));
         const __m256i w1 = _mm256_load_si256((const __m256i *)(planes + 64 * p + 32));
