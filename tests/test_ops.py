@@ -27,10 +27,10 @@ SRC = Path(__file__).resolve().parent / "ops" / "test_bitnet_ops.cpp"
 FUSED_SRC = Path(__file__).resolve().parent / "ops" / "test_bitnet_fused.cpp"
 
 # Lines the program prints per run, one per (case, thread count): per ternary type 35 MUL_MAT shapes
-# (K=256: 3 row counts x 6 column counts + 1 with 512 columns; K=2560: 12; K=6912: 4), 2 types; the fp16
+# (K=256: 3 row counts x 6 column counts + 1 with 512 columns; K=2560: 12; K=6912: 5), 2 types; the fp16
 # head (in the plain buffer, by both of its names): MUL_MAT with 1, 4 and 7 columns + GET_ROWS; all x 3
 # thread counts.
-N_TERNARY = 2 * 35 * 3
+N_TERNARY = 2 * 36 * 3
 N_HEAD_MUL_MAT = 2 * 3 * 3
 N_CASES = N_TERNARY + N_HEAD_MUL_MAT + 2 * 3
 CASE = re.compile(r"^  (?P<name>(?:MUL_MAT|GET_ROWS)\(\S+\)(?:\[\S+\])?):.*  (?P<verdict>OK|FAIL)\b", re.M)
@@ -119,7 +119,7 @@ def test_cpu_bitnet_ops_match_ggml_and_the_reference(
         # and the head GEMV/GEMM was >= 100x closer to the exact product than ggml's fp16-activation path
         # (with several columns also bitwise the one-column GEMV of each column).
         assert "extra buffer types: CPU_BITNET" in done.stdout
-        assert "our kernels: 22/22 ternary weights repacked in CPU_BITNET" in done.stdout
+        assert "our kernels: 24/24 ternary weights repacked in CPU_BITNET"  # 12 weights x 2 types in done.stdout
         n_ours = N_HEAD_MUL_MAT if head == "ours" else 0
         assert f"fp16 head GEMV/GEMM ours in {n_ours}/{N_HEAD_MUL_MAT} cases" in done.stdout
     else:

@@ -644,6 +644,9 @@ int main(int argc, char ** argv) {
         ternary_case(be, opt, rng, type, 2560, 6912, { 1 });
         // K = 6912: the 2B model's ffn_down
         ternary_case(be, opt, rng, type, 6912, 48, { 1, 16 });
+        // past one column chunk of the packed AMX GEMM (128 columns at this depth) with a vpdpbusd tail, and
+        // enough rows for the GEMMs' 256-row chunks
+        ternary_case(be, opt, rng, type, 6912, 288, { 300 });
         ternary_case(be, opt, rng, type, 6912, 2560, { 1, 3 });
     }
     head_cases(be, opt, rng, 2560, 1000);

@@ -65,13 +65,14 @@ class tensor_traits : public ggml::cpu::tensor_traits {
         auto * xq = static_cast<bitnet_act_block *>(params->wdata);
         GGML_ASSERT(params->wsize >= bitnet_act_size(K, ncols));
         const int64_t nblk = K / BITNET_QK;
-        quantize_share(params, (const float *) x->data, (int64_t) (x->nb[1] / sizeof(float)), K, ncols, per_token(op),
-                       xq);
+        void *     pk     = pack_area(params, K, ncols);
+        const bool packed = quantize_share(params, (const float *) x->data, (int64_t) (x->nb[1] / sizeof(float)), K,
+                                           ncols, per_token(op), xq, pk);
         // 2. threads take chunks of output rows (all columns): GEMV chunks in 16-row groups, GEMM chunks in
         //    whole tiles; the chunk counter is reset here, before the barrier, like ggml's mul_mat does
         const bitnet_layout layout = layout_of(w);
         const int64_t unit = ncols == 1 ? BITNET_GROUP_ROWS : BITNET_GROUP_ROWS * gemm_row_groups();
-        bitnet_chunks chunks = make_chunks(rows, unit, row_bytes(w) * ncols, params->nth);
+        bitnet_chunks chunks = make_chunks(rows, unit, row_bytes(w) * ncols, params->nth, gemm_min_rows(ncols));
         if (params->ith == 0 && chunks.divisor > 0) {
             ggml_threadpool_chunk_set(params->threadpool, params->nth);
         }
@@ -79,8 +80,8 @@ class tensor_traits : public ggml::cpu::tensor_traits {
 
         const bitnet_weights wt = { w->data, rows, K, layout };
         for_my_chunks(params, chunks, [&](int64_t r0, int64_t r1) {
-            const int rc = bitnet_matmul(&wt, xq, ncols, nblk, (float *) op->data,
-                                         (int64_t) (op->nb[1] / sizeof(float)), r0, r1);
+            const int rc = bitnet_matmul_packed(&wt, xq, packed ? pk : nullptr, ncols, nblk, (float *) op->data,
+                                                (int64_t) (op->nb[1] / sizeof(float)), r0, r1);
             GGML_ASSERT(rc == BITNET_OK);
         });
         return true;
@@ -136,8 +137,8 @@ bool runs_ours(const ggml_tensor * w) {
 // Threads split the (column, 256-block) pairs when there are fewer columns than threads, so a single
 // decode column is not left to one thread while the others wait at the barrier; per token, each of them
 // first takes the whole column's amax (K floats, from L1/L2).
-void quantize_share(const ggml_compute_params * params, const float * x, int64_t ldx, int64_t K, int64_t ncols,
-                    bool per_tok, bitnet_act_block * xq) {
+bool quantize_share(const ggml_compute_params * params, const float * x, int64_t ldx, int64_t K, int64_t ncols,
+                    bool per_tok, bitnet_act_block * xq, void * pk) {
     const int64_t nblk   = K / BITNET_QK;
     const auto    column = [&](int64_t c) { return x + c * ldx; };
     if (ncols >= params->nth) {
@@ -147,8 +148,11 @@ void quantize_share(const ggml_compute_params * params, const float * x, int64_t
             } else {
                 bitnet_quantize_act(column(c), K, xq + c * nblk);
             }
+            if (pk) {
+                GGML_ASSERT(bitnet_gemm_pack(xq, K, ncols, nblk, c, c + 1, pk) == BITNET_OK);
+            }
         }
-        return;
+        return pk != nullptr;
     }
     float   amax     = 0.0f;
     int64_t amax_col = -1;
@@ -164,6 +168,7 @@ void quantize_share(const ggml_compute_params * params, const float * x, int64_t
             bitnet_quantize_act(column(c) + b * BITNET_QK, BITNET_QK, xq + c * nblk + b);
         }
     }
+    return false;
 }
 
 // The fp16/bf16 head: a MUL_MAT with any number of columns (decode: one; llama-server batching the decode

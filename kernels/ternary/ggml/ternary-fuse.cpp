@@ -183,12 +183,12 @@ float value(const ggml_tensor * one) { return *(const float *) one->data; }
 int64_t ld(const ggml_tensor * t) { return (int64_t) (t->nb[1] / sizeof(float)); }
 
 // Phase 1: the activations of all columns, quantized into xq (per token or per 256-block).
-void quantize_phase(const ggml_compute_params * params, const chain & c, bitnet_act_block * xq) {
+// With pk (pack_area) the columns are packed for the AMX GEMM too; true when all of them were.
+bool quantize_phase(const ggml_compute_params * params, const chain & c, bitnet_act_block * xq, void * pk) {
     const int64_t K = c.x->ne[0], ncols = c.x->ne[1], nblk = K / BITNET_QK;
     const bool    pt = per_token(c.p[0].mm);
     if (!c.norm_src) {
-        quantize_share(params, (const float *) c.x->data, ld(c.x), K, ncols, pt, xq);
-        return;
+        return quantize_share(params, (const float *) c.x->data, ld(c.x), K, ncols, pt, xq, pk);
     }
     const auto * src = (const float *) c.norm_src->data;
     const auto * nw  = (const float *) c.norm_w->data;
@@ -196,7 +196,7 @@ void quantize_phase(const ggml_compute_params * params, const chain & c, bitnet_
         float * tmp = (float *) ((char *) params->wdata + fused_scratch_offset(K, 1)) + (size_t) params->ith * K;
         bitnet_rms_norm(src, ld(c.norm_src), K, 1, nw, c.eps, tmp, K);
         quantize_share(params, tmp, K, K, 1, pt, xq);
-        return;
+        return false;
     }
     auto *        x      = (float *) c.x_node->data;
     const int64_t nbatch = (ncols + 15) / 16;
@@ -211,16 +211,21 @@ void quantize_phase(const ggml_compute_params * params, const chain & c, bitnet_
             } else {
                 bitnet_quantize_act(xc, K, xq + col * nblk);
             }
+            if (pk) {
+                GGML_ASSERT(bitnet_gemm_pack(xq, K, ncols, nblk, col, col + 1, pk) == BITNET_OK);
+            }
         }
     }
+    return pk != nullptr;
 }
 
 // The unscaled product into p.y's buffer (scaled in place when no epilogue follows: the epilogues
 // apply the scale in their own pass).
-void matmul_rows(const part & p, const bitnet_act_block * xq, int64_t ncols, int64_t r0, int64_t r1, bool scale) {
+void matmul_rows(const part & p, const bitnet_act_block * xq, const void * pk, int64_t ncols, int64_t r0, int64_t r1,
+                 bool scale) {
     const bitnet_weights wt = { p.w->data, p.w->ne[1], p.w->ne[0], layout_of(p.w) };
     auto *               y  = (float *) p.y->data;
-    const int rc = bitnet_matmul(&wt, xq, ncols, p.w->ne[0] / BITNET_QK, y, ld(p.y), r0, r1);
+    const int rc = bitnet_matmul_packed(&wt, xq, pk, ncols, p.w->ne[0] / BITNET_QK, y, ld(p.y), r0, r1);
     GGML_ASSERT(rc == BITNET_OK);
     if (scale && p.scale) {
         bitnet_scale_rows(y, ld(p.y), ncols, r0, r1, value(p.scale));
@@ -233,7 +238,8 @@ void run(const ggml_compute_params * params, const chain & c) {
     const int64_t K = c.x->ne[0], ncols = c.x->ne[1];
     GGML_ASSERT(params->wsize >= fused_work_size(K, ncols, params->nth));
     auto * xq = static_cast<bitnet_act_block *>(params->wdata);
-    quantize_phase(params, c, xq);
+    void *       area = pack_area(params, K, ncols);
+    const void * pk   = quantize_phase(params, c, xq, area) ? area : nullptr;
 
     // phase 2 plan: one chunk list per MUL_MAT (relu2: one list over the rows of up and gate together)
     const int64_t unit   = ncols == 1 ? BITNET_GROUP_ROWS : BITNET_GROUP_ROWS * gemm_row_groups();
@@ -245,7 +251,7 @@ void run(const ggml_compute_params * params, const chain & c) {
         if (c.epi == epilogue::relu2) {
             bytes += row_bytes(c.p[1].w);
         }
-        plans[i] = make_chunks(c.p[i].w->ne[1], unit, bytes * ncols, params->nth);
+        plans[i] = make_chunks(c.p[i].w->ne[1], unit, bytes * ncols, params->nth, gemm_min_rows(ncols));
         int64_t count = 0, r0, r1;
         while (bitnet_chunks_get(&plans[i], count, &r0, &r1)) {
             count++;
@@ -263,14 +269,14 @@ void run(const ggml_compute_params * params, const chain & c) {
             return;
         }
         if (c.epi == epilogue::relu2) {
-            matmul_rows(c.p[0], xq, ncols, r0, r1, false);  // up
-            matmul_rows(c.p[1], xq, ncols, r0, r1, false);  // gate
+            matmul_rows(c.p[0], xq, pk, ncols, r0, r1, false);  // up
+            matmul_rows(c.p[1], xq, pk, ncols, r0, r1, false);  // gate
             bitnet_relu2_mul_rows((float *) c.out->data, ld(c.out), (const float *) c.p[1].y->data, ld(c.p[1].y),
                                   scale_of(c.p[1]), (const float *) c.p[0].y->data, ld(c.p[0].y), scale_of(c.p[0]),
                                   ncols, r0, r1);
             return;
         }
-        matmul_rows(c.p[i], xq, ncols, r0, r1, c.epi == epilogue::none);
+        matmul_rows(c.p[i], xq, pk, ncols, r0, r1, c.epi == epilogue::none);
         if (c.epi == epilogue::add) {
             bitnet_scale_add_rows((float *) c.out->data, ld(c.out), (const float *) c.p[0].y->data, ld(c.p[0].y),
                                   scale_of(c.p[0]), (const float *) c.other->data, ld(c.other), ncols, r0, r1);

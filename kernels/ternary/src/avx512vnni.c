@@ -287,11 +287,11 @@ typedef struct {
     do {                                                                                                         \
         _tile_loadd(6, pl + 1024 * (s), 64);                                                                     \
         if (rg > 1) _tile_loadd(7, pl + 4096 + 1024 * (s), 64);                                                  \
-        _tile_loadd(4, xa + 64 * (s), xs);                                                                       \
+        _tile_loadd(4, xa0 + xstep * (s), xs);                                                                   \
         _tile_dpbssd(0, 4, 6);                                                                                   \
         if (rg > 1) _tile_dpbssd(1, 4, 7);                                                                       \
         if (nt > 1) {                                                                                            \
-            _tile_loadd(5, xa + 16 * xs + 64 * (s), xs);                                                         \
+            _tile_loadd(5, xa1 + xstep * (s), xs);                                                                \
             _tile_dpbssd(2, 5, 6);                                                                               \
             if (rg > 1) _tile_dpbssd(3, 5, 7);                                                                   \
         }                                                                                                        \
@@ -301,16 +301,32 @@ typedef struct {
 
 typedef int32_t amx_cbuf[BITNET_AMX_KB][4][16][16]; /* one column pair's int32 sums, every block of a pass */
 
+/* The activations the A tiles read: packed (pk: see bitnet_gemm_pack) or, without it, the blocks themselves
+ * (tile rows a column's stride apart). */
+typedef struct {
+    const int8_t *pk;
+    const float *dx; /* with pk: the columns' block scales, column after column (nb each) */
+    int64_t nb;
+} amx_acts;
+
 /* The tile work of column pair [c0, c0 + 32) (or 16) over the pass's blocks: sums into cb. */
 __attribute__((target("amx-tile,amx-int8"))) static void amx_issue(const gemm_args *a, const uint8_t *planes,
                                                                     int rg, int64_t b0, int nbk, int64_t c0,
-                                                                    int nt, amx_cbuf cb) {
-    const long xs = (long)(a->x_stride * (int64_t)sizeof(bitnet_act_block));
+                                                                    int nt, const amx_acts *in, amx_cbuf cb) {
+    const long xs = in->pk ? 64 : (long)(a->x_stride * (int64_t)sizeof(bitnet_act_block));
     /* the tile loads are asm the compiler cannot see reading memory: the unpacked planes must be stored first */
     __asm__ volatile("" ::: "memory");
+    const int xstep = in->pk ? 1024 : 64;
     for (int bb = 0; bb < nbk; bb++) {
         const uint8_t *pl = planes + 8192 * bb;
-        const int8_t *xa = a->x[c0 * a->x_stride + b0 + bb].qs;
+        const int8_t *xa0, *xa1;
+        if (in->pk) {
+            xa0 = in->pk + ((size_t)(c0 / 16) * (size_t)in->nb + (size_t)(b0 + bb)) * 4096;
+            xa1 = xa0 + (size_t)in->nb * 4096;
+        } else {
+            xa0 = a->x[c0 * a->x_stride + b0 + bb].qs;
+            xa1 = xa0 + 16 * xs;
+        }
         _tile_zero(0);
         _tile_zero(1);
         _tile_zero(2);
@@ -331,7 +347,7 @@ __attribute__((target("amx-tile,amx-int8"))) static void amx_issue(const gemm_ar
  * steps: (float)isum * (dw * dx), added to the running sum; b == 0 starts from +0): the running sums are
  * loaded and stored once per pass (bitnet__ysums_at: the scratch between passes, y at the end). */
 BITNET_INLINE void amx_combine_n(const gemm_args *a, const uint16_t *const *scales, int64_t g, int rg, int64_t b0,
-                                  const int nbk, int64_t c0, int nt, amx_cbuf cb) {
+                                  const int nbk, int64_t c0, int nt, const amx_acts *in, amx_cbuf cb) {
     __m512 dw[BITNET_AMX_KB][2];
     for (int bb = 0; bb < nbk; bb++)
         for (int j = 0; j < rg; j++) dw[bb][j] = load_dw(scales[j] + (b0 + bb) * BITNET_GROUP_ROWS);
@@ -343,20 +359,22 @@ BITNET_INLINE void amx_combine_n(const gemm_args *a, const uint16_t *const *scal
             for (int i = 0; i < 16; i++) {
                 const int64_t c = 16 * t + i;
                 const bitnet_act_block *xb = a->x + (c0 + c) * a->x_stride + b0;
+                const float *dx = in->dx ? in->dx + (c0 + c) * in->nb + b0 : NULL;
                 __m512 acc = sp.prev ? _mm512_maskz_loadu_ps(valid, sp.prev + c * sp.prev_ld + 16 * j)
                                      : _mm512_setzero_ps();
                 for (int bb = 0; bb < nbk; bb++) {
                     const __m512 isum = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)cb[bb][2 * t + j][i]));
-                    acc = _mm512_add_ps(acc, _mm512_mul_ps(isum, _mm512_mul_ps(dw[bb][j], _mm512_set1_ps(xb[bb].d))));
+                    const float d = dx ? dx[bb] : xb[bb].d;
+                    acc = _mm512_add_ps(acc, _mm512_mul_ps(isum, _mm512_mul_ps(dw[bb][j], _mm512_set1_ps(d))));
                 }
                 _mm512_mask_storeu_ps(sn.next + c * sn.next_ld + 16 * j, valid, acc);
             }
     }
 }
 static void amx_combine(const gemm_args *a, const uint16_t *const *scales, int64_t g, int rg, int64_t b0, int nbk,
-                        int64_t c0, int nt, amx_cbuf cb) {
-    if (nbk == BITNET_AMX_KB) amx_combine_n(a, scales, g, rg, b0, BITNET_AMX_KB, c0, nt, cb);
-    else amx_combine_n(a, scales, g, rg, b0, nbk, c0, nt, cb);
+                        int64_t c0, int nt, const amx_acts *in, amx_cbuf cb) {
+    if (nbk == BITNET_AMX_KB) amx_combine_n(a, scales, g, rg, b0, BITNET_AMX_KB, c0, nt, in, cb);
+    else amx_combine_n(a, scales, g, rg, b0, nbk, c0, nt, in, cb);
 }
 
 /* Columns [cc0, cc1) of the pass (cc1 - cc0 a multiple of 16): column pairs outer (the tile loads walk each
@@ -364,18 +382,19 @@ static void amx_combine(const gemm_args *a, const uint16_t *const *scales, int64
  * ran the 2560x6912 GEMM at half the others' speed), software-pipelined: the tiles of pair p+1 are issued
  * before pair p is combined, so the TMUL unit and the vector ports work at the same time. */
 static void amx_columns(const gemm_args *a, const uint8_t *planes, const uint16_t *const *scales, int64_t g, int rg,
-                        int64_t b0, int nbk, int64_t cc0, int64_t cc1, const uint8_t *const *next, size_t next_bytes) {
+                        int64_t b0, int nbk, int64_t cc0, int64_t cc1, const amx_acts *in, const uint8_t *const *next,
+                        size_t next_bytes) {
     _Alignas(64) amx_cbuf cb[2];
     int64_t c0 = cc0;
     int nt = cc1 - c0 >= 32 ? 2 : 1;
     const int64_t npairs = (cc1 - cc0 + 31) / 32;
-    amx_issue(a, planes, rg, b0, nbk, c0, nt, cb[0]);
+    amx_issue(a, planes, rg, b0, nbk, c0, nt, in, cb[0]);
     for (int p = 0; c0 < cc1; p++) {
         for (int j = 0; j < rg; j++) bitnet__prefetch_part(next[j], next_bytes, p, npairs);
         const int64_t c1 = c0 + 16 * nt;
         const int nt1 = cc1 - c1 >= 32 ? 2 : 1;
-        if (c1 < cc1) amx_issue(a, planes, rg, b0, nbk, c1, nt1, cb[(p + 1) & 1]);
-        amx_combine(a, scales, g, rg, b0, nbk, c0, nt, cb[p & 1]);
+        if (c1 < cc1) amx_issue(a, planes, rg, b0, nbk, c1, nt1, in, cb[(p + 1) & 1]);
+        amx_combine(a, scales, g, rg, b0, nbk, c0, nt, in, cb[p & 1]);
         c0 = c1;
         nt = nt1;
     }
@@ -416,26 +435,46 @@ int bitnet_set_gemm_amx(int on) {
 }
 
 #if defined(BITNET_AMX_CODE)
-/* The GEMM with AMX: per pair of row groups, chunk of columns and pass of BITNET_AMX_KB blocks, unpack the
+/* The packed activations (bitnet_gemm_pack): columns [0, n16), n16 = ncols rounded down to 16, in A-tile order:
+ * per 16 columns, block and 64-byte step one 1 KiB tile (16 columns x 64 activations, rows 64 bytes apart), the
+ * 16 tiles of a block and the blocks of a 16-column group in a row; then the block scales d, column after
+ * column. Read in place, every tile row was a separate line a column's stride (2.6-7 KiB) away. With the copy,
+ * and chunks of columns whose copy fits in L2 (gemm_amx), bench_gemv's AMX GEMM ran 11-37% faster (1-2 threads,
+ * 2560 and 6912 deep). */
+static size_t amx_pack_qbytes(int64_t nb, int64_t n16) { return (size_t)(n16 / 16) * (size_t)nb * 4096; }
+static amx_acts amx_acts_of(const void *pk, int64_t nb, int64_t ncols) {
+    const int8_t *q = (const int8_t *)pk;
+    const amx_acts in = {q, q ? (const float *)(q + amx_pack_qbytes(nb, ncols / 16 * 16)) : NULL, nb};
+    return in;
+}
+
+/* The GEMM with AMX: per chunk of columns, pair of row groups and pass of BITNET_AMX_KB blocks, unpack the
  * weights (signed) once and run the chunk's whole column tiles in AMX; the rest (ncols % 16, last chunk) through
  * the vpdpbusd micro-kernels on the codes (unpacked again, unsigned; one group at a time when the tile table has
  * gemm_row_groups 1). */
-static void gemm_amx(const bitnet_weights *w, const bitnet_act_block *x, int64_t ncols, int64_t x_stride, float *y,
-                     int64_t y_stride, int64_t r0, int64_t r1) {
+static void gemm_amx(const bitnet_weights *w, const bitnet_act_block *x, const void *pk, int64_t ncols,
+                     int64_t x_stride, float *y, int64_t y_stride, int64_t r0, int64_t r1) {
     gemm_args a = {w, x, x_stride, y_stride, y, bitnet__ys_alloc(2, ncols), 0, 0, 2 * BITNET_GROUP_ROWS};
-    const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1), chunk = a.ys ? BITNET_YS_COLS : ncols;
+    const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1);
+    /* columns per chunk: with packed activations and the scratch, the most (a power of two up to 512) whose
+     * packed activations fit in 1 MiB, so they stay in L2 while the row groups of the call run over them
+     * (bench_gemv AMX GEMM, 1-2 threads: 2560 deep 256 > 512, 128; 6912 deep 128 > 256 > 64 > 512) */
+    int64_t chunk = a.ys ? BITNET_YS_COLS : ncols;
+    if (a.ys && pk)
+        while (chunk > 32 && chunk * w->k > (1 << 20)) chunk /= 2;
     const size_t tb = bitnet__tile_bytes(w->layout);
     _Alignas(64) uint8_t planes[BITNET_AMX_KB * 2 * 4096];
+    const amx_acts in = amx_acts_of(pk, nb, ncols);
     amx_begin();
-    for (int64_t g = r0 / BITNET_GROUP_ROWS; g < g1; g += 2) {
-        const int rg = g + 2 <= g1 ? 2 : 1;
-        const uint16_t *scales[2];
-        for (int j = 0; j < rg; j++) scales[j] = bitnet__scales(w, g + j);
-        a.ys_g0 = g;
-        for (int64_t cc0 = 0; cc0 < ncols; cc0 += chunk) {
-            const int64_t cc1 = ncols - cc0 < chunk ? ncols : cc0 + chunk;
-            const int64_t n16 = cc0 + (cc1 - cc0) / 16 * 16; /* AMX: [cc0, n16); vpdpbusd: [n16, cc1) */
-            a.ys_c0 = cc0;
+    for (int64_t cc0 = 0; cc0 < ncols; cc0 += chunk) {
+        const int64_t cc1 = ncols - cc0 < chunk ? ncols : cc0 + chunk;
+        const int64_t n16 = cc0 + (cc1 - cc0) / 16 * 16; /* AMX: [cc0, n16); vpdpbusd: [n16, cc1) */
+        a.ys_c0 = cc0;
+        for (int64_t g = r0 / BITNET_GROUP_ROWS; g < g1; g += 2) {
+            const int rg = g + 2 <= g1 ? 2 : 1;
+            const uint16_t *scales[2];
+            for (int j = 0; j < rg; j++) scales[j] = bitnet__scales(w, g + j);
+            a.ys_g0 = g;
             for (int64_t b0 = 0; b0 < nb; b0 += BITNET_AMX_KB) {
                 const int nbk = nb - b0 < BITNET_AMX_KB ? (int)(nb - b0) : BITNET_AMX_KB;
                 if (n16 > cc0) {
@@ -448,7 +487,7 @@ static void gemm_amx(const bitnet_weights *w, const bitnet_act_block *x, int64_t
                         for (int j = 0; j < rg; j++)
                             unpack_tile_as(w->layout, bitnet__codes(w, g + j) + (size_t)(b0 + bb) * tb,
                                            planes + 8192 * bb + 4096 * j, 1);
-                    amx_columns(&a, planes, scales, g, rg, b0, nbk, cc0, n16, next, BITNET_AMX_KB * tb);
+                    amx_columns(&a, planes, scales, g, rg, b0, nbk, cc0, n16, &in, next, BITNET_AMX_KB * tb);
                 }
                 if (n16 == cc1) continue;
                 for (int bb = 0; bb < nbk; bb++) {
@@ -472,15 +511,54 @@ static void gemm_amx(const bitnet_weights *w, const bitnet_act_block *x, int64_t
 }
 #endif
 
+size_t bitnet_gemm_pack_size(int64_t k, int64_t ncols) {
+#if defined(BITNET_AMX_CODE)
+    if (k <= 0 || k % BITNET_QK || ncols < 16 || !bitnet_gemm_amx()) return 0;
+    const int64_t nb = k / BITNET_QK, n16 = ncols / 16 * 16;
+    return (amx_pack_qbytes(nb, n16) + (size_t)(n16 * nb) * sizeof(float) + 63) / 64 * 64;
+#else
+    (void)k, (void)ncols;
+    return 0;
+#endif
+}
+
+int bitnet_gemm_pack(const bitnet_act_block *x, int64_t k, int64_t ncols, int64_t x_stride, int64_t c0, int64_t c1,
+                     void *pk) {
+    if (!x || !pk || k <= 0 || k % BITNET_QK || ncols < 0 || x_stride < k / BITNET_QK || c0 < 0 || c1 < c0 ||
+        c1 > ncols)
+        return BITNET_EINVAL;
+#if defined(BITNET_AMX_CODE)
+    const int64_t nb = k / BITNET_QK, n16 = ncols / 16 * 16;
+    int8_t *q = (int8_t *)pk;
+    float *dx = (float *)(q + amx_pack_qbytes(nb, n16));
+    for (int64_t c = c0; c < c1 && c < n16; c++) {
+        const bitnet_act_block *xb = x + c * x_stride;
+        int8_t *dst = q + (size_t)(c / 16) * (size_t)nb * 4096 + (size_t)(c % 16) * 64;
+        for (int64_t b = 0; b < nb; b++) {
+            dx[c * nb + b] = xb[b].d;
+            for (int st = 0; st < 4; st++) memcpy(dst + (size_t)b * 4096 + 1024 * st, xb[b].qs + 64 * st, 64);
+        }
+    }
+#endif
+    return BITNET_OK;
+}
+
 int bitnet_gemm(const bitnet_weights *w, const bitnet_act_block *x, int64_t ncols, int64_t x_stride, float *y,
                 int64_t y_stride, int64_t r0, int64_t r1) {
+    return bitnet_gemm_packed(w, x, NULL, ncols, x_stride, y, y_stride, r0, r1);
+}
+
+int bitnet_gemm_packed(const bitnet_weights *w, const bitnet_act_block *x, const void *pk, int64_t ncols,
+                       int64_t x_stride, float *y, int64_t y_stride, int64_t r0, int64_t r1) {
     const int rc = bitnet__check(w, x, ncols, x_stride, y, y_stride, r0, r1);
     if (rc != BITNET_OK) return rc;
 #if defined(BITNET_AMX_CODE)
     if (ncols >= 16 && bitnet_gemm_amx()) {
-        gemm_amx(w, x, ncols, x_stride, y, y_stride, r0, r1);
+        gemm_amx(w, x, pk, ncols, x_stride, y, y_stride, r0, r1);
         return BITNET_OK;
     }
+#else
+    (void)pk;
 #endif
     gemm_args a = {w, x, x_stride, y_stride, y, bitnet__ys_alloc(BITNET_GEMM_RG, ncols), 0, 0,
                    BITNET_GEMM_RG * BITNET_GROUP_ROWS};

@@ -390,6 +390,12 @@ int bitnet_matmul(const bitnet_weights *w, const bitnet_act_block *x, int64_t nc
     return bitnet_gemm(w, x, ncols, x_stride, y, y_stride, r0, r1);
 }
 
+int bitnet_matmul_packed(const bitnet_weights *w, const bitnet_act_block *x, const void *pk, int64_t ncols,
+                         int64_t x_stride, float *y, int64_t y_stride, int64_t r0, int64_t r1) {
+    if (ncols == 1) return bitnet_gemv(w, x, y, r0, r1);
+    return bitnet_gemm_packed(w, x, pk, ncols, x_stride, y, y_stride, r0, r1);
+}
+
 bitnet_layout bitnet_preferred_layout(bitnet_src_type src_type) {
     if (src_type == BITNET_SRC_TQ1_0) return BITNET_TQ1_BASE3 ? BITNET_LAYOUT_TK1 : BITNET_LAYOUT_TK2;
     return BITNET_TQ2_BASE3 ? BITNET_LAYOUT_TK1 : BITNET_LAYOUT_TK2;
@@ -403,7 +409,23 @@ bitnet_kernel_info bitnet_get_kernel_info(void) {
 
 const char *bitnet_isa(void) { return BITNET_ISA_NAME; }
 
-#if !defined(BITNET_ISA_AVX512VNNI) /* avx512vnni.c has the AMX GEMM and these two */
+#if !defined(BITNET_ISA_AVX512VNNI) /* avx512vnni.c has the AMX GEMM and these */
+size_t bitnet_gemm_pack_size(int64_t k, int64_t ncols) {
+    (void)k, (void)ncols;
+    return 0;
+}
+int bitnet_gemm_pack(const bitnet_act_block *x, int64_t k, int64_t ncols, int64_t x_stride, int64_t c0, int64_t c1,
+                     void *pk) {
+    if (!x || !pk || k <= 0 || k % BITNET_QK || ncols < 0 || x_stride < k / BITNET_QK || c0 < 0 || c1 < c0 ||
+        c1 > ncols)
+        return BITNET_EINVAL;
+    return BITNET_OK; /* nothing reads a copy here */
+}
+int bitnet_gemm_packed(const bitnet_weights *w, const bitnet_act_block *x, const void *pk, int64_t ncols,
+                       int64_t x_stride, float *y, int64_t y_stride, int64_t r0, int64_t r1) {
+    (void)pk;
+    return bitnet_gemm(w, x, ncols, x_stride, y, y_stride, r0, r1);
+}
 int bitnet_gemm_amx(void) { return 0; }
 int bitnet_set_gemm_amx(int on) {
     (void)on;

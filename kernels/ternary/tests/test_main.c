@@ -1159,7 +1159,49 @@ static void amx_vs_vnni(t_rng *r, int64_t rows, int64_t k, int64_t ncols, bitnet
     free_matrix(&m);
 }
 
+/* Packed activations (bitnet_gemm_pack): packed in column pieces as threads would, then row chunks of the
+ * packed GEMM equal the vpdpbusd path bit for bit; column counts off the 16-column grid, widths past one column
+ * chunk (the packed GEMM takes 1 MiB of columns at a time), and a stale copy must show (a test that can fail). */
+static void amx_packed_case(t_rng *r, int64_t rows, int64_t k, int64_t ncols, bitnet_layout layout) {
+    t_matrix m;
+    make_matrix(&m, rows, k, layout == BITNET_LAYOUT_TK1 ? BITNET_SRC_TQ1_0 : BITNET_SRC_TQ2_0, W_RANDOM, D_RANDOM, r);
+    bitnet_weights w;
+    void *data = repack(&m, layout, &w);
+    const int64_t x_stride = k / 256 + 1;
+    bitnet_act_block *x = make_acts(k, ncols, x_stride, A_PER_TOKEN, r);
+    const size_t psz = bitnet_gemm_pack_size(k, ncols);
+    CHECK(psz > 0, "no pack size with AMX on: k %lld cols %lld", (long long)k, (long long)ncols);
+    void *pk = aligned_alloc(64, psz);
+    for (int64_t c0 = 0; c0 < ncols; c0 += 7) /* uneven pieces */
+        CHECK(bitnet_gemm_pack(x, k, ncols, x_stride, c0, c0 + 7 < ncols ? c0 + 7 : ncols, pk) == BITNET_OK, "pack");
+    float *ya = xalloc(sizeof(float) * (size_t)(rows * ncols)), *yv = xalloc(sizeof(float) * (size_t)(rows * ncols));
+    CHECK(bitnet_set_gemm_amx(0) == 0, "AMX did not switch off");
+    CHECK(bitnet_gemm(&w, x, ncols, x_stride, yv, rows, 0, rows) == BITNET_OK, "vpdpbusd gemm");
+    CHECK(bitnet_set_gemm_amx(1) == 1, "AMX did not switch back on");
+    for (int64_t r0 = 0; r0 < rows; r0 += 64)
+        CHECK(bitnet_matmul_packed(&w, x, pk, ncols, x_stride, ya, rows, r0, r0 + 64 < rows ? r0 + 64 : rows) ==
+                  BITNET_OK,
+              "packed gemm");
+    CHECK(!memcmp(ya, yv, sizeof(float) * (size_t)(rows * ncols)), "packed AMX GEMM differs: rows %lld k %lld cols %lld",
+          (long long)rows, (long long)k, (long long)ncols);
+    /* the GEMM reads the copy: change a packed column's activations without repacking and its output moves */
+    x[0].qs[0] = (int8_t)(x[0].qs[0] == 100 ? -100 : 100);
+    x[0].qs[1] = (int8_t)(x[0].qs[1] == 90 ? -90 : 90);
+    float *yb = xalloc(sizeof(float) * (size_t)(rows * ncols));
+    CHECK(bitnet_gemm(&w, x, ncols, x_stride, yb, rows, 0, rows) == BITNET_OK, "unpacked gemm");
+    CHECK(memcmp(yb, ya, sizeof(float) * (size_t)rows) != 0, "changed activations did not change column 0");
+    CHECK(bitnet_matmul_packed(&w, x, pk, ncols, x_stride, yb, rows, 0, rows) == BITNET_OK, "stale packed gemm");
+    CHECK(!memcmp(yb, ya, sizeof(float) * (size_t)rows), "the packed GEMM did not read the packed copy");
+    free(yb), free(ya), free(yv), free(pk), free(x), free(data);
+    free_matrix(&m);
+}
+
 static void group_amx(t_rng *r) {
+    const int64_t packed[][3] = {{96, 1280, 80}, {48, 2560, 300}, {64, 6912, 37}, {33, 512, 16}, {40, 768, 600}};
+    for (int i = 0; i < 5; i++) {
+        if (g_quick && i == 1) continue;
+        amx_packed_case(r, packed[i][0], packed[i][1], packed[i][2], i % 2 ? BITNET_LAYOUT_TK1 : BITNET_LAYOUT_TK2);
+    }
     const int64_t rows_list[] = {16, 17, 32, 48, 100};
     const int64_t cols_list[] = {16, 17, 31, 32, 33, 47, 48, 64, 100};
     const int64_t ks[] = {256, 512, 2560};
