@@ -162,8 +162,8 @@ class _Bench:
         self.log = work / "tune.log"
         self.exe = self.build_dir / f"bench_gemv_{cmake_variant}"
 
-    def _run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    def _run(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
         with self.log.open("a") as fh:
             fh.write("$ " + " ".join(argv) + f"\n{proc.stdout}{proc.stderr}[exit {proc.returncode}]\n")
         return proc
@@ -193,11 +193,14 @@ class _Bench:
             "--layouts", layouts, "--shapes", ",".join(f"{s.rows}x{s.k}" for s in shapes),
             "--no-gemv" if gemm else "--no-gemm", "--pool-mb", "64",
         ]  # fmt: skip
-        proc = self._run(argv)
+        # The tile parameters shape the vpdpbusd GEMM: on an AMX host the GEMM would run on the tile unit,
+        # which they do not touch, so the tile stage measures the vpdpbusd path (BITNET_AMX=0).
+        proc = self._run(argv, env={**os.environ, "BITNET_AMX": "0"} if gemm else None)
         if proc.returncode != 0:
             raise TuneError(f"the kernel benchmark failed (exit {proc.returncode}); see {self.log}")
         rows = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        return [r for r in rows if r.get("op") in ("gemm", "gemv")]
+        # "ours" only: not stock ggml's rows, nor the AMX GEMM on packed activations ("ours-packed")
+        return [r for r in rows if r.get("op") in ("gemm", "gemv") and r.get("impl", "ours") == "ours"]
 
 
 def _layout_of(src_type: str, entry: dict[str, int]) -> str:
