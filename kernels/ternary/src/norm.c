@@ -184,7 +184,14 @@ BITNET_INLINE void relu2_mul_col(float *oc, const float *gc, const float *uc, fl
     BITNET_ELEMENTWISE
     for (int64_t r = r0; r < r1; r++) {
         const float g = scale_g ? gc[r] * sg : gc[r], u = scale_u ? uc[r] * su : uc[r];
-        const float relu = g > 0.0f ? g : 0.0f; /* ggml's op_relu: -0 and NaN give +0 */
+        /* ggml's op_relu: g > 0 ? g : 0 (-0 and NaN give +0), as a bit mask: written as the conditional, GCC kept
+         * a branch per element (no vectorizing, ~50% mispredicted on activations' random signs; 5% of an AVX2
+         * prefill) */
+        uint32_t bits;
+        memcpy(&bits, &g, sizeof bits);
+        bits &= 0u - (uint32_t)(g > 0.0f);
+        float relu;
+        memcpy(&relu, &bits, sizeof relu);
         oc[r] = (relu * relu) * u;              /* SQR, then MUL(sqr, up) */
     }
 }
