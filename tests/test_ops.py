@@ -119,7 +119,8 @@ def test_cpu_bitnet_ops_match_ggml_and_the_reference(
         # and the head GEMV/GEMM was >= 100x closer to the exact product than ggml's fp16-activation path
         # (with several columns also bitwise the one-column GEMV of each column).
         assert "extra buffer types: CPU_BITNET" in done.stdout
-        assert "our kernels: 24/24 ternary weights repacked in CPU_BITNET"  # 12 weights x 2 types in done.stdout
+        # 12 ternary weights per type, 2 types
+        assert "our kernels: 24/24 ternary weights repacked in CPU_BITNET" in done.stdout
         n_ours = N_HEAD_MUL_MAT if head == "ours" else 0
         assert f"fp16 head GEMV/GEMM ours in {n_ours}/{N_HEAD_MUL_MAT} cases" in done.stdout
     else:
