@@ -524,9 +524,7 @@ size_t bitnet_gemm_pack_size(int64_t k, int64_t ncols) {
 
 int bitnet_gemm_pack(const bitnet_act_block *x, int64_t k, int64_t ncols, int64_t x_stride, int64_t c0, int64_t c1,
                      void *pk) {
-    if (!x || !pk || k <= 0 || k % BITNET_QK || ncols < 0 || x_stride < k / BITNET_QK || c0 < 0 || c1 < c0 ||
-        c1 > ncols)
-        return BITNET_EINVAL;
+    if (bitnet__pack_check(x, k, ncols, x_stride, c0, c1, pk) != BITNET_OK) return BITNET_EINVAL;
 #if defined(BITNET_AMX_CODE)
     const int64_t nb = k / BITNET_QK, n16 = ncols / 16 * 16;
     int8_t *q = (int8_t *)pk;

@@ -87,6 +87,13 @@ BITNET_INLINE int bitnet__check(const bitnet_weights *w, const void *x, int64_t 
     return BITNET_OK;
 }
 
+/* Argument check of bitnet_gemm_pack (every build): BITNET_OK or BITNET_EINVAL. */
+BITNET_INLINE int bitnet__pack_check(const void *x, int64_t k, int64_t ncols, int64_t x_stride, int64_t c0,
+                                     int64_t c1, const void *pk) {
+    if (!x || !pk || k <= 0 || k % BITNET_QK || ncols < 0 || x_stride < k / BITNET_QK) return BITNET_EINVAL;
+    return c0 < 0 || c1 < c0 || c1 > ncols ? BITNET_EINVAL : BITNET_OK;
+}
+
 /* IEEE fp16 bits -> float, exact (normals, subnormals, inf, nan). The SIMD paths use the hardware
  * conversion (vcvtph2ps, fcvtl), which is exact too, so all paths see the same d_w. */
 static inline float bitnet__fp16_to_fp32(uint16_t h) {

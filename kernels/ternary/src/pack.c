@@ -416,10 +416,7 @@ size_t bitnet_gemm_pack_size(int64_t k, int64_t ncols) {
 }
 int bitnet_gemm_pack(const bitnet_act_block *x, int64_t k, int64_t ncols, int64_t x_stride, int64_t c0, int64_t c1,
                      void *pk) {
-    if (!x || !pk || k <= 0 || k % BITNET_QK || ncols < 0 || x_stride < k / BITNET_QK || c0 < 0 || c1 < c0 ||
-        c1 > ncols)
-        return BITNET_EINVAL;
-    return BITNET_OK; /* nothing reads a copy here */
+    return bitnet__pack_check(x, k, ncols, x_stride, c0, c1, pk); /* nothing reads a copy here */
 }
 int bitnet_gemm_packed(const bitnet_weights *w, const bitnet_act_block *x, const void *pk, int64_t ncols,
                        int64_t x_stride, float *y, int64_t y_stride, int64_t r0, int64_t r1) {
