@@ -428,7 +428,8 @@ int main(int argc, char **argv) {
                             if (r >= 0) t[r] = now_s() - t0;
                         }
                         const double med = median(t, reps);
-                        report("gemm", impl > 0 ? "ggml" : impl < 0 ? "ours-packed" : "ours", lname, rows, k, opt_cols, nth, med,
+                        const char *iname = impl > 0 ? "ggml" : impl < 0 ? "ours-packed" : "ours";
+                        report("gemm", iname, lname, rows, k, opt_cols, nth, med,
                                (double)wsize / med / 1e9, 2.0 * rows * k * opt_cols / med / 1e9, roof[ti], peak[ti]);
                     }
                 }

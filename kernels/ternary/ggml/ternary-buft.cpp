@@ -65,9 +65,8 @@ class tensor_traits : public ggml::cpu::tensor_traits {
         auto * xq = static_cast<bitnet_act_block *>(params->wdata);
         GGML_ASSERT(params->wsize >= bitnet_act_size(K, ncols));
         const int64_t nblk = K / BITNET_QK;
-        void *     pk     = pack_area(params, K, ncols);
-        const bool packed = quantize_share(params, (const float *) x->data, (int64_t) (x->nb[1] / sizeof(float)), K,
-                                           ncols, per_token(op), xq, pk);
+        const void * pk = quantize_share(params, (const float *) x->data, (int64_t) (x->nb[1] / sizeof(float)), K,
+                                         ncols, per_token(op), xq, pack_area(params, K, ncols));
         // 2. threads take chunks of output rows (all columns): GEMV chunks in 16-row groups, GEMM chunks in
         //    whole tiles; the chunk counter is reset here, before the barrier, like ggml's mul_mat does
         const bitnet_layout layout = layout_of(w);
@@ -80,7 +79,7 @@ class tensor_traits : public ggml::cpu::tensor_traits {
 
         const bitnet_weights wt = { w->data, rows, K, layout };
         for_my_chunks(params, chunks, [&](int64_t r0, int64_t r1) {
-            const int rc = bitnet_matmul_packed(&wt, xq, packed ? pk : nullptr, ncols, nblk, (float *) op->data,
+            const int rc = bitnet_matmul_packed(&wt, xq, pk, ncols, nblk, (float *) op->data,
                                                 (int64_t) (op->nb[1] / sizeof(float)), r0, r1);
             GGML_ASSERT(rc == BITNET_OK);
         });
@@ -137,8 +136,8 @@ bool runs_ours(const ggml_tensor * w) {
 // Threads split the (column, 256-block) pairs when there are fewer columns than threads, so a single
 // decode column is not left to one thread while the others wait at the barrier; per token, each of them
 // first takes the whole column's amax (K floats, from L1/L2).
-bool quantize_share(const ggml_compute_params * params, const float * x, int64_t ldx, int64_t K, int64_t ncols,
-                    bool per_tok, bitnet_act_block * xq, void * pk) {
+const void * quantize_share(const ggml_compute_params * params, const float * x, int64_t ldx, int64_t K,
+                            int64_t ncols, bool per_tok, bitnet_act_block * xq, void * pk) {
     const int64_t nblk   = K / BITNET_QK;
     const auto    column = [&](int64_t c) { return x + c * ldx; };
     if (ncols >= params->nth) {
@@ -152,7 +151,7 @@ bool quantize_share(const ggml_compute_params * params, const float * x, int64_t
                 GGML_ASSERT(bitnet_gemm_pack(xq, K, ncols, nblk, c, c + 1, pk) == BITNET_OK);
             }
         }
-        return pk != nullptr;
+        return pk;
     }
     float   amax     = 0.0f;
     int64_t amax_col = -1;
@@ -168,7 +167,7 @@ bool quantize_share(const ggml_compute_params * params, const float * x, int64_t
             bitnet_quantize_act(column(c) + b * BITNET_QK, BITNET_QK, xq + c * nblk + b);
         }
     }
-    return false;
+    return nullptr;
 }
 
 // The fp16/bf16 head: a MUL_MAT with any number of columns (decode: one; llama-server batching the decode

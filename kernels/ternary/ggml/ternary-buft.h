@@ -193,9 +193,9 @@ void attn_run(const ggml_compute_params * params, ggml_tensor * dst);
 // into xq (K/256 blocks per column): whole columns when there are at least as many as threads, else
 // (column, 256-block) pairs, each thread taking the whole column's amax first in per-token mode. The
 // caller puts a barrier after it before any thread reads xq. With pk (pack_area) a thread that quantized
-// whole columns also packs them there; true when every column was packed (whole columns), so the GEMMs after
-// the barrier may read pk.
-bool quantize_share(const ggml_compute_params * params, const float * x, int64_t ldx, int64_t K, int64_t ncols,
-                    bool per_tok, bitnet_act_block * xq, void * pk = nullptr);
+// whole columns also packs them there; returns pk when every column was packed (whole columns), so the GEMMs
+// after the barrier may read it, else null.
+const void * quantize_share(const ggml_compute_params * params, const float * x, int64_t ldx, int64_t K,
+                            int64_t ncols, bool per_tok, bitnet_act_block * xq, void * pk = nullptr);
 
 }  // namespace bitnet_ggml

@@ -183,8 +183,8 @@ float value(const ggml_tensor * one) { return *(const float *) one->data; }
 int64_t ld(const ggml_tensor * t) { return (int64_t) (t->nb[1] / sizeof(float)); }
 
 // Phase 1: the activations of all columns, quantized into xq (per token or per 256-block).
-// With pk (pack_area) the columns are packed for the AMX GEMM too; true when all of them were.
-bool quantize_phase(const ggml_compute_params * params, const chain & c, bitnet_act_block * xq, void * pk) {
+// With pk (pack_area) the columns are packed for the AMX GEMM too; returns pk when all of them were, else null.
+const void * quantize_phase(const ggml_compute_params * params, const chain & c, bitnet_act_block * xq, void * pk) {
     const int64_t K = c.x->ne[0], ncols = c.x->ne[1], nblk = K / BITNET_QK;
     const bool    pt = per_token(c.p[0].mm);
     if (!c.norm_src) {
@@ -196,7 +196,7 @@ bool quantize_phase(const ggml_compute_params * params, const chain & c, bitnet_
         float * tmp = (float *) ((char *) params->wdata + fused_scratch_offset(K, 1)) + (size_t) params->ith * K;
         bitnet_rms_norm(src, ld(c.norm_src), K, 1, nw, c.eps, tmp, K);
         quantize_share(params, tmp, K, K, 1, pt, xq);
-        return false;
+        return nullptr;
     }
     auto *        x      = (float *) c.x_node->data;
     const int64_t nbatch = (ncols + 15) / 16;
@@ -216,7 +216,7 @@ bool quantize_phase(const ggml_compute_params * params, const chain & c, bitnet_
             }
         }
     }
-    return pk != nullptr;
+    return pk;
 }
 
 // The unscaled product into p.y's buffer (scaled in place when no epilogue follows: the epilogues
@@ -238,8 +238,7 @@ void run(const ggml_compute_params * params, const chain & c) {
     const int64_t K = c.x->ne[0], ncols = c.x->ne[1];
     GGML_ASSERT(params->wsize >= fused_work_size(K, ncols, params->nth));
     auto * xq = static_cast<bitnet_act_block *>(params->wdata);
-    void *       area = pack_area(params, K, ncols);
-    const void * pk   = quantize_phase(params, c, xq, area) ? area : nullptr;
+    const void * pk = quantize_phase(params, c, xq, pack_area(params, K, ncols));
 
     // phase 2 plan: one chunk list per MUL_MAT (relu2: one list over the rows of up and gate together)
     const int64_t unit   = ncols == 1 ? BITNET_GROUP_ROWS : BITNET_GROUP_ROWS * gemm_row_groups();

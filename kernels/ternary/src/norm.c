@@ -192,7 +192,7 @@ BITNET_INLINE void relu2_mul_col(float *oc, const float *gc, const float *uc, fl
         bits &= 0u - (uint32_t)(g > 0.0f);
         float relu;
         memcpy(&relu, &bits, sizeof relu);
-        oc[r] = (relu * relu) * u;              /* SQR, then MUL(sqr, up) */
+        oc[r] = (relu * relu) * u; /* SQR, then MUL(sqr, up) */
     }
 }
 
