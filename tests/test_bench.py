@@ -406,13 +406,31 @@ def test_threads_flag_above_the_cores_is_clamped(tmp_path: Path, tiny_model: Pat
 def test_rows_carry_identity_shape_and_roofline(tmp_path: Path, tiny_model: Path, monkeypatch):
     from bitnet.bench.roofline import Bandwidth
 
-    monkeypatch.setattr("bitnet.bench.sweep.probe_bandwidth", lambda n: Bandwidth(3.0, (3.0,), n, 1 << 20))
+    probed: list[tuple[int, object]] = []
+
+    def fake_probe(n: int, *, path=None, passes: int = 7) -> Bandwidth:
+        probed.append((n, path))
+        if path is None:
+            return Bandwidth(3.0, (3.0,), n, 1 << 20)
+        return Bandwidth(1.5, (1.5,), n, 1 << 20, mapped_file=str(path))  # the file's pages: half as fast
+
+    monkeypatch.setattr("bitnet.bench.sweep.probe_bandwidth", fake_probe)
     monkeypatch.setattr("bitnet.bench.roofline.llc_bytes", lambda: 1 << 10)  # let the tiny model count as big
     write_fake_llama_bench(tmp_path / "build")
     run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=8, n_gen=4, reps=1, isa="sse42", roofline=True)
     df = load_results(run.results_path)
     info = inspect_model(tiny_model)
     assert set(df["kind"]) == {"bandwidth", "llama-bench"}
+    # fresh memory, then the decoded model's mapped pages; the gap is a warning that says what to do
+    resolved = [(n, None if p is None else Path(p).resolve()) for n, p in probed]
+    assert resolved == [(1, None), (1, tiny_model.resolve())]
+    bw_rows = df[df["kind"] == "bandwidth"]
+    assert bw_rows["mapped_file"].isna().sum() == 1 and bw_rows["bandwidth_gbs"].tolist() == [3.0, 1.5]
+    assert bw_rows["mapped_file"].iloc[1] == str(probed[1][1])
+    (note,) = [w for w in run.warnings if "cached pages" in w]
+    assert f"{tiny_model.name}'s cached pages read at 1.5 GB/s, 50 % of fresh memory" in note
+    assert "--load-mode none" in note
+    assert f"1.5 GB/s through the cached pages of {tiny_model.name}" in run.report()
     rows = df[df["kind"] == "llama-bench"].set_index("test")
     assert list(rows.index) == ["pp8", "tg4"]
     tg = rows.loc["tg4"]

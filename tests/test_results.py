@@ -23,7 +23,7 @@ from bitnet.bench.results import (
     load_results,
     summarize,
 )
-from bitnet.bench.roofline import Bandwidth, add_roofline, llc_bytes, probe_bandwidth
+from bitnet.bench.roofline import Bandwidth, add_roofline, llc_bytes, mapped_read_note, probe_bandwidth
 from bitnet.errors import BenchmarkError
 
 TQ2_0_BLOCK = 66  # bytes per 256 weights: 64 bytes of 2-bit codes + an fp16 scale (ggml-common.h)
@@ -206,6 +206,32 @@ def test_bandwidth_probe_reports_every_pass():
     assert bw.gbs == sorted(bw.samples_gbs)[1] and bw.gbs > 0
     with pytest.raises(ValueError, match="positive"):
         probe_bandwidth(0)
+
+
+def test_bandwidth_probe_reads_a_files_mapped_pages(tmp_path: Path):
+    model = tmp_path / "m.gguf"
+    model.write_bytes(np.arange(1 << 20, dtype=np.uint64).tobytes())  # 8 MiB
+    bw = probe_bandwidth(2, path=model, passes=2)
+    assert bw.mapped_file == str(model) and bw.buffer_bytes == 8 << 20
+    assert len(bw.samples_gbs) == 2 and bw.gbs > 0
+    assert bw.as_row()["mapped_file"] == str(model)
+    assert probe_bandwidth(1, path=model, buffer_bytes=1 << 20, passes=1).buffer_bytes == 1 << 20
+    with pytest.raises(ValueError, match="cannot probe the mapped pages of .*missing.gguf"):
+        probe_bandwidth(2, path=tmp_path / "missing.gguf")
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    with pytest.raises(ValueError, match="too small to probe"):
+        probe_bandwidth(2, path=tmp_path / "empty.gguf")
+
+
+def test_mapped_pages_slower_than_fresh_memory_are_a_warning():
+    fresh = Bandwidth(27.0, (27.0,), 2, 1 << 30)
+    slow = Bandwidth(17.5, (17.5,), 2, 1 << 30, mapped_file="/m/ggml-model-tq2_0.gguf")
+    note = mapped_read_note(fresh, slow)
+    assert note is not None
+    assert note.startswith("ggml-model-tq2_0.gguf's cached pages read at 17.5 GB/s, 65 % of fresh memory")
+    assert "27.0 GB/s, 2 thread(s)" in note and "--load-mode none" in note
+    nearly = Bandwidth(25.0, (25.0,), 2, 1 << 30, mapped_file="/m/x.gguf")  # 93 % of fresh memory
+    assert mapped_read_note(fresh, nearly) is None
 
 
 def test_llc_size_from_sysfs(tmp_path: Path):

@@ -22,7 +22,8 @@ identity columns, so a row read years later still says what was measured on what
                                                       `reliability` fired for the row
 
 Other kinds share the file: "bandwidth" rows (the read-bandwidth probe: n_threads, bandwidth_gbs,
-samples_gbs, buffer_bytes) and "serving" rows (llama-server under load: concurrency, tokens_per_s,
+samples_gbs, buffer_bytes; mapped_file empty for fresh memory, else the model file whose cached pages were
+read) and "serving" rows (llama-server under load: concurrency, tokens_per_s,
 latency_p50_s, latency_p95_s, plus the identity columns). ref: llama.cpp scripts/compare-llama-bench.py
 and pyperf's metadata for the idea of comparing only what varies.
 """

@@ -9,11 +9,19 @@ several passes, median.
 It reads, never writes, the buffer during a pass: a read-only stream is what weights see. Numbers are
 a little below STREAM-style copy figures; the point is a consistent bound on the same machine, taken
 in the same run as the measurement. ref: DESIGN.md "Numbers that set the bar" (~20 GB/s, 2 threads).
+
+With ``path`` the probe streams a file's cached pages through a shared read-only mapping instead (the
+pages llama.cpp maps the model from, advised for huge pages as our loader does). On a machine they are
+the same memory; on some VMs they are not: on the 2-core Firecracker VMs of 2026-12-07 a model file's
+page-cache pages read at 15.7-17.8 GB/s where fresh memory read at 27-28 (2 threads), and decode followed
+(llama-bench tg64 13.3 t/s mapped vs 20.8 with `--load-mode none`, stock 7.6 vs 11.3), changing with
+where the file happened to be cached. `mapped_read_note` turns such a gap into a warning.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
 import multiprocessing as mp
 import os
 import statistics
@@ -25,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Bandwidth", "add_roofline", "llc_bytes", "probe_bandwidth"]
+__all__ = ["Bandwidth", "add_roofline", "llc_bytes", "mapped_read_note", "probe_bandwidth"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,7 @@ _MAX_BUFFER = 1024**3
 MEANINGFUL_LLC_MULTIPLE = 4  # roofline only for models reading >= 4 x the LLC per token
 _DEFAULT_LLC = 32 * 1024**2
 _LLC_MULTIPLE = 16  # buffer >= 16 × the last-level cache, so the cache holds < 7 % of it
+SLOW_MAPPED_FRACTION = 0.8  # mapped pages read below this share of fresh memory: worth a warning
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class Bandwidth:
     samples_gbs: tuple[float, ...]
     n_threads: int
     buffer_bytes: int
+    mapped_file: str | None = None  # None: fresh anonymous memory; else the file whose mapped pages were read
 
     def as_row(self) -> dict[str, Any]:
         """The fields of a "bandwidth" result row."""
@@ -53,6 +63,7 @@ class Bandwidth:
             "bandwidth_gbs": self.gbs,
             "samples_gbs": list(self.samples_gbs),
             "buffer_bytes": self.buffer_bytes,
+            "mapped_file": self.mapped_file,
         }
 
 
@@ -78,7 +89,13 @@ def default_buffer_bytes() -> int:
     return max(_MIN_BUFFER, min(_MAX_BUFFER, _LLC_MULTIPLE * llc))
 
 
-def probe_bandwidth(n_threads: int, *, buffer_bytes: int | None = None, passes: int = 7) -> Bandwidth:
+def probe_bandwidth(
+    n_threads: int,
+    *,
+    buffer_bytes: int | None = None,
+    passes: int = 7,
+    path: str | os.PathLike[str] | None = None,
+) -> Bandwidth:
     """Measure read bandwidth with `n_threads` readers summing their own slice of a large buffer.
 
     Readers are processes, not threads: numpy's reductions do not run in parallel from Python threads
@@ -86,15 +103,31 @@ def probe_bandwidth(n_threads: int, *, buffer_bytes: int | None = None, passes: 
     core's bandwidth (~33 GB/s) where two cores read ~55 GB/s (the kernels' C probe, same machine).
     Each reader fills its slice first (pages resident), then every pass starts all readers at a barrier
     and times until the last one finishes. The first pass is a warm-up. Returns the median of `passes`.
+    With `path`, the buffer is the first `buffer_bytes` (default: up to 1 GiB) of that file, mapped
+    read-only and shared; the warm-up pass reads it into the page cache if it is not there yet.
     """
     if n_threads <= 0 or passes <= 0:
         raise ValueError(f"n_threads and passes must be positive, got {n_threads} and {passes}")
-    size = buffer_bytes or default_buffer_bytes()
+    if path is not None:
+        try:
+            file_bytes = os.path.getsize(path)
+        except OSError as exc:
+            raise ValueError(f"cannot probe the mapped pages of {path}: {exc.strerror or exc}") from exc
+        size = min(buffer_bytes or _MAX_BUFFER, file_bytes)
+        if size < 8 * n_threads:
+            raise ValueError(f"{path} is too small to probe ({file_bytes} bytes)")
+    else:
+        size = buffer_bytes or default_buffer_bytes()
     words = max(size // 8, n_threads)
     ctx: Any = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     start, done = ctx.Barrier(n_threads + 1), ctx.Barrier(n_threads + 1)
     counts = [words // n_threads + (1 if i < words % n_threads else 0) for i in range(n_threads)]
-    readers = [ctx.Process(target=_reader, args=(n, passes + 1, start, done), daemon=True) for n in counts]
+    firsts = [sum(counts[:i]) for i in range(n_threads)]
+    source = None if path is None else os.fspath(path)
+    readers = [
+        ctx.Process(target=_reader, args=(n, first, source, passes + 1, start, done), daemon=True)
+        for n, first in zip(counts, firsts, strict=True)
+    ]
     for r in readers:
         r.start()
     samples = []
@@ -112,18 +145,51 @@ def probe_bandwidth(n_threads: int, *, buffer_bytes: int | None = None, passes: 
             if r.is_alive():
                 r.kill()
     result = Bandwidth(
-        gbs=statistics.median(samples), samples_gbs=tuple(samples), n_threads=n_threads, buffer_bytes=size
+        gbs=statistics.median(samples),
+        samples_gbs=tuple(samples),
+        n_threads=n_threads,
+        buffer_bytes=size,
+        mapped_file=source,
     )
-    log.info("read bandwidth with %d reader(s): %.1f GB/s (%d MiB buffer)", n_threads, result.gbs, size >> 20)
+    log.info(
+        "read bandwidth with %d reader(s): %.1f GB/s (%d MiB of %s)",
+        n_threads,
+        result.gbs,
+        size >> 20,
+        "fresh memory" if path is None else f"{path}, mapped",
+    )
     return result
 
 
-def _reader(n_words: int, passes: int, start: Any, done: Any) -> None:
-    data = np.ones(n_words, dtype=np.float64)
+def _reader(n_words: int, first: int, path: str | None, passes: int, start: Any, done: Any) -> None:
+    if path is None:
+        data = np.ones(n_words, dtype=np.float64)
+    else:
+        with open(path, "rb") as f:
+            mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            mapping.madvise(mmap.MADV_HUGEPAGE)  # as the engine's loader advises the model mapping
+        # integers: the file's bytes as floats would include NaNs and subnormals (slow adds on some CPUs)
+        data = np.frombuffer(mapping, dtype=np.uint64, count=n_words, offset=first * 8)
     for _ in range(passes):
         start.wait(timeout=600)
-        float(data.sum())  # a reduction: reads every byte once
+        data.sum()  # a reduction: reads every byte once (uint64 sums wrap, which is fine here)
         done.wait(timeout=600)
+
+
+def mapped_read_note(fresh: Bandwidth, mapped: Bandwidth) -> str | None:
+    """A warning when a model file's mapped pages read clearly slower than fresh memory, else None."""
+    if fresh.gbs <= 0 or mapped.gbs >= SLOW_MAPPED_FRACTION * fresh.gbs:
+        return None
+    name = Path(mapped.mapped_file or "?").name
+    share = 100 * mapped.gbs / fresh.gbs
+    return (
+        f"{name}'s cached pages read at {mapped.gbs:.1f} GB/s, {share:.0f} % of fresh memory "
+        f"({fresh.gbs:.1f} GB/s, {fresh.n_threads} thread(s)): decode on this host depends on where in "
+        "memory the file was cached (seen on VMs whose memory is backed unevenly). Compare configs within "
+        "one run (they read the same pages); to read the weights into fresh memory instead, run the engine "
+        "with `--load-mode none` (run_inference.py ... --extra-args --load-mode none; a slower load)"
+    )
 
 
 def add_roofline(row: MutableMapping[str, Any], bandwidth: Bandwidth | None) -> None:
