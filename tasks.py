@@ -547,6 +547,8 @@ def serve(
         "in the same rounds; repeatable",
         "compare_model": "NAME=FILE: that peer's own model file (default: the benchmarked model); repeatable",
         "compare_args": "'NAME=ARGS': extra llama-bench arguments for that peer, e.g. 'ik=-fa 1 -rtr 1'",
+        "engine_args": "extra llama-bench arguments for our own configs (ours, stock, variants), e.g. "
+        "'-lm none' (weights read into fresh memory instead of mapped)",
         "no_load": "skip the load probe per config and repetition (no load s column)",
         "busy": "host conditions to measure under: idle (default), pinned (a busy loop on the last core), "
         "free (the loop unpinned), e.g. idle,pinned",
@@ -578,6 +580,7 @@ def bench(
     compare_args=None,
     no_load=False,
     busy="",
+    engine_args="",
 ):
     """End-to-end throughput with llama-bench: stores tidy rows, prints a table, draws plots."""
     from bitnet.bench.results import DEFAULT_RESULTS_DIR
@@ -607,6 +610,7 @@ def bench(
             compare_args=compare_args or None,
             load_probe=False if no_load else None,
             busy=busy or None,
+            engine_args=engine_args or None,
         )
     print(run.report())
     if not run.ok:

@@ -309,19 +309,25 @@ def test_peer_binaries_run_in_the_same_rounds_on_their_own_model(tmp_path: Path,
     peer_model.write_bytes(tiny_model.read_bytes())
     run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=8, n_gen=0, reps=2, compare="stock",
                compare_bin=[f"ik={peer_bin}"], compare_model=[f"ik={peer_model}"],
-               compare_args=["ik=-fa 1 --repack 0"])  # fmt: skip
+               compare_args=["ik=-fa 1 --repack 0"], engine_args="-lm none")  # fmt: skip
     assert run.ok, run.report()
     ours, peer = fake_calls(tmp_path / "build"), fake_calls(tmp_path / "ik")
     assert [c["kernels"] for c in ours] == ["1", "0"] * 2 and len(peer) == 2
+    for call in ours:  # --engine-args: our configs (ours and stock) only, and their load probes too
+        assert call["argv"][-2:] == ["-lm", "none"]
+    assert all(c["argv"][-2:] == ["-lm", "none"] for c in fake_calls(tmp_path / "build", probes=True))
     for call in peer:
         argv = call["argv"]
         assert argv[argv.index("-m") + 1] == str(peer_model) and argv[-4:] == ["-fa", "1", "--repack", "0"]
+        assert "-lm" not in argv
         assert call["kernels"] is None and call["variant"] is None
     stored = load_results(run.results_path)
     assert list(stored["config"])[:3] == ["ours", "stock", "ik"]  # ours, stock, the peer: one round
     ik = stored[stored["config"] == "ik"]
     assert set(ik["model_name"]) == {"tiny"} and set(ik["model_path"]) == {str(peer_model)}
     assert set(ik["engine_binary"]) == {str(peer_bin)} and set(ik["avg_ts"]) == {120.0}
+    assert set(ik["engine_args"]) == {"-fa 1 --repack 0"}
+    assert set(stored[stored["config"] != "ik"]["engine_args"]) == {"-lm none"}
     line = next(ln for ln in run.table.splitlines() if " ik " in f" {ln} ")
     assert "1.20x" in line  # 120 / 100 (stock), same model and test
     assert "ours ÷ this" in run.table
@@ -353,6 +359,7 @@ def test_busy_conditions_run_each_cell_with_and_without_a_busy_loop(tmp_path: Pa
         ({"compare_bin": ["ik=/bin/true"], "compare_model": ["ik=/nonexistent.gguf"]}, "does not exist"),
         ({"compare_bin": ["ik=/bin/true"], "compare_args": ["ik=-t 4"]}, "must not set -t"),
         ({"compare_bin": ["ik=/bin/true", "ik=/bin/false"]}, "twice"),
+        ({"engine_args": "-lm none -r 3"}, "engine_args must not set -r"),
     ],
 )
 def test_bad_peer_flags_are_refused_before_anything_runs(tmp_path: Path, tiny_model: Path, flags, message):
@@ -366,10 +373,11 @@ def test_a_spec_file_can_name_peers(tmp_path: Path, tiny_model: Path):
     spec = tmp_path / "peers.toml"
     spec.write_text(
         f'reps = 1\nn_prompt = 8\nn_gen = 0\nthreads = [1]\nbaseline = "ik"\nload = false\n'
-        f'[[models]]\nfile = "{tiny_model}"\n'
+        f'engine_args = ["-lm", "none"]\n[[models]]\nfile = "{tiny_model}"\n'
         f'[[peer]]\nname = "ik"\nbinary = "/bin/true"\nargs = "-fa 1"\n'
     )
     parsed = load_spec(spec)
+    assert parsed.engine_args == ("-lm", "none")
     assert [(p.name, p.binary, p.model, p.args) for p in parsed.peers] == [
         ("ik", Path("/bin/true"), None, ("-fa", "1"))
     ]

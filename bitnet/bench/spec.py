@@ -18,6 +18,7 @@ File format (every key optional except ``models``; the top level holds defaults 
     baseline = "stock"            # config the ratio column divides by (default: stock if present)
     roofline = true               # probe read bandwidth, report decode as a fraction of its bound
     timeout = 1800                # seconds one llama-bench run may take
+    engine_args = "-lm none"      # extra llama-bench arguments for our configs (ours, stock, variants)
 
     [[models]]                    # synthetic models: every combination of the listed values
     size = ["125M", "2B"]         # bitnet.models.synthetic sizes
@@ -95,7 +96,7 @@ DUMMY_SIZES = ("tiny", "125M", "350M", "700M", "1.3B", "2B", "3B", "7B", "13B")
 DEFAULT_N_PROMPT, DEFAULT_N_GEN, DEFAULT_REPS = 512, 128, 5
 DEFAULT_TIMEOUT = 1800.0
 
-_TOP_KEYS = {"description", "reps", "baseline", "roofline", "timeout", "sweep", "peer", "load"}
+_TOP_KEYS = {"description", "reps", "baseline", "roofline", "timeout", "sweep", "peer", "load", "engine_args"}
 _PEER_KEYS = {"name", "binary", "model", "args"}
 _SWEEP_KEYS = {"models", "threads", "n_prompt", "n_gen", "compare", "isa", "busy"}
 BUSY_CONDITIONS = ("idle", "pinned", "free")  # bitnet.bench.busy's conditions
@@ -266,22 +267,25 @@ def _peers_field(value: Any) -> tuple[Peer, ...]:
             raise BenchSpecError(f'peer {name!r} needs binary = "/path/to/llama-bench".')
         if model is not None and (not isinstance(model, str) or not model):
             raise BenchSpecError(f"peer {name!r}: model must be a path string. Got {model!r}.")
-        raw_args = item.get("args", [])
-        args = shlex.split(raw_args) if isinstance(raw_args, str) else raw_args
-        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-            raise BenchSpecError(
-                f"peer {name!r}: args must be a string or a list of strings. Got {raw_args!r}."
-            )
-        reserved = sorted({a for a in args if a in ("-m", "-p", "-n", "-t", "-r", "-o")})
-        if reserved:
-            raise BenchSpecError(
-                f"peer {name!r}: args must not set {', '.join(reserved)}: the benchmark sets the model, "
-                "tests, threads, repetitions and output itself."
-            )
+        args = _args_field(item.get("args", []), f"peer {name!r}: args")
         peers.append(
             Peer(name, Path(binary).expanduser(), Path(model).expanduser() if model else None, tuple(args))
         )
     return tuple(peers)
+
+
+def _args_field(value: Any, what: str) -> tuple[str, ...]:
+    """Extra llama-bench arguments: a shell-quoted string or a list of strings, none that we set."""
+    args = shlex.split(value) if isinstance(value, str) else value
+    if not isinstance(args, (list, tuple)) or not all(isinstance(a, str) for a in args):
+        raise BenchSpecError(f"{what} must be a string or a list of strings. Got {value!r}.")
+    reserved = sorted({a for a in args if a in ("-m", "-p", "-n", "-t", "-r", "-o")})
+    if reserved:
+        raise BenchSpecError(
+            f"{what} must not set {', '.join(reserved)}: the benchmark sets the model, "
+            "tests, threads, repetitions and output itself."
+        )
+    return tuple(args)
 
 
 def parse_config(text: str) -> tuple[str | None, str | None, bool]:
@@ -412,6 +416,7 @@ class BenchSpec:
     timeout: float = DEFAULT_TIMEOUT
     peers: tuple[Peer, ...] = ()
     load: bool = True  # a load probe per config and repetition (load_s column)
+    engine_args: tuple[str, ...] = ()  # appended to the llama-bench argv of our configs (not peers')
     source: Path | None = field(default=None, compare=False)
 
     def with_overrides(
@@ -427,6 +432,7 @@ class BenchSpec:
         baseline: str | None = None,
         peers: Sequence[Peer] | None = None,
         busy: Sequence[str] | None = None,
+        engine_args: str | Sequence[str] | None = None,
     ) -> BenchSpec:
         """A copy where every given (non-None) value replaces the spec's, in every sweep; `peers` are
         added to the spec's (a peer of the same name is replaced)."""
@@ -457,6 +463,10 @@ class BenchSpec:
         if baseline is not None:
             names = [p.name for p in top.get("peers", self.peers)]
             top["baseline"] = _baseline_field(baseline, names)
+        if engine_args is not None:
+            top["engine_args"] = _args_field(
+                engine_args if isinstance(engine_args, str) else list(engine_args), "engine_args"
+            )
         return dataclasses.replace(self, **top)
 
 
@@ -530,6 +540,7 @@ def parse_spec(data: Mapping[str, Any], *, name: str, source: Path | None = None
         timeout=float(timeout),
         peers=peers,
         load=load,
+        engine_args=_args_field(data.get("engine_args", []), "engine_args"),
         source=source,
     )
 

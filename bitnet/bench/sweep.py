@@ -325,7 +325,7 @@ class _Sweep:
         binary = peer.binary if peer else self.binary
         model = peer.model if peer and peer.model else self.paths[job.model]
         command = llama_bench_command(binary, model, n_prompt=n_prompt, n_gen=n_gen, n_threads=job.n_threads)
-        return command + list(peer.args if peer else ())
+        return command + list(peer.args if peer else self.run.spec.engine_args)
 
     async def probe_load(self, supervisor: RuntimeSupervisor, job: Job) -> float | None:
         """Seconds from start to exit of a one-token llama-bench run of `job` (None if it failed)."""
@@ -420,6 +420,7 @@ class _Sweep:
             "model_name": job.model.label,  # a peer's own file is the same model in its format
             "model_path": str(peer.model if peer and peer.model else self.paths[job.model]),
             "engine_binary": str(peer.binary if peer else self.binary),
+            "engine_args": shlex.join(peer.args if peer else self.run.spec.engine_args),
             **{k: entry.get(k) for k in LLAMA_BENCH_FIELDS},
         }
         row = self.recorder.row(fields)
@@ -497,6 +498,7 @@ def run_bench(
     compare_args: str | Sequence[str] | None = None,
     load_probe: bool | None = None,
     busy: str | Sequence[str] | None = None,
+    engine_args: str | Sequence[str] | None = None,
     build_dir: str | Path = "build",
     results_dir: str | Path = DEFAULT_RESULTS_DIR,
     plots_dir: str | Path | None = DEFAULT_PLOTS_DIR,
@@ -519,6 +521,7 @@ def run_bench(
     rounds on `compare_model` ("NAME=FILE", default: the benchmarked model) with `compare_args`
     ("NAME=ARGS"); see `bitnet.bench.spec.Peer`. `load_probe` overrides the spec's ``load``. `busy`
     ("idle,pinned") measures every cell under each host condition of `bitnet.bench.busy`.
+    `engine_args` ("-lm none" or a list) are appended to every run of our own configs, not peers'.
 
     A failed engine run is recorded in `BenchRun.failures` (with its stderr tail and a log file under
     ``<results_dir>/../logs/``) and the sweep continues; with `fail_fast` it raises instead.
@@ -545,6 +548,7 @@ def run_bench(
         isa=_as_list(isa),
         baseline=baseline,
         busy=_as_list(busy),
+        engine_args=engine_args,
         peers=peers_from_flags(
             _as_peer_list(compare_bin), _as_peer_list(compare_model), _as_peer_list(compare_args)
         ),
