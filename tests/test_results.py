@@ -23,7 +23,14 @@ from bitnet.bench.results import (
     load_results,
     summarize,
 )
-from bitnet.bench.roofline import Bandwidth, add_roofline, llc_bytes, mapped_read_note, probe_bandwidth
+from bitnet.bench.roofline import (
+    Bandwidth,
+    add_roofline,
+    llc_bytes,
+    mapped_probe_meaningful,
+    mapped_read_note,
+    probe_bandwidth,
+)
 from bitnet.errors import BenchmarkError
 
 TQ2_0_BLOCK = 66  # bytes per 256 weights: 64 bytes of 2-bit codes + an fp16 scale (ggml-common.h)
@@ -221,6 +228,15 @@ def test_bandwidth_probe_reads_a_files_mapped_pages(tmp_path: Path):
     (tmp_path / "empty.gguf").write_bytes(b"")
     with pytest.raises(ValueError, match="too small to probe"):
         probe_bandwidth(2, path=tmp_path / "empty.gguf")
+
+
+def test_mapped_probe_only_for_files_well_past_the_cache(tmp_path: Path, monkeypatch):
+    small, big = tmp_path / "small.gguf", tmp_path / "big.gguf"
+    small.write_bytes(bytes(4096))
+    big.write_bytes(bytes(8192))
+    monkeypatch.setattr("bitnet.bench.roofline.llc_bytes", lambda: 2048)  # meaningful from 4 x 2048 bytes
+    assert not mapped_probe_meaningful(small) and mapped_probe_meaningful(big)
+    assert mapped_probe_meaningful(tmp_path / "missing.gguf")  # the probe itself reports it
 
 
 def test_mapped_pages_slower_than_fresh_memory_are_a_warning():

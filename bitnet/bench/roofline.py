@@ -33,7 +33,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Bandwidth", "add_roofline", "llc_bytes", "mapped_read_note", "probe_bandwidth"]
+__all__ = [
+    "Bandwidth",
+    "add_roofline",
+    "llc_bytes",
+    "mapped_probe_meaningful",
+    "mapped_read_note",
+    "probe_bandwidth",
+]
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +182,16 @@ def _reader(n_words: int, first: int, path: str | None, passes: int, start: Any,
         start.wait(timeout=600)
         data.sum()  # a reduction: reads every byte once (uint64 sums wrap, which is fine here)
         done.wait(timeout=600)
+
+
+def mapped_probe_meaningful(path: str | os.PathLike[str]) -> bool:
+    """True for a file of at least `MEANINGFUL_LLC_MULTIPLE` × the last-level cache: a smaller one's
+    pages stay in the cache between passes, which says nothing about where it sits in memory."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return True  # let the probe say what is wrong with it
+    return size >= MEANINGFUL_LLC_MULTIPLE * (llc_bytes() or _DEFAULT_LLC)
 
 
 def mapped_read_note(fresh: Bandwidth, mapped: Bandwidth) -> str | None:

@@ -57,7 +57,13 @@ from bitnet.bench.results import (
     relative_spread,
     reliability,
 )
-from bitnet.bench.roofline import Bandwidth, add_roofline, mapped_read_note, probe_bandwidth
+from bitnet.bench.roofline import (
+    Bandwidth,
+    add_roofline,
+    mapped_probe_meaningful,
+    mapped_read_note,
+    probe_bandwidth,
+)
 from bitnet.bench.spec import (
     DEFAULT_MODEL,
     REPO_ROOT,
@@ -609,6 +615,8 @@ def run_bench(
             run.bandwidth[n] = probe_bandwidth(n)
             recorder.append([recorder.row({"spec": bench_spec.name, **run.bandwidth[n].as_row()})])
             for model in sorted({str(paths[j.model]) for j in jobs if j.n_gen and j.n_threads == n}):
+                if not mapped_probe_meaningful(model):
+                    continue
                 try:
                     mapped = probe_bandwidth(n, path=model, passes=5)
                 except ValueError as exc:
