@@ -161,14 +161,16 @@ def tune(c, model="", threads=0, cols=128, reps=5, build_dir="build", out=""):
         "build_dir": "engine build dir (default: build)",
         "model": "also check this GGUF file",
         "json_out": "print JSON instead of text",
+        "memory": "also measure read bandwidth: fresh memory, and the model file's cached pages as the "
+        "engine maps them (a few seconds; warns when the pages read clearly slower, as on some VMs)",
     },
 )
-def doctor(c, build_dir="build", model="", json_out=False):
+def doctor(c, build_dir="build", model="", json_out=False, memory=False):
     """Report CPU features, the engine build, its active CPU variant and kernels, and problems."""
     from bitnet.doctor import doctor_report, format_doctor
 
     with _user_errors():
-        report, diag = doctor_report(build_dir, model=model or None)
+        report, diag = doctor_report(build_dir, model=model or None, memory=memory)
     print(json.dumps(report, indent=2, default=str) if json_out else format_doctor(report))
     if not diag.usable:
         for problem in diag.problems:

@@ -3,6 +3,10 @@
 report, diagnostics = doctor_report("build", model=None)
 print(format_doctor(report))
 ok = diagnostics.usable  # False: diagnostics.problems says why
+
+With ``memory=True`` it also measures read bandwidth (bitnet.bench.roofline): fresh memory with one reader
+per core and, for a model file well past the last-level cache, the file's cached pages as the engine maps
+them, with the warning of `mapped_read_note` when they read clearly slower (a VM effect that sets decode).
 """
 
 from __future__ import annotations
@@ -17,18 +21,40 @@ __all__ = ["doctor_report", "format_doctor"]
 
 
 def doctor_report(
-    build_dir: str | os.PathLike[str] = "build", model: str | os.PathLike[str] | None = None
+    build_dir: str | os.PathLike[str] = "build",
+    model: str | os.PathLike[str] | None = None,
+    *,
+    memory: bool = False,
 ) -> tuple[dict[str, Any], RuntimeDiagnostics]:
     """The runtime's diagnostics of `build_dir` (and `model`, if given) plus what `invoke build` recorded.
 
-    Returns the report (JSON-serialisable with ``default=str``) and the diagnostics it came from.
+    Returns the report (JSON-serialisable with ``default=str``) and the diagnostics it came from. With
+    `memory`, ``report["memory"]`` holds the read-bandwidth probes (a few seconds).
     """
     diag = BitNetRuntime(build_dir=os.fspath(build_dir)).diagnostics(
         model=None if model is None else str(model)
     )
     report = diag.as_dict()
     report["build_info"] = read_build_info(os.fspath(build_dir))
+    if memory:
+        report["memory"] = memory_report(model, n_threads=diag.cpu_count or 1)
     return report, diag
+
+
+def memory_report(model: str | os.PathLike[str] | None, *, n_threads: int) -> dict[str, Any]:
+    """Fresh-memory read bandwidth and, for a big enough `model`, its mapped pages' (None where skipped)."""
+    from bitnet.bench import roofline
+
+    fresh = roofline.probe_bandwidth(n_threads)
+    mapped = None
+    if model is not None and roofline.mapped_probe_meaningful(model):
+        mapped = roofline.probe_bandwidth(n_threads, path=model, passes=5)
+    return {
+        "threads": n_threads,
+        "fresh_gbs": fresh.gbs,
+        "model_pages_gbs": None if mapped is None else mapped.gbs,
+        "note": None if mapped is None else roofline.mapped_read_note(fresh, mapped),
+    }
 
 
 def format_doctor(report: dict[str, Any]) -> str:
@@ -51,4 +77,13 @@ def format_doctor(report: dict[str, Any]) -> str:
         act = report.get("activation_quant")
         if act:
             lines.append(f"numerics: activations {act['mode']} ({act['source']})")
+    mem = report.get("memory")
+    if mem:
+        line = f"memory:   {mem['fresh_gbs']:.1f} GB/s read, fresh memory, {mem['threads']} thread(s)"
+        if mem.get("model_pages_gbs") is not None:
+            share = 100 * mem["model_pages_gbs"] / mem["fresh_gbs"] if mem["fresh_gbs"] else 0.0
+            line += f"; {mem['model_pages_gbs']:.1f} GB/s through the model's cached pages ({share:.0f} %)"
+        lines.append(line)
+        if mem.get("note"):
+            lines.append(f"warning:  {mem['note']}")
     return "\n".join(lines)

@@ -234,7 +234,7 @@ def test_mapped_probe_only_for_files_well_past_the_cache(tmp_path: Path, monkeyp
     small, big = tmp_path / "small.gguf", tmp_path / "big.gguf"
     small.write_bytes(bytes(4096))
     big.write_bytes(bytes(8192))
-    monkeypatch.setattr("bitnet.bench.roofline.llc_bytes", lambda: 2048)  # meaningful from 4 x 2048 bytes
+    monkeypatch.setattr("bitnet.bench.roofline.llc_bytes", lambda: 3000)  # meaningful from 2 x 3000 bytes
     assert not mapped_probe_meaningful(small) and mapped_probe_meaningful(big)
     assert mapped_probe_meaningful(tmp_path / "missing.gguf")  # the probe itself reports it
 
@@ -303,3 +303,31 @@ def test_a_steady_quiet_table_has_no_marker_column_and_one_measurement_uses_its_
     (cell,) = summarize(one).itertuples()
     assert cell.unreliable and cell.unreliable_rules == "S"
     assert "!S" in format_table(one) and "2431.76 ± 3548.76" in format_table(one)
+
+
+def test_doctor_memory_check_measures_and_says_when_the_model_pages_are_slow(tmp_path: Path, monkeypatch):
+    from bitnet.doctor import format_doctor, memory_report
+
+    model = tmp_path / "m.gguf"
+    model.write_bytes(np.arange(1 << 20, dtype=np.uint64).tobytes())  # 8 MiB
+    monkeypatch.setattr("bitnet.bench.roofline.llc_bytes", lambda: 1 << 20)  # 8 MiB counts as well past it
+    monkeypatch.setattr("bitnet.bench.roofline.default_buffer_bytes", lambda: 16 << 20)
+    real = memory_report(model, n_threads=1)  # both probes, for real
+    assert real["threads"] == 1 and real["fresh_gbs"] > 0 and real["model_pages_gbs"] > 0
+    assert memory_report(None, n_threads=1)["model_pages_gbs"] is None  # no model: fresh memory only
+
+    base = {"cpu": {"model": "x", "arch": "x86_64", "features": []}, "cpu_count": 2, "build_dir": "build",
+            "build_info": {}, "binaries": {}, "engine": {}}  # fmt: skip
+    slow = Bandwidth(17.3, (17.3,), 2, 1 << 30, mapped_file=str(model))
+    note = mapped_read_note(Bandwidth(29.6, (29.6,), 2, 1 << 30), slow)
+    text = format_doctor(
+        {**base, "memory": {"threads": 2, "fresh_gbs": 29.6, "model_pages_gbs": 17.3, "note": note}}
+    )
+    assert "memory:   29.6 GB/s read, fresh memory, 2 thread(s); 17.3 GB/s through the model's" in text
+    assert "cached pages (58 %)" in text
+    assert "warning:  m.gguf's cached pages read at 17.3 GB/s" in text and "--load-mode none" in text
+    fine = format_doctor(
+        {**base, "memory": {"threads": 2, "fresh_gbs": 29.6, "model_pages_gbs": 28.0, "note": None}}
+    )
+    assert "(95 %)" in fine and "warning" not in fine
+    assert "memory" not in format_doctor(base)
