@@ -225,6 +225,8 @@ def test_bandwidth_probe_reads_a_files_mapped_pages(tmp_path: Path):
     assert probe_bandwidth(1, path=model, buffer_bytes=1 << 20, passes=1).buffer_bytes == 1 << 20
     with pytest.raises(ValueError, match="cannot probe the mapped pages of .*missing.gguf"):
         probe_bandwidth(2, path=tmp_path / "missing.gguf")
+    with pytest.raises(ValueError, match="cannot probe the mapped pages of .*Is a directory"):
+        probe_bandwidth(1, path=tmp_path)  # opened and mapped before any reader starts
     (tmp_path / "empty.gguf").write_bytes(b"")
     with pytest.raises(ValueError, match="too small to probe"):
         probe_bandwidth(2, path=tmp_path / "empty.gguf")

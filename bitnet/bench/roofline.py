@@ -124,6 +124,11 @@ def probe_bandwidth(
         size = min(buffer_bytes or _MAX_BUFFER, file_bytes)
         if size < 8 * n_threads:
             raise ValueError(f"{path} is too small to probe ({file_bytes} bytes)")
+        try:  # here, not only in the readers: a reader that fails would leave the others at the barrier
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ):
+                pass
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot probe the mapped pages of {path}: {exc}") from exc
     else:
         size = buffer_bytes or default_buffer_bytes()
     words = max(size // 8, n_threads)
