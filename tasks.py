@@ -535,7 +535,8 @@ def serve(
         "prompt_tokens": "prefill test ppN, llama-bench -p (default 512; 0 skips prefill)",
         "gen_tokens": "decode test tgN, llama-bench -n (default 128; 0 skips decode)",
         "reps": "repetitions (default 5); the configs alternate A B A B within each",
-        "compare": "configs besides ours, e.g. stock or stock,avx2,stock+avx2",
+        "compare": "configs besides ours (default without --spec: stock; 'ours' runs ours alone), e.g. "
+        "stock,avx2,stock+avx2",
         "isa": "CPU variants to run every config on: auto (default), all, or e.g. avx2,avx512",
         "spec": "bench spec: quick, full (bench/specs/*.toml) or a .toml path; flags override it",
         "baseline": "config the ratio column divides by (default: stock when it ran)",

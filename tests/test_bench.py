@@ -253,6 +253,10 @@ def test_flags_defaults_are_the_2b_shape_pp512_tg128_all_cores():
     assert (sweep.models, sweep.n_prompt, sweep.n_gen, sweep.threads, spec.reps) == (
         (DEFAULT_MODEL,), 512, 128, ("all",), 5
     )  # fmt: skip
+    # ours against stock unless told otherwise; "ours" alone on request
+    assert [c.label for c in expand_configs(sweep.compare)] == ["ours", "stock"]
+    (alone,) = spec_from_flags(compare=["ours"]).sweeps
+    assert [c.label for c in expand_configs(alone.compare)] == ["ours"]
     with pytest.raises(BenchSpecError, match="either --model"):
         spec_from_flags(model="a.gguf", size="2B")
 
@@ -403,7 +407,7 @@ def test_threads_flag_above_the_cores_is_clamped(tmp_path: Path, tiny_model: Pat
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     write_fake_llama_bench(tmp_path / "build")
     with caplog.at_level(logging.WARNING):
-        run = _run(tmp_path, model=tiny_model, threads=8, n_prompt=8, n_gen=0, reps=1)
+        run = _run(tmp_path, model=tiny_model, threads=8, n_prompt=8, n_gen=0, reps=1, compare="ours")
     (call,) = fake_calls(tmp_path / "build")
     assert call["argv"][call["argv"].index("-t") + 1] == "2"
     assert any("threads=8" in w and "2 cores" in w for w in run.warnings)
@@ -425,7 +429,8 @@ def test_rows_carry_identity_shape_and_roofline(tmp_path: Path, tiny_model: Path
     monkeypatch.setattr("bitnet.bench.sweep.probe_bandwidth", fake_probe)
     monkeypatch.setattr("bitnet.bench.roofline.llc_bytes", lambda: 1 << 10)  # let the tiny model count as big
     write_fake_llama_bench(tmp_path / "build")
-    run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=8, n_gen=4, reps=1, isa="sse42", roofline=True)
+    run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=8, n_gen=4, reps=1, isa="sse42", roofline=True,
+               compare="ours")  # fmt: skip
     df = load_results(run.results_path)
     info = inspect_model(tiny_model)
     assert set(df["kind"]) == {"bandwidth", "llama-bench"}
@@ -481,7 +486,7 @@ def test_fail_fast_stops_at_the_first_failure_and_keeps_earlier_rows(
 
 def test_output_that_is_not_json_is_a_failure(tmp_path: Path, tiny_model: Path):
     write_fake_llama_bench(tmp_path / "build", garbage=True)
-    run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=8, n_gen=0, reps=1)
+    run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=8, n_gen=0, reps=1, compare="ours")
     (failure,) = run.failures
     assert failure.returncode == 0 and "not valid JSON" in failure.message
     assert not run.results_path.exists()  # no rows, no file

@@ -545,6 +545,11 @@ def parse_spec(data: Mapping[str, Any], *, name: str, source: Path | None = None
     )
 
 
+# What `invoke bench` compares ours with when no --compare is given: the number a user asks first is the
+# ratio against the engine they would run otherwise (stock ggml on the same file).
+DEFAULT_COMPARE = ("stock",)
+
+
 def spec_from_flags(
     *,
     model: str | Path | None = None,
@@ -559,8 +564,9 @@ def spec_from_flags(
     isa: Sequence[str] | None = None,
     baseline: str | None = None,
 ) -> BenchSpec:
-    """The one-sweep spec ``invoke bench`` runs without ``--spec``: defaults are the tiny synthetic
-    model, pp512 + tg128, all cores, 5 repetitions, our kernels only, automatic CPU variant."""
+    """The one-sweep spec ``invoke bench`` runs without ``--spec``: defaults are the 2B4T-shaped synthetic
+    model, pp512 + tg128, all cores, 5 repetitions, ours and stock ggml alternated (`DEFAULT_COMPARE`;
+    ``compare=["ours"]`` runs ours alone), automatic CPU variant."""
     models = models_from_flags(model=model, size=size, outtype=outtype, head_type=head_type)
     base = BenchSpec(name="adhoc", sweeps=(Sweep(name="adhoc", models=(models or (DEFAULT_MODEL,))),))
     return base.with_overrides(
@@ -568,7 +574,7 @@ def spec_from_flags(
         n_prompt=n_prompt,
         n_gen=n_gen,
         reps=reps,
-        compare=compare,
+        compare=DEFAULT_COMPARE if compare is None else compare,
         isa=isa,
         baseline=baseline,
     )
