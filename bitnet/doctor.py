@@ -46,9 +46,7 @@ def memory_report(model: str | os.PathLike[str] | None, *, n_threads: int) -> di
     from bitnet.bench import roofline
 
     fresh = roofline.probe_bandwidth(n_threads)
-    mapped = None
-    if model is not None and roofline.mapped_probe_meaningful(model):
-        mapped = roofline.probe_bandwidth(n_threads, path=model, passes=5)
+    mapped = None if model is None else roofline.probe_model_pages(n_threads, model)
     return {
         "threads": n_threads,
         "fresh_gbs": fresh.gbs,

@@ -427,6 +427,7 @@ def test_rows_carry_identity_shape_and_roofline(tmp_path: Path, tiny_model: Path
         return Bandwidth(1.5, (1.5,), n, 1 << 20, mapped_file=str(path))  # the file's pages: half as fast
 
     monkeypatch.setattr("bitnet.bench.sweep.probe_bandwidth", fake_probe)
+    monkeypatch.setattr("bitnet.bench.roofline.probe_bandwidth", fake_probe)  # under probe_model_pages
     monkeypatch.setattr("bitnet.bench.roofline.llc_bytes", lambda: 1 << 10)  # let the tiny model count as big
     write_fake_llama_bench(tmp_path / "build")
     run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=8, n_gen=4, reps=1, isa="sse42", roofline=True,

@@ -40,6 +40,7 @@ __all__ = [
     "mapped_probe_meaningful",
     "mapped_read_note",
     "probe_bandwidth",
+    "probe_model_pages",
 ]
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,14 @@ def mapped_probe_meaningful(path: str | os.PathLike[str]) -> bool:
     except OSError:
         return True  # let the probe say what is wrong with it
     return min(size, _MAX_BUFFER) >= MAPPED_LLC_MULTIPLE * (llc_bytes() or _DEFAULT_LLC)
+
+
+def probe_model_pages(n_threads: int, model: str | os.PathLike[str]) -> Bandwidth | None:
+    """`probe_bandwidth` through `model`'s mapped pages (5 passes), None where that would mean nothing
+    (`mapped_probe_meaningful`). Raises ValueError for a file it cannot map."""
+    if not mapped_probe_meaningful(model):
+        return None
+    return probe_bandwidth(n_threads, path=model, passes=5)
 
 
 def mapped_read_note(fresh: Bandwidth, mapped: Bandwidth) -> str | None:

@@ -60,9 +60,9 @@ from bitnet.bench.results import (
 from bitnet.bench.roofline import (
     Bandwidth,
     add_roofline,
-    mapped_probe_meaningful,
     mapped_read_note,
     probe_bandwidth,
+    probe_model_pages,
 )
 from bitnet.bench.spec import (
     DEFAULT_MODEL,
@@ -615,12 +615,12 @@ def run_bench(
             run.bandwidth[n] = probe_bandwidth(n)
             recorder.append([recorder.row({"spec": bench_spec.name, **run.bandwidth[n].as_row()})])
             for model in sorted({str(paths[j.model]) for j in jobs if j.n_gen and j.n_threads == n}):
-                if not mapped_probe_meaningful(model):
-                    continue
                 try:
-                    mapped = probe_bandwidth(n, path=model, passes=5)
+                    mapped = probe_model_pages(n, model)
                 except ValueError as exc:
                     log.warning("%s", exc)
+                    continue
+                if mapped is None:
                     continue
                 run.mapped_bandwidth[(n, model)] = mapped
                 recorder.append([recorder.row({"spec": bench_spec.name, **mapped.as_row()})])
