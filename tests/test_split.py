@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bitnet.bench.numerics import EXACT_ENGINE_ARGS
-from bitnet.engine.contract import BARRIER_SPIN_ENV, KERNELS_ENV, SPLIT_ENV
+from bitnet.engine.contract import ADAPT_THREADS_ENV, BARRIER_SPIN_ENV, KERNELS_ENV, SPLIT_ENV
 from bitnet.runtime.runtime import BitNetRuntime
 from bitnet.runtime.server import serve
 
@@ -37,6 +37,9 @@ RUNS = [("static", 2), ("", 2), (TINY_CHUNKS, 2), ("guided:1:0:1", 2), (TINY_CHU
 # and the barrier's wait policy (patch 0009): yielding at once, or spinning forever as upstream, is only
 # when a thread waits, never what it computes
 BARRIER_RUNS = [("0", 2), ("off", 2)]
+# and the adaptive thread count (patch 0015): "flip" runs every other graph (prompt and decode steps) on one
+# thread fewer, so the rows handed to each thread change from graph to graph, never what a row gets
+ADAPT_RUNS = [("flip", 2)]
 
 
 def _complete(url: str, prompt: str = PROMPT) -> dict[str, Any]:
@@ -74,27 +77,33 @@ def test_guided_chunks_give_bitwise_the_static_splits_output(
     engine_bin_dir: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
     results = {}
-    runs = [(s, t, "") for s, t in RUNS] + [(TINY_CHUNKS, t, spin) for spin, t in BARRIER_RUNS]
-    for split, threads, spin in runs:
+    runs = [(s, t, "", "") for s, t in RUNS] + [(TINY_CHUNKS, t, spin, "") for spin, t in BARRIER_RUNS]
+    runs += [("", t, "", adapt) for adapt, t in ADAPT_RUNS]
+    for split, threads, spin, adapt in runs:
         env = {**os.environ, KERNELS_ENV: "1", "GGML_CPU_VARIANT_REPORT": "1"}
         env.pop(SPLIT_ENV, None)
         env.pop(BARRIER_SPIN_ENV, None)
+        env.pop(ADAPT_THREADS_ENV, None)
         if split:
             env[SPLIT_ENV] = split
         if spin:
             env[BARRIER_SPIN_ENV] = spin
-        log = tmp_path / f"{split or 'default'}-{threads}-{spin}.log"
+        if adapt:
+            env[ADAPT_THREADS_ENV] = adapt
+        log = tmp_path / f"{split or 'default'}-{threads}-{spin}-{adapt}.log"
         runtime = BitNetRuntime(build_dir=engine_bin_dir.parent, env=env)
         # -t/-tb after the runtime's own -t: 2 threads even on a 1-core machine (the runtime clamps)
         with serve(
             tiny_model, runtime=runtime, ctx_size=512, threads=1, log_path=log,
             extra_args=[*EXACT_ENGINE_ARGS, "--no-warmup", "-t", str(threads), "-tb", str(threads)],
         ) as server:  # fmt: skip
-            results[(split, threads, spin)] = _complete(server.url)
+            results[(split, threads, spin, adapt)] = _complete(server.url)
         text = log.read_text()
         assert "bitnet: ternary kernels on" in text
         assert "not understood" not in text
-    ref = results[(*RUNS[0], "")]
+        if adapt:  # the mode took effect (the engine names it when its thread pool starts)
+            assert f"adaptive threads: {adapt}" in text
+    ref = results[(*RUNS[0], "", "")]
     assert len(ref["tokens"]) == N_PREDICT
     assert len({t for step in ref["probs"] for t in (e["id"] for e in step["top_logprobs"])}) > 10
     for run, got in results.items():

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 __all__ = [
     "ACT_QUANT_ENV",
     "ACT_QUANT_MODES",
+    "ADAPT_THREADS_ENV",
     "AMX_ENV",
     "ATTN_ENV",
     "BARRIER_SPIN_ENV",
@@ -52,6 +53,7 @@ ACT_QUANT_ENV = "BITNET_ACT_QUANT"  # per_token | per_block: overrides the file'
 CPU_VARIANT_ENV = "GGML_CPU_VARIANT"  # force libggml-cpu-<name> (patch 0002)
 VARIANT_REPORT_ENV = "GGML_CPU_VARIANT_REPORT"  # "1": the engine prints the lines parsed below
 BARRIER_SPIN_ENV = "GGML_BARRIER_SPIN"  # spins before a waiting thread yields its core, or "off" (patch 0009)
+ADAPT_THREADS_ENV = "GGML_ADAPT_THREADS"  # off | log | flip: threads per graph on a busy host (patch 0015)
 SPLIT_ENV = "BITNET_SPLIT"  # "static": the fixed row split instead of guided chunks (ternary-buft.cpp)
 FUSE_ENV = "BITNET_FUSE"  # "0": norm/matmul/epilogue chains node by node (ternary-fuse.cpp, patch 0012)
 AMX_ENV = "BITNET_AMX"  # "0": the ternary GEMM without AMX-INT8 tiles (kernels/ternary/src/avx512vnni.c)
