@@ -337,17 +337,25 @@ def test_peer_binaries_run_in_the_same_rounds_on_their_own_model(tmp_path: Path,
     assert "ours ÷ this" in run.table
 
 
-def test_busy_conditions_run_each_cell_with_and_without_a_busy_loop(tmp_path: Path, tiny_model: Path):
+def test_busy_conditions_run_each_cell_with_and_without_a_busy_loop(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+):
     """busy = idle,pinned: every cell runs with nothing else and with bench.busy's loop on the host; the
     loop's own share of the load average does not flag its rows."""
+    monkeypatch.setattr("bitnet.bench.busy._history", [])  # no loops of earlier tests in this process
     write_fake_llama_bench(tmp_path / "build")
-    run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=0, n_gen=4, reps=1, compare="stock",
+    run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=0, n_gen=4, reps=2, compare="stock",
                busy="idle,pinned", load_probe=False)  # fmt: skip
     calls = fake_calls(tmp_path / "build")
-    assert [(c["kernels"], c["busy_loops"]) for c in calls] == [("1", 0), ("0", 0), ("1", 1), ("0", 1)]
+    assert [(c["kernels"], c["busy_loops"]) for c in calls][:4] == [("1", 0), ("0", 0), ("1", 1), ("0", 1)]
     stored = load_results(run.results_path)
-    assert list(stored["busy"]) == ["idle", "idle", "pinned", "pinned"]
-    assert list(stored["busy_load"]) == [0.0, 0.0, 1.0, 1.0]
+    assert list(stored["busy"]) == ["idle", "idle", "pinned", "pinned"] * 2
+    share = list(stored["busy_load"])
+    # none before any loop ran; while one runs, its share of the 1-minute average (it only just started:
+    # more than one 5 s update's worth, well under 1); the next repetition's idle runs still carry it
+    assert share[:2] == [0.0, 0.0]
+    assert all(0.08 < x < 0.5 for x in share[2:4])
+    assert all(0.08 < x < 0.5 for x in share[4:6])
     assert "pinned" in run.table and "busy" in run.table
     with pytest.raises(BenchSpecError, match="not a host condition"):
         _run(tmp_path, model=tiny_model, threads=1, n_prompt=0, n_gen=4, reps=1, busy="loaded")
@@ -626,6 +634,7 @@ def test_rows_record_the_load_average_and_say_when_they_are_unreliable(
 ):
     loads = iter([0.5, 0.7, 9.0, 9.5])  # quiet around the first run, busy around the second
     monkeypatch.setattr("bitnet.bench.sweep.load_average", lambda: next(loads))
+    monkeypatch.setattr("bitnet.bench.sweep.own_busy_load", lambda: 0.0)  # no busy loop of ours, ever
     monkeypatch.setattr("bitnet.bench.sweep.detect_cpu", lambda: CpuInfo("x86_64", "Fake CPU", 2, ("avx2",)))
     write_fake_llama_bench(tmp_path / "build")
     run = _run(tmp_path, model=tiny_model, threads=1, n_prompt=0, n_gen=4, reps=1, compare="stock")

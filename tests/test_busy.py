@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
 
-from bitnet.bench.busy import busy_host
+from bitnet.bench.busy import LOADAVG_TAU_S, busy_host, own_busy_load
 
 
 def _alive(pid: int) -> bool:
@@ -44,3 +45,23 @@ def test_the_loop_stops_when_the_body_raises():
 def test_unknown_condition():
     with pytest.raises(ValueError, match="idle, pinned, free"), busy_host("loaded"):
         pass
+
+
+def test_the_loops_share_of_the_load_average_rises_and_decays_with_a_60_s_time_constant():
+    assert own_busy_load(1000.0, []) == 0.0
+    running = [(1000.0, None)]
+    early, later = own_busy_load(1001.0, running), own_busy_load(1060.0, running)
+    assert 0.08 < early < 0.2  # counted from one 5 s update before it started
+    assert later == pytest.approx(1 - math.exp(-65 / LOADAVG_TAU_S))
+    assert own_busy_load(5000.0, running) == pytest.approx(1.0)
+    stopped = [(0.0, 1000.0)]  # ran long, stopped at t = 1000 s
+    assert own_busy_load(1000.0, stopped) == pytest.approx(1.0)
+    # one update later the kernel may not have decayed yet: the share is read 5 s back, never lower
+    assert own_busy_load(1005.0, stopped) == pytest.approx(1.0)
+    assert own_busy_load(1065.0, stopped) == pytest.approx(math.exp(-1.0))
+    two = [(0.0, 1000.0), (1000.0, None)]  # a second loop right after the first: they add up
+    now = math.exp(-65 / LOADAVG_TAU_S) + 1 - math.exp(-70 / LOADAVG_TAU_S)
+    update_before = math.exp(-1.0) + 1 - math.exp(-65 / LOADAVG_TAU_S)
+    assert own_busy_load(1065.0, two) == pytest.approx(max(now, update_before))
+    assert own_busy_load(999.0, [(1000.0, None)]) > 0.0  # an update just after the start counts it
+    assert own_busy_load(990.0, [(1000.0, None)]) == 0.0

@@ -10,10 +10,14 @@ Conditions:
   ``free``    the same loop, not pinned.
 
 The loop starts before the body and is killed after it; it gets SIGKILL if this process dies (Linux).
+`own_busy_load()` is the loops' share of the host's 1-minute load average: it stays raised for a minute or
+two after a loop stops, so a run with the host idle right after a busy one must not count it as another
+program's load.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -24,10 +28,37 @@ from contextlib import contextmanager
 from bitnet.bench.spec import BUSY_CONDITIONS
 from bitnet.runtime.process import die_with_parent
 
-__all__ = ["BUSY_CONDITIONS", "busy_host"]
+__all__ = ["BUSY_CONDITIONS", "busy_host", "own_busy_load"]
 
 _LOOP = [sys.executable, "-c", "while True: pass"]
 _SETTLE_S = 0.5  # let the scheduler place the loop before measuring
+LOADAVG_TAU_S = 60.0  # the 1-minute load average: an exponential average with this time constant
+LOADAVG_SAMPLE_S = 5.0  # Linux updates it every 5 s
+_FORGET_S = 10 * LOADAVG_TAU_S  # a loop stopped longer ago adds < 5e-5
+
+# (start, end) in time.monotonic() of the busy loops this process ran; end None while it runs
+_history: list[tuple[float, float | None]] = []
+
+
+def _share(now: float, history: list[tuple[float, float | None]]) -> float:
+    total = 0.0
+    for start, end in history:
+        start -= LOADAVG_SAMPLE_S  # an update right after the loop started counted it for a whole period
+        if start >= now:
+            continue
+        stop = now if end is None else min(end, now)
+        total += math.exp(-(now - stop) / LOADAVG_TAU_S) - math.exp(-(now - start) / LOADAVG_TAU_S)
+    return total
+
+
+def own_busy_load(now: float | None = None, history: list[tuple[float, float | None]] | None = None) -> float:
+    """The share of the 1-minute load average that our busy loops account for at `now` (time.monotonic()):
+    each adds 1 while it runs, rising and decaying with the average's 60 s time constant. The kernel updates
+    its figure every 5 s, so this takes each loop as started one update early and the larger of the value
+    now and one update earlier: rounded so that the loops' share is never blamed on another program."""
+    t = time.monotonic() if now is None else now
+    h = _history if history is None else history
+    return max(_share(t, h), _share(t - LOADAVG_SAMPLE_S, h))
 
 
 def _preexec(pin: int | None) -> Callable[[], None]:
@@ -59,9 +90,13 @@ def busy_host(condition: str) -> Iterator[subprocess.Popen[bytes] | None]:
         start_new_session=True,
         preexec_fn=_preexec(pin),  # noqa: PLW1509 - affinity and the parent-death signal only
     )
+    start = time.monotonic()
+    _history[:] = [(a, b) for a, b in _history if b is None or start - b < _FORGET_S]
+    _history.append((start, None))
     try:
         time.sleep(_SETTLE_S)
         yield proc
     finally:
         proc.kill()
         proc.wait()
+        _history[_history.index((start, None))] = (start, time.monotonic())

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bitnet.bench.busy import busy_host
+from bitnet.bench.busy import busy_host, own_busy_load
 from bitnet.bench.llama_bench import (
     BENCH_BINARY,
     llama_bench_command,
@@ -354,7 +354,7 @@ class _Sweep:
         command = self.command(job, job.n_prompt, job.n_gen)
         stdout = stderr = ""
         returncode: int | None = 0
-        load_before = load_average()
+        samples = [(load_average(), own_busy_load())]  # the load average, and our busy loops' share of it
         try:
             result = await supervisor.run_custom(rusage_command(command), timeout=self.run.spec.timeout)
             stdout, stderr = result.stdout, result.stderr
@@ -366,9 +366,12 @@ class _Sweep:
         except BenchmarkError as exc:  # exit 0 but no usable JSON
             self.fail(job, rep, command, str(exc), returncode, stdout, stderr)
             return
-        load = max((v for v in (load_before, load_average()) if v is not None), default=None)
+        samples.append((load_average(), own_busy_load()))
+        # the sample (before or after the run) where other programs' share was the higher
+        known = [(v, own) for v, own in samples if v is not None]
+        load, busy_load = max(known, key=lambda s: s[0] - s[1]) if known else (None, None)
         usage = parse_rusage(stderr)
-        rows = [self.row(entry, job, rep, stderr, load) for entry in entries]
+        rows = [self.row(entry, job, rep, stderr, load, busy_load) for entry in entries]
         for row in rows:
             row["max_rss_mb"] = round(usage.max_rss_mb, 1) if usage else None
             row["load_s"] = round(load_s, 3) if load_s is not None else None
@@ -405,10 +408,17 @@ class _Sweep:
             raise BenchmarkRunError(self.run, failure)
 
     def row(
-        self, entry: Mapping[str, Any], job: Job, rep: int, stderr: str, load: float | None = None
+        self,
+        entry: Mapping[str, Any],
+        job: Job,
+        rep: int,
+        stderr: str,
+        load: float | None = None,
+        busy_load: float | None = None,
     ) -> dict[str, Any]:
         """A tidy row: identity columns, llama-bench's fields, the model's shape, the roofline, and
-        whether it can be trusted (`load` is the 1-minute load average while it ran)."""
+        whether it can be trusted (`load` is the 1-minute load average while it ran, `busy_load` our own
+        busy loops' share of it then, bitnet.bench.busy.own_busy_load)."""
         n_prompt, n_gen = int(entry["n_prompt"]), int(entry["n_gen"])
         peer = self.peer(job)
         info = self.peer_infos.get(peer.name) if peer and peer.model else self.infos.get(job.model)
@@ -422,7 +432,10 @@ class _Sweep:
             "cpu_variant": loaded_cpu_variant(stderr) or job.config.variant,
             "cpu_variant_requested": job.config.variant or "auto",
             "busy": job.busy,
-            "busy_load": 0.0 if job.busy == "idle" else 1.0,  # the busy loop's share of the load average
+            # our busy loops' share of the load average (this run's, and what earlier runs' left)
+            "busy_load": round(busy_load, 3)
+            if busy_load is not None
+            else (0.0 if job.busy == "idle" else 1.0),
             "model_name": job.model.label,  # a peer's own file is the same model in its format
             "model_path": str(peer.model if peer and peer.model else self.paths[job.model]),
             "engine_binary": str(peer.binary if peer else self.binary),
