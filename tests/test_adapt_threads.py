@@ -9,15 +9,13 @@ tests/test_split.py's "flip" run."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bitnet.bench.busy import busy_host
 from bitnet.engine.contract import ADAPT_THREADS_ENV, BENCH_BINARY, KERNELS_ENV
 
 pytestmark = pytest.mark.engine
@@ -37,19 +35,12 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def busy_last_core() -> Iterator[None]:
-    """A busy loop in its own session (like any other program on the host), pinned to the last core."""
+    """The bench's busy loop (bitnet.bench.busy): in its own session, pinned to the last core."""
     if (os.cpu_count() or 1) < 2:
         pytest.skip("needs 2 cores: one busy, one free")
-    last = str((os.cpu_count() or 2) - 1)
-    argv = ["setsid", "taskset", "-c", last, sys.executable, "-c", "while True: pass"]
-    hog = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
-    try:
-        assert hog.poll() is None, "the busy loop did not start"
+    with busy_host("pinned") as hog:
+        assert hog is not None and hog.poll() is None, "the busy loop did not start"
         yield
-    finally:
-        hog.send_signal(signal.SIGTERM)
-        hog.wait(timeout=10)
 
 
 def _bench(bin_dir: Path, model: Path, adapt: str, n_gen: int = 64) -> str:
