@@ -560,18 +560,19 @@ int bitnet_gemm_packed(const bitnet_weights *w, const bitnet_act_block *x, const
 #endif
     gemm_args a = {w, x, x_stride, y_stride, y, bitnet__ys_alloc(BITNET_GEMM_RG, ncols), 0, 0,
                    BITNET_GEMM_RG * BITNET_GROUP_ROWS};
-    const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1), chunk = a.ys ? BITNET_YS_COLS : ncols;
+    const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1);
+    const int64_t chunk = bitnet__l2_cols(nb, a.ys ? BITNET_YS_COLS : ncols); /* see internal.h */
     const size_t tb = bitnet__tile_bytes(w->layout);
     _Alignas(64) uint8_t planes[BITNET_GEMM_RG * 4096];
 
-    for (int64_t g = r0 / BITNET_GROUP_ROWS; g < g1; g += BITNET_GEMM_RG) {
-        const int rg = g + BITNET_GEMM_RG <= g1 ? BITNET_GEMM_RG : (int)(g1 - g);
-        const uint16_t *scales[BITNET_GEMM_RG];
-        for (int j = 0; j < rg; j++) scales[j] = bitnet__scales(w, g + j);
-        a.ys_g0 = g;
-        for (int64_t cc0 = 0; cc0 < ncols; cc0 += chunk) {
-            const int64_t cc1 = ncols - cc0 < chunk ? ncols : cc0 + chunk;
-            a.ys_c0 = cc0;
+    for (int64_t cc0 = 0; cc0 < ncols; cc0 += chunk) {
+        const int64_t cc1 = ncols - cc0 < chunk ? ncols : cc0 + chunk;
+        a.ys_c0 = cc0;
+        for (int64_t g = r0 / BITNET_GROUP_ROWS; g < g1; g += BITNET_GEMM_RG) {
+            const int rg = g + BITNET_GEMM_RG <= g1 ? BITNET_GEMM_RG : (int)(g1 - g);
+            const uint16_t *scales[BITNET_GEMM_RG];
+            for (int j = 0; j < rg; j++) scales[j] = bitnet__scales(w, g + j);
+            a.ys_g0 = g;
             for (int64_t b = 0; b < nb; b++) {
                 for (int j = 0; j < rg; j++)
                     unpack_tile(w->layout, bitnet__codes(w, g + j) + (size_t)b * tb, planes + 4096 * j);

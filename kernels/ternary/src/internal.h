@@ -184,6 +184,21 @@ BITNET_INLINE void bitnet__prefetch_part(const uint8_t *p, size_t bytes, int64_t
     for (int64_t l = i * per; l < (i + 1) * per && l < lines; l++) __builtin_prefetch(p + 64 * l, 0, 2);
 }
 
+/* Columns per pass over the row groups: each group's tiles meet every column of the pass, so the pass's
+ * activations (nb blocks of 264 bytes a column) are read once per 16 rows from wherever they are. All 512
+ * columns of a ubatch (1.3 MiB at K = 2560, 3.6 MiB at 6912) came from L3 for every group: AVX-VNNI pp512 ran
+ * its 5-column micro-kernel no faster than the 4-column one, and bench_gemv's 6912-deep GEMM ran 30% below the
+ * others (AVX-512 without AMX). A pass's activations take an eighth of L2 (64-512 KiB; 256 KiB on a 2 MiB L2:
+ * 1/4 and 3/8 were no faster, the tiles are unpacked again for each pass), at least 8 micro-kernel widths,
+ * a multiple of that width, at most `max` columns. BITNET_L2_ACT_BYTES fixes the budget (experiments). */
+int64_t bitnet__act_budget(void); /* pack.c */
+BITNET_INLINE int64_t bitnet__l2_cols(int64_t nb, int64_t max) {
+    int64_t c = bitnet__act_budget() / (nb * (int64_t)sizeof(bitnet_act_block));
+    c -= c % BITNET_GEMM_COLS;
+    if (c < 8 * BITNET_GEMM_COLS) c = 8 * BITNET_GEMM_COLS;
+    return c < max ? c : max;
+}
+
 typedef void (*bitnet__unpack_fn)(bitnet_layout layout, const uint8_t *tile, uint8_t *planes);
 typedef void (*bitnet__micro_fn)(const gemm_args *, const uint8_t *, const uint16_t *, int64_t, int64_t, int64_t);
 
@@ -193,15 +208,16 @@ BITNET_INLINE int bitnet__gemm_1rg(const bitnet_weights *w, const bitnet_act_blo
     const int rc = bitnet__check(w, x, ncols, x_stride, y, y_stride, r0, r1);
     if (rc != BITNET_OK) return rc;
     gemm_args a = {w, x, x_stride, y_stride, y, bitnet__ys_alloc(1, ncols), 0, 0, BITNET_GROUP_ROWS};
-    const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1), chunk = a.ys ? BITNET_YS_COLS : ncols;
+    const int64_t nb = w->k / BITNET_QK, g1 = bitnet__groups(r1);
+    const int64_t chunk = bitnet__l2_cols(nb, a.ys ? BITNET_YS_COLS : ncols);
     const size_t tb = bitnet__tile_bytes(w->layout);
     _Alignas(64) uint8_t planes[4096];
-    for (int64_t g = r0 / BITNET_GROUP_ROWS; g < g1; g++) {
-        const uint16_t *scales = bitnet__scales(w, g);
-        a.ys_g0 = g;
-        for (int64_t cc0 = 0; cc0 < ncols; cc0 += chunk) {
-            const int64_t cc1 = ncols - cc0 < chunk ? ncols : cc0 + chunk;
-            a.ys_c0 = cc0;
+    for (int64_t cc0 = 0; cc0 < ncols; cc0 += chunk) {
+        const int64_t cc1 = ncols - cc0 < chunk ? ncols : cc0 + chunk;
+        a.ys_c0 = cc0;
+        for (int64_t g = r0 / BITNET_GROUP_ROWS; g < g1; g++) {
+            const uint16_t *scales = bitnet__scales(w, g);
+            a.ys_g0 = g;
             for (int64_t b = 0; b < nb; b++) {
                 const uint8_t *tile = bitnet__codes(w, g) + (size_t)b * tb;
                 unpack(w->layout, tile, planes);

@@ -3,9 +3,31 @@
  * our layouts (bitnet_kernels.h holds the definition), activation quantization, row splitting and the
  * GEMV/GEMM dispatcher. Portable C, the same in every ISA build.
  */
+#define _DEFAULT_SOURCE /* sysconf's cache sizes */
 #include <math.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
 
 #include "internal.h"
+
+/* The bytes of activations one GEMM pass over the row groups reads (internal.h, bitnet__l2_cols). */
+int64_t bitnet__act_budget(void) {
+#if defined(BITNET_L2_ACT_BYTES)
+    return BITNET_L2_ACT_BYTES;
+#else
+    static int64_t budget; /* computed once; a race writes the same value twice */
+    if (budget == 0) {
+        int64_t l2 = 0;
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+        l2 = (int64_t)sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+        const int64_t b = l2 > 0 ? l2 / 8 : 256 * 1024;
+        budget = b < 64 * 1024 ? 64 * 1024 : b > 512 * 1024 ? 512 * 1024 : b;
+    }
+    return budget;
+#endif
+}
 
 size_t bitnet_weights_size(bitnet_layout layout, int64_t rows, int64_t k) {
     if (rows < 0 || k <= 0 || k % BITNET_QK) return 0;

@@ -418,6 +418,10 @@ static void group_kernels(t_rng *r) {
         run_case(r, 33, 512, wide[i], BITNET_SRC_TQ2_0, BITNET_LAYOUT_TK2, W_RANDOM, D_RANDOM, A_QUANT);
         run_case(r, 17, 256, wide[i], BITNET_SRC_TQ1_0, BITNET_LAYOUT_TK1, W_RANDOM, D_RANDOM, A_PER_TOKEN);
     }
+    /* 6912 deep: a pass over the row groups takes at most 512 KiB of activations (internal.h, bitnet__l2_cols:
+     * <= 72 columns), so 100 columns take two passes or more, the last a partial one */
+    run_case(r, 48, 6912, 100, BITNET_SRC_TQ2_0, BITNET_LAYOUT_TK2, W_RANDOM, D_RANDOM, A_QUANT);
+    run_case(r, 33, 6912, 100, BITNET_SRC_TQ1_0, BITNET_LAYOUT_TK1, W_RANDOM, D_RANDOM, A_PER_TOKEN);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
