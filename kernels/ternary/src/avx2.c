@@ -253,24 +253,56 @@ static void unpack_tile(bitnet_layout layout, const uint8_t *tile, uint8_t *rest
     }
 }
 
-/* one 16-row group x C columns, block b */
-BITNET_INLINE void micro(const gemm_args *a, const uint8_t *planes, const uint16_t *scales, int64_t g, int64_t b,
-                         int64_t c0, const int C) {
-    const bitnet_act_block *xc[BITNET_GEMM_COLS];
-    __m256i acc[2][BITNET_GEMM_COLS];
-    for (int c = 0; c < C; c++) {
-        xc[c] = a->x + (c0 + c) * a->x_stride + b;
-        acc[0][c] = acc[1][c] = _mm256_setzero_si256();
+/* The sums of one 16-row group x C columns over one block: acc[h][c] (rows 8h .. 8h+7, column c). A
+ * function of its own (not inlined into micro): with the epilogue's values live too, GCC kept copies of the
+ * accumulators on the stack inside the plane loop and rotated registers through moves. */
+BITNET_INLINE void micro_sums(const uint8_t *planes, const bitnet_act_block *const *xc, __m256i acc[2][BITNET_GEMM_COLS],
+                              const int C) {
+    const __m256i z = _mm256_setzero_si256();
+    __m256i a0 = z, b0 = z, a1 = z, b1 = z, a2 = z, b2 = z, a3 = z, b3 = z, a4 = z, b4 = z, a5 = z, b5 = z;
+    const int8_t *x0 = xc[0]->qs, *x1 = C > 1 ? xc[1]->qs : x0, *x2 = C > 2 ? xc[2]->qs : x0;
+    const int8_t *x3 = C > 3 ? xc[3]->qs : x0, *x4 = C > 4 ? xc[4]->qs : x0, *x5 = C > 5 ? xc[5]->qs : x0;
+#define BITNET_COL(k)                                                                                          \
+    if (C > k) {                                                                                               \
+        const __m256i xv = bcast4(x##k + 4 * p);                                                               \
+        a##k = mac(a##k, w0, xv);                                                                              \
+        b##k = mac(b##k, w1, xv);                                                                              \
     }
 #pragma GCC unroll 4
     for (int p = 0; p < 64; p++) {
         const __m256i w0 = _mm256_load_si256((const __m256i *)(planes + 64 * p));
         const __m256i w1 = _mm256_load_si256((const __m256i *)(planes + 64 * p + 32));
-        for (int c = 0; c < C; c++) {
-            const __m256i xv = bcast4(xc[c]->qs + 4 * p);
-            acc[0][c] = mac(acc[0][c], w0, xv);
-            acc[1][c] = mac(acc[1][c], w1, xv);
-        }
+        BITNET_COL(0) BITNET_COL(1) BITNET_COL(2) BITNET_COL(3) BITNET_COL(4) BITNET_COL(5)
+    }
+#undef BITNET_COL
+    acc[0][0] = a0, acc[1][0] = b0;
+    if (C > 1) acc[0][1] = a1, acc[1][1] = b1;
+    if (C > 2) acc[0][2] = a2, acc[1][2] = b2;
+    if (C > 3) acc[0][3] = a3, acc[1][3] = b3;
+    if (C > 4) acc[0][4] = a4, acc[1][4] = b4;
+    if (C > 5) acc[0][5] = a5, acc[1][5] = b5;
+}
+
+#define BITNET_SUMS(C)                                                                                         \
+    static __attribute__((noinline)) void micro_sums_##C(const uint8_t *planes, const bitnet_act_block *const *xc, \
+                                                         __m256i acc[2][BITNET_GEMM_COLS]) {                   \
+        micro_sums(planes, xc, acc, (C) < BITNET_GEMM_COLS ? (C) : BITNET_GEMM_COLS);                          \
+    }
+BITNET_SUMS(1) BITNET_SUMS(2) BITNET_SUMS(3) BITNET_SUMS(4) BITNET_SUMS(5) BITNET_SUMS(6)
+
+/* one 16-row group x C columns, block b */
+BITNET_INLINE void micro(const gemm_args *a, const uint8_t *planes, const uint16_t *scales, int64_t g, int64_t b,
+                         int64_t c0, const int C) {
+    const bitnet_act_block *xc[BITNET_GEMM_COLS];
+    __m256i acc[2][BITNET_GEMM_COLS];
+    for (int c = 0; c < C; c++) xc[c] = a->x + (c0 + c) * a->x_stride + b;
+    switch (C) {
+    case 1: micro_sums_1(planes, xc, acc); break;
+    case 2: micro_sums_2(planes, xc, acc); break;
+    case 3: micro_sums_3(planes, xc, acc); break;
+    case 4: micro_sums_4(planes, xc, acc); break;
+    case 5: micro_sums_5(planes, xc, acc); break;
+    default: micro_sums_6(planes, xc, acc); break;
     }
     const int64_t n = a->w->rows - g * BITNET_GROUP_ROWS;
     const __m256i v0 = lanes_below(n), v1 = lanes_below(n - 8);
