@@ -1,14 +1,17 @@
 """Decode throughput with and without another process busy on the host: engine variants alternated.
 
     python bench/contention.py --model M [--threads 2] [--gen 64] [--rounds 10]
-        [--variant NAME=ENV[,ENV...][@BIN_DIR] ...] [--busy idle,pinned,free] [--out rows.jsonl]
+        [--variant NAME=ENV[,ENV...][@BIN_DIR] ...] [--variant-model NAME=PATH] [--variant-args NAME=ARGS]
+        [--busy idle,pinned,bursty,free] [--out rows.jsonl]
 
 Each round runs every (busy condition, variant) once, the variants in a rotated order, with one
 `llama-bench -p 0 -n GEN -r 1` each (it runs one warm-up pass first). Busy conditions:
   idle    nothing else started;
   pinned  `python -c "while True: pass"` in its own session (setsid: its own autogroup, like any other
           program on the host), pinned to the last core with taskset;
-  free    the same, not pinned;
+  bursty  like pinned, but busy for 8 ms then asleep for 8 ms (half a core in bursts, as a browser tab
+          redrawing at 60 frames a second takes it);
+  free    the same as pinned, not pinned;
   pinned-session, free-session: the same in our own session (autogroup), like a child of the benchmark.
 The busy process starts before and stops after the condition's runs of the round. Prints the median
 t/s per (condition, variant) and the ratios to idle and to the first variant; --out keeps every row.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import statistics
 import subprocess
@@ -30,6 +34,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 HOG = [sys.executable, "-c", "while True: pass"]
+BURSTS = [sys.executable, "-c", "import time\nwhile True:\n t = time.perf_counter() + 0.008\n"
+          " while time.perf_counter() < t: pass\n time.sleep(0.008)"]  # fmt: skip
 
 
 def parse_variant(text: str, default_bin: Path) -> tuple[str, dict[str, str], Path]:
@@ -42,9 +48,9 @@ def parse_variant(text: str, default_bin: Path) -> tuple[str, dict[str, str], Pa
 def start_hog(mode: str) -> subprocess.Popen[bytes] | None:
     if mode == "idle":
         return None
-    argv = HOG
-    if mode.startswith("pinned"):
-        argv = ["taskset", "-c", str((os.cpu_count() or 1) - 1), *HOG]
+    argv = BURSTS if mode.startswith("bursty") else HOG
+    if mode.startswith(("pinned", "bursty")):
+        argv = ["taskset", "-c", str((os.cpu_count() or 1) - 1), *argv]
     if not mode.endswith("-session"):
         argv = ["setsid", *argv]
     hog = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -58,9 +64,11 @@ def stop_hog(hog: subprocess.Popen[bytes] | None) -> None:
         hog.wait(timeout=10)
 
 
-def run_one(bin_dir: Path, env: dict[str, str], model: str, threads: int, gen: int) -> float:
+def run_one(
+    bin_dir: Path, env: dict[str, str], model: str, threads: int, gen: int, extra: list[str]
+) -> float:
     argv = [str(bin_dir / "llama-bench"), "-m", model, "-p", "0", "-n", str(gen), "-t", str(threads),
-            "-r", "1", "-o", "json"]  # fmt: skip
+            "-r", "1", "-o", "json", *extra]  # fmt: skip
     out = subprocess.run(argv, capture_output=True, text=True, timeout=900, env={**os.environ, **env})
     if out.returncode != 0:
         raise SystemExit(f"llama-bench failed ({out.returncode}): {out.stderr[-1500:]}")
@@ -75,6 +83,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--bin-dir", default=str(REPO / "build" / "bin"))
     ap.add_argument("--variant", action="append", default=[], help="NAME=ENV:VAL[,ENV:VAL][@BIN_DIR]")
+    ap.add_argument("--variant-model", action="append", default=[], help="NAME=PATH: its own model file")
+    ap.add_argument("--variant-args", action="append", default=[], help="NAME=ARGS: more llama-bench args")
     ap.add_argument("--busy", default="idle,pinned")
     ap.add_argument("--out", default="")
     a = ap.parse_args()
@@ -85,6 +95,8 @@ def main() -> None:
         ("ours-static", {"BITNET_SPLIT": "static"}, default_bin),
         ("stock", {"BITNET_KERNELS": "0"}, default_bin),
     ]
+    models = dict(v.split("=", 1) for v in a.variant_model)
+    extras = {k: shlex.split(v) for k, v in (x.split("=", 1) for x in a.variant_args)}
     modes = a.busy.split(",")
     rows: list[dict[str, object]] = []
     out = open(a.out, "a") if a.out else None  # noqa: SIM115
@@ -95,7 +107,8 @@ def main() -> None:
             try:
                 for name, env, bin_dir in order:
                     load = os.getloadavg()[0]
-                    ts = run_one(bin_dir, env, a.model, a.threads, a.gen)
+                    model = models.get(name, a.model)
+                    ts = run_one(bin_dir, env, model, a.threads, a.gen, extras.get(name, []))
                     row = {"round": r, "busy": mode, "variant": name, "tg_ts": round(ts, 3), "load1": load}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
