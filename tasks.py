@@ -554,7 +554,8 @@ def serve(
         "'-lm none' (weights read into fresh memory instead of mapped)",
         "no_load": "skip the load probe per config and repetition (no load s column)",
         "busy": "host conditions to measure under: idle (default), pinned (a busy loop on the last core), "
-        "free (the loop unpinned), e.g. idle,pinned",
+        "bursty (that loop busy 8 ms of every 16, like a browser tab), free (the loop unpinned), "
+        "e.g. idle,pinned",
     },
     iterable=["compare_bin", "compare_model", "compare_args"],
 )

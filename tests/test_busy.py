@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import pytest
 
@@ -42,8 +43,25 @@ def test_the_loop_stops_when_the_body_raises():
     assert not _alive(pid)
 
 
+def test_bursty_loop_is_pinned_in_its_own_session_and_both_runs_and_sleeps():
+    with busy_host("bursty") as proc:
+        assert proc is not None and _alive(proc.pid)
+        assert os.sched_getaffinity(proc.pid) == {(os.cpu_count() or 1) - 1}
+        assert os.getsid(proc.pid) == proc.pid != os.getsid(0)
+        states = set()
+        for _ in range(400):  # 8 ms busy, 8 ms asleep: both states show within a few samples
+            with open(f"/proc/{proc.pid}/stat") as fh:
+                states.add(fh.read().split(")")[-1].split()[0])
+            if {"R", "S"} <= states:
+                break
+            time.sleep(0.003)
+        assert {"R", "S"} <= states, states
+        pid = proc.pid
+    assert not _alive(pid)
+
+
 def test_unknown_condition():
-    with pytest.raises(ValueError, match="idle, pinned, free"), busy_host("loaded"):
+    with pytest.raises(ValueError, match="idle, pinned, bursty, free"), busy_host("loaded"):
         pass
 
 

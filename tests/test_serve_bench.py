@@ -233,4 +233,4 @@ def test_every_bench_spec_in_the_repo_parses():
     for path in specs:
         spec = load_serve_spec(path) if 'kind = "serve"' in path.read_text() else load_spec(path)
         assert spec
-    assert load_spec("busy").sweeps[0].busy == ("idle", "pinned")
+    assert load_spec("busy").sweeps[0].busy == ("idle", "pinned", "bursty")

@@ -7,12 +7,15 @@ Conditions:
   ``idle``    nothing is started;
   ``pinned``  a Python busy loop pinned to the last core, in its own session (its own autogroup, like any
               other program a user runs: a browser, a compiler);
+  ``bursty``  the same loop busy for 8 ms, then asleep for 8 ms: half a core in bursts, as a browser tab
+              redrawing 60 times a second takes it;
   ``free``    the same loop, not pinned.
 
 The loop starts before the body and is killed after it; it gets SIGKILL if this process dies (Linux).
 `own_busy_load()` is the loops' share of the host's 1-minute load average: it stays raised for a minute or
 two after a loop stops, so a run with the host idle right after a busy one must not count it as another
-program's load.
+program's load. A bursty loop counts as a whole one (runnable at half of the kernel's 5 s samples: an upper
+bound, so that it is never blamed on another program).
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from bitnet.runtime.process import die_with_parent
 __all__ = ["BUSY_CONDITIONS", "busy_host", "own_busy_load"]
 
 _LOOP = [sys.executable, "-c", "while True: pass"]
+_BURSTS = [sys.executable, "-c",
+           "import time\nwhile True:\n t = time.perf_counter() + 0.008\n"
+           " while time.perf_counter() < t: pass\n time.sleep(0.008)"]  # fmt: skip
 _SETTLE_S = 0.5  # let the scheduler place the loop before measuring
 LOADAVG_TAU_S = 60.0  # the 1-minute load average: an exponential average with this time constant
 LOADAVG_SAMPLE_S = 5.0  # Linux updates it every 5 s
@@ -81,9 +87,9 @@ def busy_host(condition: str) -> Iterator[subprocess.Popen[bytes] | None]:
     if condition == "idle":
         yield None
         return
-    pin = (os.cpu_count() or 1) - 1 if condition == "pinned" else None
+    pin = (os.cpu_count() or 1) - 1 if condition in ("pinned", "bursty") else None
     proc = subprocess.Popen(
-        _LOOP,
+        _BURSTS if condition == "bursty" else _LOOP,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -99,7 +99,7 @@ DEFAULT_TIMEOUT = 1800.0
 _TOP_KEYS = {"description", "reps", "baseline", "roofline", "timeout", "sweep", "peer", "load", "engine_args"}
 _PEER_KEYS = {"name", "binary", "model", "args"}
 _SWEEP_KEYS = {"models", "threads", "n_prompt", "n_gen", "compare", "isa", "busy"}
-BUSY_CONDITIONS = ("idle", "pinned", "free")  # bitnet.bench.busy's conditions
+BUSY_CONDITIONS = ("idle", "pinned", "bursty", "free")  # bitnet.bench.busy's conditions
 _MODEL_KEYS = {"size", "outtype", "head_type", "file"}
 _NAME_RE = re.compile(r"^[a-z0-9_]+$")
 _RANGE_RE = re.compile(r"^\s*(\d+|all)\s*\.\.\s*(\d+|all)\s*$")
@@ -700,7 +700,8 @@ def _busy_field(value: Any) -> tuple[str, ...]:
         if item not in BUSY_CONDITIONS:
             raise BenchSpecError(
                 f"busy {item!r} is not a host condition: choose from {', '.join(BUSY_CONDITIONS)} "
-                "(pinned: a busy loop on the last core; free: the same loop, not pinned)."
+                "(pinned: a busy loop on the last core; bursty: the same, busy 8 ms of every 16; "
+                "free: the busy loop, not pinned)."
             )
     return tuple(dict.fromkeys(items))
 
