@@ -16,16 +16,18 @@ int64_t bitnet__act_budget(void) {
 #if defined(BITNET_L2_ACT_BYTES)
     return BITNET_L2_ACT_BYTES;
 #else
-    static int64_t budget; /* computed once; a race writes the same value twice */
-    if (budget == 0) {
+    static int64_t budget; /* computed once; threads racing here store the same value */
+    int64_t v = __atomic_load_n(&budget, __ATOMIC_RELAXED);
+    if (v == 0) {
         int64_t l2 = 0;
 #if defined(_SC_LEVEL2_CACHE_SIZE)
         l2 = (int64_t)sysconf(_SC_LEVEL2_CACHE_SIZE);
 #endif
         const int64_t b = l2 > 0 ? l2 / 8 : 256 * 1024;
-        budget = b < 64 * 1024 ? 64 * 1024 : b > 512 * 1024 ? 512 * 1024 : b;
+        v = b < 64 * 1024 ? 64 * 1024 : b > 512 * 1024 ? 512 * 1024 : b;
+        __atomic_store_n(&budget, v, __ATOMIC_RELAXED);
     }
-    return budget;
+    return v;
 #endif
 }
 
