@@ -32,10 +32,9 @@ import sys
 import time
 from pathlib import Path
 
+from bitnet.bench.busy import BURSTS_ARGV, LOOP_ARGV  # the same loops as invoke bench --busy
+
 REPO = Path(__file__).resolve().parent.parent
-HOG = [sys.executable, "-c", "while True: pass"]
-BURSTS = [sys.executable, "-c", "import time\nwhile True:\n t = time.perf_counter() + 0.008\n"
-          " while time.perf_counter() < t: pass\n time.sleep(0.008)"]  # fmt: skip
 
 
 def parse_variant(text: str, default_bin: Path) -> tuple[str, dict[str, str], Path]:
@@ -48,7 +47,7 @@ def parse_variant(text: str, default_bin: Path) -> tuple[str, dict[str, str], Pa
 def start_hog(mode: str) -> subprocess.Popen[bytes] | None:
     if mode == "idle":
         return None
-    argv = BURSTS if mode.startswith("bursty") else HOG
+    argv = BURSTS_ARGV if mode.startswith("bursty") else LOOP_ARGV
     if mode.startswith(("pinned", "bursty")):
         argv = ["taskset", "-c", str((os.cpu_count() or 1) - 1), *argv]
     if not mode.endswith("-session"):

@@ -31,12 +31,12 @@ from contextlib import contextmanager
 from bitnet.bench.spec import BUSY_CONDITIONS
 from bitnet.runtime.process import die_with_parent
 
-__all__ = ["BUSY_CONDITIONS", "busy_host", "own_busy_load"]
+__all__ = ["BURSTS_ARGV", "BUSY_CONDITIONS", "LOOP_ARGV", "busy_host", "own_busy_load"]
 
-_LOOP = [sys.executable, "-c", "while True: pass"]
-_BURSTS = [sys.executable, "-c",
-           "import time\nwhile True:\n t = time.perf_counter() + 0.008\n"
-           " while time.perf_counter() < t: pass\n time.sleep(0.008)"]  # fmt: skip
+LOOP_ARGV = [sys.executable, "-c", "while True: pass"]
+BURSTS_ARGV = [sys.executable, "-c",
+              "import time\nwhile True:\n t = time.perf_counter() + 0.008\n"
+              " while time.perf_counter() < t: pass\n time.sleep(0.008)"]  # fmt: skip
 _SETTLE_S = 0.5  # let the scheduler place the loop before measuring
 LOADAVG_TAU_S = 60.0  # the 1-minute load average: an exponential average with this time constant
 LOADAVG_SAMPLE_S = 5.0  # Linux updates it every 5 s
@@ -89,7 +89,7 @@ def busy_host(condition: str) -> Iterator[subprocess.Popen[bytes] | None]:
         return
     pin = (os.cpu_count() or 1) - 1 if condition in ("pinned", "bursty") else None
     proc = subprocess.Popen(
-        _BURSTS if condition == "bursty" else _LOOP,
+        BURSTS_ARGV if condition == "bursty" else LOOP_ARGV,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
